@@ -1,0 +1,1 @@
+"""BECO operator: reconciles BecoNetwork resources into running networks."""
