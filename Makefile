@@ -48,5 +48,8 @@ include $(wildcard mk/*.mk)
 test: venv lint $(TEST_DEPS)  ## everything CI checks
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
+bench: venv $(BENCH_DEPS)  ## run the benchmarks; results go to docs/benchmarks.md
+	@echo "benchmarks written to docs/benchmarks.md"
+
 clean:  ## remove build output in the repo (the cache stays)
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
