@@ -17,6 +17,7 @@ from beco_node.merkle import (
 )
 from beco_node.sst.store import (
     CommitEntry,
+    CommitResult,
     ProposalConflictError,
     SequenceError,
     SstStore,
@@ -252,3 +253,45 @@ async def test_concurrent_commits_to_one_user_serialise(
         assert store.tree_head().tree_size == 71
     finally:
         await store.close()
+
+
+async def test_a_refused_entry_does_not_fail_its_batch(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        await store.commit(make_entry("alice", 1))
+        bad = CommitEntry(**{**make_entry("bob", 1).__dict__, "state": None})
+        # Queued together, these go into one transaction first; the bad one is retried alone.
+        results = await asyncio.gather(
+            store.commit(make_entry("alice", 2)),
+            store.commit(bad),
+            store.commit(make_entry("alice", 3)),
+            store.commit(make_entry("alice", 3, tag="late")),  # wrong sequence by then
+            store.commit(make_entry("alice", 2)),  # the same proposal again
+            return_exceptions=True,
+        )
+        ok2, err, ok3, seq_err, dup = results
+        assert isinstance(ok2, CommitResult) and isinstance(ok3, CommitResult)
+        assert (ok2.leaf_index, ok3.leaf_index, ok2.duplicate) == (1, 2, False)
+        assert isinstance(err, StoreError)
+        assert isinstance(seq_err, SequenceError)
+        assert isinstance(dup, CommitResult) and dup.duplicate and dup.leaf_index == 1
+        assert dup.tree_head == ok2.tree_head
+        assert await store.get_user("bob") is None
+        assert store.tree_head().tree_size == 3
+        assert await _counts(dsn) == {"users": 1, "changes": 3, "leaves": 3, "tree_heads": 4}
+    finally:
+        await store.close()
+
+
+async def test_close_finishes_queued_commits(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    pending = [asyncio.ensure_future(store.commit(make_entry(f"u{i}", 1))) for i in range(10)]
+    await asyncio.sleep(0)
+    await store.close()
+    assert [(await p).leaf_index for p in pending] == list(range(10))
+    with pytest.raises(StoreError, match="closed"):
+        await store.commit(make_entry("late", 1))
