@@ -271,24 +271,35 @@ class SstStore:
                 await self._run_batch(batch)
             except Exception as exc:  # never let the writer die with callers waiting
                 self._stale = True
-                _resolve(batch, [StoreError(f"commit failed: {exc!r}")] * len(batch))
+                _resolve(batch, [StoreError(f"commit failed: {exc!r}") for _ in batch])
 
-    async def _run_batch(self, batch: list[_Pending]) -> None:
-        """Commit ``batch`` (retrying broken connections) and resolve every caller's future."""
-        first_start: int | None = None
+    async def _run_batch(
+        self,
+        batch: list[_Pending],
+        first_start: int | None = None,
+        claimed: set[str] | None = None,
+    ) -> None:
+        """Commit ``batch`` (retrying broken connections) and resolve every caller's future.
+
+        ``first_start`` is the tree size before the first attempt at these entries: a
+        leaf at or past it that matches an entry was written by one of our attempts,
+        unless an entry already reported it (``claimed`` proposal ids).
+        """
+        claimed = set() if claimed is None else claimed
         for attempt, pause_s in enumerate(_RETRY_PAUSES_S):
             try:
                 if self._stale:
                     await self._catch_up()
                 if first_start is None:
                     first_start = self._tree.size
-                results = await self._write(batch, first_start)
+                attempt_claimed = set(claimed)
+                results = await self._write(batch, first_start, attempt_claimed)
             except _CONNECTION_ERRORS as exc:
                 self._stale = True
                 await self._pool.expire_connections()
                 if attempt == len(_RETRY_PAUSES_S) - 1:
-                    err = StoreUnavailableError(f"PostgreSQL unavailable: {exc}")
-                    _resolve(batch, [err] * len(batch))
+                    msg = f"PostgreSQL unavailable: {exc}"
+                    _resolve(batch, [StoreUnavailableError(msg) for _ in batch])
                     return
                 await asyncio.sleep(pause_s)
                 continue
@@ -296,18 +307,19 @@ class SstStore:
                 self._stale = True  # e.g. another writer took our leaf index
                 if len(batch) > 1:  # find the culprit: the others must not fail with it
                     for item in batch:
-                        await self._run_batch([item])
+                        await self._run_batch([item], first_start, claimed)
                     return
                 _resolve(batch, [StoreError(f"commit failed, nothing written: {exc}")])
                 return
             except StoreIntegrityError as exc:
-                _resolve(batch, [exc] * len(batch))
+                _resolve(batch, [StoreIntegrityError(str(exc)) for _ in batch])
                 return
+            claimed |= attempt_claimed
             _resolve(batch, results)
             return
 
     async def _write(
-        self, batch: list[_Pending], first_start: int
+        self, batch: list[_Pending], first_start: int, claimed: set[str]
     ) -> list[CommitResult | Exception]:
         """One transaction for the whole batch, one ``beco_commit`` call per entry.
 
@@ -320,7 +332,6 @@ class SstStore:
         start = tree.size
         last_ts = self._sth.timestamp_ms
         last_sth: SignedTreeHead | None = None
-        claimed: set[str] = set()
         out: list[CommitResult | Exception] = []
         try:
             async with self._pool.acquire() as conn:

@@ -295,3 +295,30 @@ async def test_close_finishes_queued_commits(
     assert [(await p).leaf_index for p in pending] == list(range(10))
     with pytest.raises(StoreError, match="closed"):
         await store.commit(make_entry("late", 1))
+
+
+async def test_two_writers_cannot_fork_the_log(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    # Two SSTs on one database (a misconfiguration): the database constraints keep one
+    # dense log; a writer with a stale tree is refused, catches up, and goes on.
+    a = await SstStore.open(dsn, key, clock=clock)
+    b = await SstStore.open(dsn, key, clock=clock)
+    try:
+        assert (await a.commit(make_entry("alice", 1))).leaf_index == 0
+        with pytest.raises(StoreError, match="nothing written"):
+            await b.commit(make_entry("bob", 1))  # b still thinks leaf 0 is free
+        res = await b.commit(make_entry("bob", 1))
+        assert (res.leaf_index, res.duplicate) == (1, False)
+        assert b.tree_head().tree_size == 2
+        dup = await b.commit(make_entry("alice", 1))
+        assert dup.duplicate and dup.leaf_index == 0
+        with pytest.raises(StoreError):
+            await a.commit(make_entry("carol", 1))
+        assert (await a.commit(make_entry("carol", 1))).leaf_index == 2
+        proof = a.consistency_proof(2, 3)
+        verify_consistency(2, 3, b.tree_head().root_hash, a.tree_head().root_hash, proof)
+    finally:
+        await a.close()
+        await b.close()
+    assert await _counts(dsn) == {"users": 3, "changes": 3, "leaves": 3, "tree_heads": 4}
