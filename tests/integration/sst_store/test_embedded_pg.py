@@ -46,12 +46,12 @@ async def test_start_stop_restart_keeps_data(pg_dir: Path) -> None:
         await conn.close()
 
 
-async def test_explicit_port_taken_is_a_clear_error(pg_dir: Path, tmp_path: Path) -> None:
+async def test_explicit_port_taken_is_a_clear_error(pg_dir: Path) -> None:
     port = free_port()
     async with EmbeddedPostgres(pg_dir, port=port) as first:
         assert first.port == port
         with pytest.raises(PostgresError, match="taken"):
-            await EmbeddedPostgres(tmp_path / "other", port=port).start()
+            await EmbeddedPostgres(pg_dir.parent / "other", port=port).start()
 
 
 def test_server_dies_with_its_parent(pg_dir: Path) -> None:
