@@ -92,3 +92,12 @@ async def test_a_non_cluster_directory_is_refused(pg_dir: Path) -> None:
     (pg_dir / "pgdata" / "stray").write_text("not a cluster")
     with pytest.raises(PostgresError, match="holds no PostgreSQL cluster"):
         await EmbeddedPostgres(pg_dir).start()
+
+
+async def test_second_server_on_the_same_data_is_refused(pg_dir: Path) -> None:
+    async with EmbeddedPostgres(pg_dir) as first:
+        with pytest.raises(PostgresError, match=r"postmaster\.pid"):
+            await EmbeddedPostgres(pg_dir).start()
+        conn = await asyncpg.connect(first.dsn)  # the first one is unharmed
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
