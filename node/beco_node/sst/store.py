@@ -184,17 +184,19 @@ class SstStore:
             if row is None:
                 if tree.size:
                     raise StoreIntegrityError(f"{tree.size} log leaves but no signed tree head")
-                sth = sign_tree_head(self._key, 0, tree.root(), self._clock())
-                await conn.execute(
+                empty = sign_tree_head(self._key, 0, tree.root(), self._clock())
+                # Another SST starting on the same new database may have been first.
+                row = await conn.fetchrow(
                     "INSERT INTO tree_heads (tree_size, root_hash, timestamp_ms, signature)"
-                    " VALUES ($1, $2, $3, $4)",
-                    sth.tree_size,
-                    sth.root_hash,
-                    sth.timestamp_ms,
-                    sth.signature,
-                )
-            else:
-                sth = _sth(row)
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (tree_size) DO NOTHING RETURNING *",
+                    empty.tree_size,
+                    empty.root_hash,
+                    empty.timestamp_ms,
+                    empty.signature,
+                ) or await conn.fetchrow("SELECT * FROM tree_heads WHERE tree_size = 0")
+                if row is None:
+                    raise StoreIntegrityError("the empty tree head vanished during start-up")
+            sth = _sth(row)
         self._check_head(tree, sth)
         self._tree, self._sth = tree, sth
 

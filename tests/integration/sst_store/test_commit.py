@@ -322,3 +322,12 @@ async def test_two_writers_cannot_fork_the_log(
         await a.close()
         await b.close()
     assert await _counts(dsn) == {"users": 3, "changes": 3, "leaves": 3, "tree_heads": 4}
+
+
+async def test_concurrent_first_opens_agree(dsn: str, key: Ed25519PrivateKey) -> None:
+    stores = await asyncio.gather(*(SstStore.open(dsn, key) for _ in range(3)))
+    try:
+        assert len({s.tree_head() for s in stores}) == 1
+    finally:
+        for s in stores:
+            await s.close()
