@@ -130,17 +130,17 @@ def pid_alive(pid: int) -> bool:
 
 
 def stop_pids(pids: Sequence[int], grace: float = 5.0) -> None:
-    """Stop process groups by id (for ``down`` from another process than the one that started them)."""
+    """Stop process groups by id, one after the other in the given order (for ``down`` from
+    another process than the one that started them: no Popen objects to wait on)."""
     for pid in pids:
         kill_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
         kill_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
 
 
 def forget(pids: Sequence[int]) -> None:
