@@ -417,6 +417,8 @@ class ControlPlane:
                 "--node-lease-duration-seconds=40",
             ],
         )
+        # Nodes and the StorageClass can be created while the controllers warm up.
+        self._bootstrap(stages)
         self._wait(
             deadline,
             kcm_proc,
@@ -426,7 +428,6 @@ class ControlPlane:
             deadline, sched_proc, lambda: _https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz")
         )
 
-        self._bootstrap(stages)
         self._wait(deadline, kwok_proc, self._nodes_ready, "nodes Ready and untainted")
         self._wait(
             deadline,
