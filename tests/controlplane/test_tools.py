@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster import ControlPlane
+from tests.cluster.binaries import read_versions
 
 pytestmark = pytest.mark.controlplane
 
@@ -25,8 +26,9 @@ def test_kubectl_is_ours_and_sees_the_zones(control_plane: ControlPlane) -> None
     cp = control_plane
     version = json.loads(_run(cp, "kubectl", "version", "--output=json"))
     # Our build, not Debian's /usr/bin/kubectl (v1.32): cp.env() puts the bin dir first on PATH.
-    assert version["clientVersion"]["gitVersion"] == "v1.36.3"
-    assert version["serverVersion"]["gitVersion"] == "v1.36.3"
+    expected = read_versions()["K8S_VERSION"]
+    assert version["clientVersion"]["gitVersion"] == expected
+    assert version["serverVersion"]["gitVersion"] == expected
     zones = _run(
         cp,
         "kubectl",
