@@ -46,22 +46,18 @@ class CliError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="beco", description="BECO command-line client")
-    p.add_argument("--endpoint", default=os.environ.get("BECO_ENDPOINT", "localhost:9001"))
-    p.add_argument("--key", default=os.environ.get("BECO_KEY"), help="your key file [BECO_KEY]")
-    p.add_argument("--output", choices=["text", "json"], default="text")
-    p.add_argument("--membership", default=os.environ.get("BECO_MEMBERSHIP"))
-    p.add_argument("--sst-key", default=None, help="the SST public key (base64)")
-    p.add_argument("--timeout", type=float, default=30.0)
-    sub = p.add_subparsers(dest="cmd", required=True)
+    _common(p, real_defaults=True)
+    # The same options are accepted after the subcommand too.
+    common = argparse.ArgumentParser(add_help=False)
+    _common(common, real_defaults=False)
+    sub = _Sub(p.add_subparsers(dest="cmd", required=True), common)
 
     kg = sub.add_parser("keygen", help="create a new key file")
     kg.add_argument("--out", required=True)
     kg.add_argument("--force", action="store_true")
     sub.add_parser("whoami", help="print the user id of --key")
 
-    user = sub.add_parser("user", help="create / get / list / history").add_subparsers(
-        dest="sub", required=True
-    )
+    user = sub.add_subparsers(sub.action.add_parser("user", help="create / get / list / history"))
     c = user.add_parser("create")
     c.add_argument("--first", default="")
     c.add_argument("--middle", action="append", default=[])
@@ -74,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     h = user.add_parser("history")
     h.add_argument("user_id", nargs="?")
 
-    st = sub.add_parser("set", help="set a name").add_subparsers(dest="sub", required=True)
+    st = sub.add_subparsers(sub.action.add_parser("set", help="set a name"))
     for name in ("first", "last"):
         sp = st.add_parser(name)
         sp.add_argument("value")
@@ -92,15 +88,11 @@ def _parser() -> argparse.ArgumentParser:
         gp.add_argument("access", choices=list(ACCESS))
         gp.add_argument("--user", help="whose field (default: yourself)")
 
-    tree = sub.add_parser("tree", help="the signed tree head").add_subparsers(
-        dest="sub", required=True
-    )
+    tree = sub.add_subparsers(sub.action.add_parser("tree", help="the signed tree head"))
     th = tree.add_parser("head")
     th.add_argument("--save", help="write the verified head to this JSON file")
 
-    proof = sub.add_parser("proof", help="verify proofs offline").add_subparsers(
-        dest="sub", required=True
-    )
+    proof = sub.add_subparsers(sub.action.add_parser("proof", help="verify proofs offline"))
     pi = proof.add_parser("inclusion", help="a user's change is in the log")
     pi.add_argument("user_id", nargs="?")
     pi.add_argument("--sequence", type=int, default=0, help="default: the latest change")
@@ -115,6 +107,41 @@ def _read(path: str) -> str:
 
 def _write(path: str, text: str) -> None:
     Path(path).write_text(text)
+
+
+def _common(p: argparse.ArgumentParser, *, real_defaults: bool) -> None:
+    def d(value: Any) -> Any:
+        return value if real_defaults else argparse.SUPPRESS
+
+    p.add_argument(
+        "--endpoint",
+        default=d(os.environ.get("BECO_ENDPOINT", "localhost:9001")),
+        help="a user node, host:port [BECO_ENDPOINT, default localhost:9001]",
+    )
+    p.add_argument("--key", default=d(os.environ.get("BECO_KEY")), help="your key file [BECO_KEY]")
+    p.add_argument("--output", choices=["text", "json"], default=d("text"))
+    p.add_argument(
+        "--membership",
+        default=d(os.environ.get("BECO_MEMBERSHIP")),
+        help="membership file to take the SST key from [BECO_MEMBERSHIP]",
+    )
+    p.add_argument("--sst-key", default=d(None), help="the SST public key (base64)")
+    p.add_argument("--timeout", type=float, default=d(30.0), help="seconds per request")
+
+
+class _Sub:
+    """Subparsers that all accept the common options."""
+
+    def __init__(self, action: Any, common: argparse.ArgumentParser) -> None:
+        self.action = action
+        self.common = common
+
+    def add_parser(self, name: str, **kw: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.action.add_parser(name, parents=[self.common], **kw)
+        return parser
+
+    def add_subparsers(self, parser: argparse.ArgumentParser) -> _Sub:
+        return _Sub(parser.add_subparsers(dest="sub", required=True), self.common)
 
 
 def _load_key(path: str | None) -> Any:
