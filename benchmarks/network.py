@@ -183,6 +183,14 @@ async def bench_memory(state: Path, n_users: int) -> dict[str, float]:
     ms = net.prepare()
     await net.start_postgres()
     sst_key = keys.private_key_from_pem(net.nodes["sst"].key_file.read_bytes())
+    # This throw-away database only holds benchmark fill: skip the per-commit fsync wait
+    # so 100k commits take a minute or two rather than six.
+    import asyncpg
+
+    conn = await asyncpg.connect(net.dsn)
+    await conn.execute("ALTER SYSTEM SET synchronous_commit = off")
+    await conn.execute("SELECT pg_reload_conf()")
+    await conn.close()
     store = await SstStore.open(net.dsn, sst_key)
     t0 = time.perf_counter()
     have = store.tree_head().tree_size
@@ -243,17 +251,20 @@ def write_section(text: str) -> None:
 async def main_async(ns: argparse.Namespace) -> int:
     results: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
-        net = LocalNetwork(
-            Path(tmp) / "net", base_port=free_base(), extra_env={"BECO_LOG_LEVEL": "WARNING"}
-        )
-        await net.up()
-        try:
-            results |= await bench_reads(net, ns.reads, ns.read_procs, ns.read_concurrency)
-            print(f"reads: {results}", flush=True)
-            results |= await bench_commits(net, ns.commits, ns.commit_users)
-            print(f"commits: {results}", flush=True)
-        finally:
-            await net.down()
+        if ns.reads or ns.commits:
+            net = LocalNetwork(
+                Path(tmp) / "net", base_port=free_base(), extra_env={"BECO_LOG_LEVEL": "WARNING"}
+            )
+            await net.up()
+            try:
+                if ns.reads:
+                    results |= await bench_reads(net, ns.reads, ns.read_procs, ns.read_concurrency)
+                    print(f"reads: {results}", flush=True)
+                if ns.commits:
+                    results |= await bench_commits(net, ns.commits, ns.commit_users)
+                    print(f"commits: {results}", flush=True)
+            finally:
+                await net.down()
         if ns.users:
             results |= await bench_memory(Path(tmp) / "mem", ns.users)
             print(f"memory: {results}", flush=True)
@@ -268,11 +279,17 @@ async def main_async(ns: argparse.Namespace) -> int:
         "",
         "| measure | result | target |",
         "|---|---|---|",
-        f"| read latency p50 / p99 (GetUser, 1 in flight) | {r['read_p50_ms']:.2f} ms / {r['read_p99_ms']:.2f} ms | p50 < 1 ms |",
-        f"| reads/s against one user node ({int(r['read_clients'])} in flight) | {r['reads_per_s']:.0f} | >= 3,000 |",
-        f"| commit latency p50 / p99 (1 in flight) | {r['commit_p50_ms']:.2f} ms / {r['commit_p99_ms']:.2f} ms | p50 < 15 ms |",
-        f"| commits/s ({int(r['commit_users'])} users updating in parallel, 3 user nodes) | {r['commits_per_s']:.0f} | >= 300 |",
     ]
+    if "read_p50_ms" in r:
+        lines += [
+            f"| read latency p50 / p99 (GetUser, 1 in flight) | {r['read_p50_ms']:.2f} ms / {r['read_p99_ms']:.2f} ms | p50 < 1 ms |",
+            f"| reads/s against one user node ({int(r['read_clients'])} in flight) | {r['reads_per_s']:.0f} | >= 3,000 |",
+        ]
+    if "commit_p50_ms" in r:
+        lines += [
+            f"| commit latency p50 / p99 (1 in flight) | {r['commit_p50_ms']:.2f} ms / {r['commit_p99_ms']:.2f} ms | p50 < 15 ms |",
+            f"| commits/s ({int(r['commit_users'])} users updating in parallel, 3 user nodes) | {r['commits_per_s']:.0f} | >= 300 |",
+        ]
     if "user_node_rss_mb" in r:
         lines.append(
             f"| user node RSS holding {int(r['users_loaded']):,} identities | {r['user_node_rss_mb']:.0f} MB | < 300 MB |"
