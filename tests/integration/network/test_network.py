@@ -310,3 +310,63 @@ async def test_metrics_health_and_reflection(network: LocalNetwork) -> None:
             names = {s.name for s in resp.list_services_response.service}
             break
     assert {"beco.v1.Identity", "grpc.health.v1.Health"} <= names
+
+
+async def _metric(port: int, name: str) -> float | None:
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            body: bytes = r.read()
+        return body.decode()
+
+    for line in (await asyncio.to_thread(fetch)).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_membership_reload_without_restart(network: LocalNetwork) -> None:
+    """Runs last in the module: it edits the membership file and restores it."""
+    from beco_node.membership import build
+
+    path = network.membership_path
+    original = path.read_text()
+    ms = loads(original)
+    alice = Person()
+    async with alice.client(network, 0) as a:
+        await a.create_user("Alice")
+    try:
+        # user-c-0 leaves the network (2 user nodes, quorum 2), generation 2
+        members = [m for m in ms.members if m.name != "user-c-0"]
+        path.write_text(build(ms.network, ms.generation + 1, 2, members).dumps())
+        vport = network.nodes["validator"].metrics_port
+        for _ in range(100):
+            if await _metric(vport, "beco_membership_generation") == ms.generation + 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the validator never reloaded the membership")
+        sport = network.nodes["sst"].metrics_port
+        for _ in range(100):
+            if await _metric(sport, "beco_membership_generation") == ms.generation + 1:
+                break
+            await asyncio.sleep(0.1)
+        # the removed node can no longer propose; the others commit with 2 votes
+        async with alice.client(network, 2) as c:
+            await expect(grpc.StatusCode.UNAVAILABLE, c.set_first(alice.id, "FromRemoved"))
+        async with alice.client(network, 0) as a:
+            r = await a.set_first(alice.id, "Two")
+            assert r.commit.sequence == 2
+            hist = await a.history(alice.id)
+            leaf = pb.LogLeaf()
+            leaf.ParseFromString(hist.entries[-1].leaf_data)
+            c_id = next(m.peer_id for m in ms.members if m.name == "user-c-0")
+            assert c_id not in leaf.voters and len(leaf.voters) == 2
+    finally:
+        path.write_text(original)
+        for _ in range(100):
+            if (
+                await _metric(network.nodes["validator"].metrics_port, "beco_membership_generation")
+                == ms.generation
+            ):
+                break
+            await asyncio.sleep(0.1)
