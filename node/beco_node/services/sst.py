@@ -178,7 +178,8 @@ class SstService(ppb_grpc.SstServicer):
         )
         env = peer.seal("applied", applied, rt.key, rt.peer_id, rt.now_ms())
         for m in ms.user_nodes:
-            rt.spawn(self._notify(m, env))
+            if m.peer_id != prop.origin:  # the origin applies the outcome it gets back
+                rt.spawn(self._notify(m, env))
         log.debug(
             "committed", extra={"fields": {"proposal": prop.proposal_id, "seq": res.sequence}}
         )
@@ -264,4 +265,3 @@ class SstService(ppb_grpc.SstServicer):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         return out
-
