@@ -37,7 +37,7 @@ from beco_node.errors import (
     Unavailable,
 )
 from beco_node.merkle.sth import SignedTreeHead
-from beco_node.services.runtime import Runtime, rpc_handler
+from beco_node.services.runtime import ERROR_CODES, Runtime, rpc_handler
 from beco_node.sst.records import (
     CommitEntry,
     CommitResult,
@@ -49,6 +49,7 @@ from beco_node.sst.records import (
 from beco_node.sst.store import SstStore
 
 log = logging.getLogger("beco.sst")
+ERROR_CODES[StoreUnavailableError] = "UNAVAILABLE"
 Ctx = grpc.aio.ServicerContext[Any, Any]
 RECENT = 100_000
 
