@@ -161,7 +161,6 @@ class Runtime:
             else:
                 ch = grpc.aio.secure_channel(address, creds, options=opts)
             self._channels[address] = ch
-            metrics.CONNECTED_PEERS.set(len(self._channels))
         return ch
 
     def peer_channel(self, member: Member) -> grpc.aio.Channel:
