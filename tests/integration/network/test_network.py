@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -248,6 +250,30 @@ async def test_below_quorum_fails_and_writes_nothing(network: LocalNetwork) -> N
                 await asyncio.sleep(0.2)
         else:
             raise AssertionError("never committed after the nodes came back")
+
+
+async def test_unresponsive_voters_fail_at_the_deadline(network: LocalNetwork) -> None:
+    """Two user nodes hang (SIGSTOP): no vote arrives, FAILED at the vote deadline (3 s here)."""
+    alice = Person()
+    async with alice.client(network) as a:
+        await a.create_user("Alice")
+        before = await tree_size(network, alice)
+        hung = [network.nodes[n].proc for n in ("user-b-0", "user-c-0")]
+        for p in hung:
+            assert p is not None
+            p.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            details = await expect(grpc.StatusCode.UNAVAILABLE, a.set_last(alice.id, "Hung"))
+            waited = time.monotonic() - t0
+            assert "missing at the deadline" in details or "DEADLINE_EXCEEDED" in details, details
+            assert 2.5 < waited < 20
+        finally:
+            for p in hung:
+                assert p is not None
+                p.send_signal(signal.SIGCONT)
+        assert await tree_size(network, alice) == before
+        assert (await a.get_user(alice.id)).sequence == 1
 
 
 async def test_sst_and_postgres_restart_keep_acknowledged_changes(network: LocalNetwork) -> None:
