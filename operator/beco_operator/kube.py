@@ -143,7 +143,10 @@ class Kube:
                     method, self.server + url, data=data, headers=headers, params=params
                 ) as resp:
                     text = await resp.text()
-                    obj = json.loads(text) if text else None
+                    try:
+                        obj = json.loads(text) if text else None
+                    except ValueError:
+                        obj = {"message": text[:200]}  # e.g. a plain "404 page not found"
                     if resp.status >= 400:
                         metrics.API_ERRORS.labels(str(resp.status)).inc()
                     return resp.status, obj
