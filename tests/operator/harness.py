@@ -69,7 +69,7 @@ def install_crd(cp: ControlPlane) -> None:
         obj = cp.api("GET", f"{path}/{name}")
         return any(
             c["type"] == "Established" and c["status"] == "True"
-            for c in obj.get("status", {}).get("conditions", [])
+            for c in (obj.get("status") or {}).get("conditions") or []
         )
 
     wait(established, 30, "the CRD to be established")
