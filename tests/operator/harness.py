@@ -235,6 +235,7 @@ class PodWatch:
         self.unready_counts: list[int] = []
         self._stop = False
         self._thread: Any = None
+        self.error: Exception | None = None
 
     @staticmethod
     def _is_ready(pod: Any) -> bool:
@@ -253,6 +254,13 @@ class PodWatch:
         rv = pods.metadata.resource_version
 
         def run() -> None:
+            try:
+                follow()
+            except Exception as exc:  # a stream cut after stop() is fine; before, it is a failure
+                if not self._stop:
+                    self.error = exc
+
+        def follow() -> None:
             w = watch.Watch()
             for ev in w.stream(
                 self.core.list_namespaced_pod,
@@ -278,3 +286,5 @@ class PodWatch:
         self._stop = True
         if self._thread is not None:
             self._thread.join(timeout=2)  # ends with its next event or its timeout
+        if self.error is not None:
+            raise AssertionError(f"the pod watch broke off: {self.error}")

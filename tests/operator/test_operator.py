@@ -163,16 +163,18 @@ def test_deleted_or_edited_child_is_restored(
         "the user StatefulSet of zone b to come back",
     )
     wait(lambda: cp.exists(f"/api/v1/namespaces/{ns}/services/demo"), 60, "the client Service")
-    merge_patch(
-        cp, f"/api/v1/namespaces/{ns}/services/demo-validator", {"spec": {"selector": {"x": "y"}}}
+    # Edits are taken back: a scaled user StatefulSet and a changed Service selector.
+    merge_patch(cp, f"{apps}/statefulsets/demo-user-a", {"spec": {"replicas": 3}})
+    comp = "app.kubernetes.io/component"
+    svc = f"/api/v1/namespaces/{ns}/services/demo-validator"
+    merge_patch(cp, svc, {"spec": {"selector": {comp: "hacked"}}})
+    wait(
+        lambda: cp.api("GET", f"{apps}/statefulsets/demo-user-a")["spec"]["replicas"] == 1,
+        60,
+        "the edited replica count to be restored",
     )
     wait(
-        lambda: (
-            "x"
-            not in cp.api("GET", f"/api/v1/namespaces/{ns}/services/demo-validator")["spec"][
-                "selector"
-            ]
-        ),
+        lambda: cp.api("GET", svc)["spec"]["selector"][comp] == "validator",
         60,
         "the edited selector to be restored",
     )
@@ -296,7 +298,7 @@ def test_operator_restart_changes_no_secret(
         }
 
     before = snapshot()
-    assert len(before) == 7  # six peer keys and the Postgres password
+    assert len(before) == 9  # six peer keys, the CA, the client certificate, the Postgres password
     beco_operator.kill()  # as a crash would
     beco_operator.start()
     wait(
