@@ -447,3 +447,51 @@ def test_zone_without_nodes_is_degraded_with_the_reason(
     assert st["readyByZone"] == {"a": 1, "b": 1, "z": 0}
     # Two of three user nodes still make the quorum of 2.
     assert {c["type"]: c for c in st["conditions"]}["QuorumAvailable"]["status"] == "True"
+
+
+def test_operator_killed_mid_reconcile_converges_without_churning_keys(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    first = wait(lambda: key_secrets(cp, ns), 30, "the first key Secrets")
+    beco_operator.kill()  # somewhere in the middle of the first reconciles
+    seen = {
+        n: (s["metadata"]["uid"], s["data"]["node.key"]) for n, s in key_secrets(cp, ns).items()
+    }
+    assert seen and len(first) >= 1
+    beco_operator.start()
+    wait_ready(cp, ns, "demo")
+    after = key_secrets(cp, ns)
+    assert len(after) == 6
+    for n, (uid, key) in seen.items():
+        assert (after[n]["metadata"]["uid"], after[n]["data"]["node.key"]) == (uid, key), n
+    ms = membership_of(cp, ns)
+    assert len({m.peer_id for m in ms.members}) == 6
+
+
+def test_several_networks_in_several_namespaces(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp = control_plane
+    other = f"{k8s_namespace}-b"
+    cp.rest.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}}
+    )
+    wait(lambda: cp.exists(f"/api/v1/namespaces/{other}/serviceaccounts/default"), 30, "sa")
+    try:
+        nets = [(k8s_namespace, "one"), (k8s_namespace, "two"), (other, "one")]
+        for ns, name in nets:
+            create(cp, ns, name, userNodes={"perZone": 1 if name == "one" else 2})
+        for ns, name in nets:
+            st = wait_ready(cp, ns, name)["status"]
+            assert st["members"] == (3 if name == "one" else 6)
+            ms = membership_of(cp, ns, name)
+            assert ms.network == name
+            assert all(m.address.endswith(f".{ns}.svc:9001") for m in ms.members)
+        # Same name in two namespaces: separate keys.
+        a = {m.public_key for m in membership_of(cp, k8s_namespace, "one").members}
+        b = {m.public_key for m in membership_of(cp, other, "one").members}
+        assert not a & b
+    finally:
+        cp.api("DELETE", f"/api/v1/namespaces/{other}")
