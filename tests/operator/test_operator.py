@@ -142,9 +142,18 @@ def test_scale_one_to_two_per_zone_keeps_old_keys(
         "c",
         "c",
     ]
-    # The scale subresource speaks the same field.
+    # The scale subresource speaks the same field; scaling back down removes members and keys.
     scale = cp.api("GET", net_path(ns, "demo") + "/scale")
     assert scale["spec"]["replicas"] == 2
+    scale["spec"]["replicas"] = 1
+    cp.api("PUT", net_path(ns, "demo") + "/scale", scale)
+    obj = wait_ready(cp, ns, "demo")
+    assert (obj["status"]["members"], obj["status"]["quorum"]) == (3, 2)
+    ms = membership_of(cp, ns)
+    assert len(ms.user_nodes) == 3 and ms.quorum == 2
+    wait(lambda: len(key_secrets(cp, ns)) == 6, 60, "the departed members' keys to go")
+    for n, s in key_secrets(cp, ns).items():
+        assert s["data"]["node.key"] == before[n], f"key of {n} changed on scale-down"
 
 
 def test_deleted_or_edited_child_is_restored(
