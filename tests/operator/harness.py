@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 CRD_FILE = ROOT / "crds" / "beconetworks.beco.dev.yaml"
 RBAC_FILE = ROOT / "deploy" / "rbac" / "operator-rbac.yaml"
 GROUP_PATH = "/apis/beco.dev/v1alpha1"
-OPERATOR_NS = "beco-system"
+# Not the chart's defaults: the ship tests may install the chart into the same session plane.
+OPERATOR_NS = "beco-operator-test"
+NAME_SUFFIX = "-optest"
 
 
 def free_port() -> int:
@@ -92,8 +94,15 @@ def install_rbac(cp: ControlPlane) -> Path:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
     )
     for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
-        ns = doc["metadata"].get("namespace", "")
-        cp.rest.create(_RBAC_PATHS[doc["kind"]].format(ns=ns), doc)
+        if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            doc["metadata"]["name"] += NAME_SUFFIX
+        if doc["kind"] == "ClusterRoleBinding":
+            doc["roleRef"]["name"] += NAME_SUFFIX
+        if "namespace" in doc["metadata"]:
+            doc["metadata"]["namespace"] = OPERATOR_NS
+        for subject in doc.get("subjects", []):
+            subject["namespace"] = OPERATOR_NS
+        cp.rest.create(_RBAC_PATHS[doc["kind"]].format(ns=OPERATOR_NS), doc)
     return cp.service_account_kubeconfig(OPERATOR_NS, "beco-operator")
 
 
