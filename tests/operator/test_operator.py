@@ -506,3 +506,49 @@ def test_several_networks_in_several_namespaces(
         assert not a & b
     finally:
         cp.api("DELETE", f"/api/v1/namespaces/{other}")
+
+
+def test_a_converged_network_costs_no_writes(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    time.sleep(2)  # the last events of the rollout to Ready
+    kinds = (
+        f"/apis/apps/v1/namespaces/{ns}/statefulsets",
+        f"/apis/apps/v1/namespaces/{ns}/deployments",
+        f"/api/v1/namespaces/{ns}/configmaps",
+        f"/api/v1/namespaces/{ns}/secrets",
+        f"/api/v1/namespaces/{ns}/events",
+        f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+        f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+    )
+
+    def versions() -> dict[str, str]:
+        return {
+            f"{k}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+            for k in kinds
+            for o in items(cp, k)
+        }
+
+    reconciles = beco_operator.metric("beco_operator_reconciles_total")
+    before = versions()
+    # Wake the network's worker twice without changing anything it owns.
+    merge_patch(cp, net_path(ns, "demo"), {"metadata": {"labels": {"team": "identity"}}})
+    wait(
+        lambda: beco_operator.metric("beco_operator_reconciles_total") > reconciles,
+        30,
+        "a reconcile",
+    )
+    svc = f"/api/v1/namespaces/{ns}/services/demo"
+    merge_patch(cp, svc, {"metadata": {"annotations": {"note": "not the operator's field"}}})
+    wait(
+        lambda: beco_operator.metric("beco_operator_reconciles_total") > reconciles + 1,
+        30,
+        "another reconcile",
+    )
+    time.sleep(1)
+    assert versions() == before
+    status = get_network(cp, ns, "demo")["status"]
+    assert status["phase"] == "Ready"
