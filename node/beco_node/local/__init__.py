@@ -1,0 +1,1 @@
+"""``beco-local``: a whole BECO network as real processes on this machine."""

@@ -1,0 +1,134 @@
+"""``beco-local up | down``: run a whole BECO network on this machine.
+
+``up`` generates keys and a membership once (kept in ``--state-dir``), starts
+PostgreSQL (embedded, or ``--database-url``), the SST, rendezvous, validator
+and user nodes as real processes, prints the endpoints and a CLI example, and
+runs until Ctrl-C or ``beco-local down`` (SIGTERM to the ``up`` process), then
+stops everything cleanly. Committed changes survive a restart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from beco_node.local.network import LocalNetwork
+
+
+def _args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="beco-local", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up", help="start the network and run until Ctrl-C")
+    up.add_argument("--zones", default=os.environ.get("BECO_LOCAL_ZONES", "a,b,c"))
+    up.add_argument(
+        "--nodes-per-zone", type=int, default=int(os.environ.get("BECO_LOCAL_NODES_PER_ZONE", "1"))
+    )
+    up.add_argument("--state-dir", default=os.environ.get("BECO_LOCAL_STATE_DIR", "./.state/local"))
+    up.add_argument("--database-url", default=os.environ.get("BECO_DATABASE_URL") or None)
+    up.add_argument("--base-port", type=int, default=9001)
+    up.add_argument("--quorum", type=int, default=None, help="default: the BFT default quorum")
+    down = sub.add_parser("down", help="stop a running `beco-local up`")
+    down.add_argument(
+        "--state-dir", default=os.environ.get("BECO_LOCAL_STATE_DIR", "./.state/local")
+    )
+    return p.parse_args(argv)
+
+
+def _print_banner(net: LocalNetwork) -> None:
+    users = net.user_endpoints()
+    print("BECO local network is up (plaintext gRPC on loopback: --insecure, development only)")
+    print(f"  state dir : {net.state_dir}")
+    print(f"  database  : {net.dsn.split('@')[-1]}")
+    for n in net.nodes.values():
+        print(
+            f"  {n.role:<10} {n.name:<12} {n.address:<16} metrics http://127.0.0.1:{n.metrics_port}/metrics"
+        )
+    ep = users[0]
+    print("\nTry it (another terminal):")
+    print("  beco keygen --out alice.key && beco keygen --out bob.key")
+    print(f"  beco --endpoint {ep} --key alice.key user create --first Alice --last Smith")
+    print(f"  beco --endpoint {ep} --key alice.key user get $(beco whoami --key alice.key)")
+    print("  beco --key alice.key tree head")
+    print("\nCtrl-C or `beco-local down` stops the network.", flush=True)
+
+
+async def _up(ns: argparse.Namespace) -> int:
+    net = LocalNetwork(
+        ns.state_path,
+        zones=[z for z in ns.zones.split(",") if z],
+        nodes_per_zone=ns.nodes_per_zone,
+        base_port=ns.base_port,
+        database_url=ns.database_url,
+        quorum=ns.quorum,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    net.write_pid()
+    try:
+        try:
+            await net.up()
+        except Exception as exc:
+            print(f"beco-local: cannot start the network: {exc}", file=sys.stderr)
+            return 1
+        _print_banner(net)
+        while not stop.is_set():
+            with_exit = [n.name for n in net.nodes.values() if n.proc and n.proc.poll() is not None]
+            for name in with_exit:
+                print(f"beco-local: node {name} exited; restarting it", file=sys.stderr, flush=True)
+                net.start_node(name)
+            try:
+                await asyncio.wait_for(stop.wait(), 1.0)
+            except TimeoutError:
+                pass
+        print("\nbeco-local: stopping...", flush=True)
+        return 0
+    finally:
+        await net.down()
+        net.clear_pid()
+        print("beco-local: stopped", flush=True)
+
+
+def _down(ns: argparse.Namespace) -> int:
+    pidfile = Path(ns.state_dir) / "local.pid"
+    try:
+        pid = int(json.loads(pidfile.read_text())["pid"])
+    except (FileNotFoundError, ValueError, KeyError):
+        print(f"beco-local: no running network in {ns.state_dir}", file=sys.stderr)
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        print("beco-local: the network was not running (stale pid file removed)")
+        return 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("beco-local: stopped")
+            return 0
+        time.sleep(0.2)
+    print("beco-local: still running after 60 s", file=sys.stderr)
+    return 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ns = _args(argv)
+    if ns.cmd == "up":
+        ns.state_path = Path(ns.state_dir).resolve()
+        return asyncio.run(_up(ns))
+    return _down(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

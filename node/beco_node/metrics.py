@@ -1,0 +1,31 @@
+"""Prometheus metrics, served on ``/metrics`` by every node (``--metrics-listen``)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+RPC_REQUESTS = Counter("beco_rpc_requests_total", "gRPC requests handled", ["method", "code"])
+RPC_LATENCY = Histogram("beco_rpc_latency_seconds", "gRPC handling time", ["method"], buckets=_FAST)
+PROPOSALS = Counter("beco_proposals_total", "proposals by outcome", ["outcome"])
+VOTES = Counter("beco_votes_total", "votes cast (user) or received (validator)", ["verdict"])
+QUORUM_WAIT = Histogram(
+    "beco_quorum_wait_seconds", "validator: time from fan-out to decision", buckets=_FAST
+)
+COMMIT_TIME = Histogram(
+    "beco_commit_seconds", "sst: certificate check + Postgres transaction", buckets=_FAST
+)
+CONNECTED_PEERS = Gauge("beco_connected_peers", "peers with a live record or channel")
+TREE_SIZE = Gauge("beco_tree_size", "leaves in the Merkle log (sst) / last seen (others)")
+USERS = Gauge("beco_users", "users held in memory")
+MEMBERSHIP_GENERATION = Gauge("beco_membership_generation", "generation of the loaded membership")
+
+
+def serve(listen: str) -> int:
+    """Start the /metrics HTTP server (port 0: any free port); return its port, 0 if disabled."""
+    if not listen or listen == "off":
+        return 0
+    host, _, port = listen.rpartition(":")
+    server, _thread = start_http_server(int(port), addr=host or "0.0.0.0")
+    return int(server.server_port)

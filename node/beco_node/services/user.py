@@ -1,0 +1,334 @@
+"""The user node: the public Identity API, and a voter.
+
+Reads are served from memory: every user's state is kept as serialised bytes
+(compact: a few hundred bytes per user) and parsed on demand; a miss asks the
+SST. At start the node streams all users from the SST. An index
+``grantee -> users`` answers ListUsers without scanning everyone.
+
+A mutation is authenticated (signature, skew, replay), checked against the
+limits and the node's copy of the user (``model.apply``), then proposed to the
+validator; the node answers the client when the outcome comes back (COMMITTED
+-> the new view; FAILED/REJECTED -> the matching gRPC status).
+
+As a voter, the node re-checks the client's signature and runs ``model.apply``
+against its own copy at the sequence the validator assigned; if its copy lags
+(a commit notice not yet arrived) it refreshes the user from the SST first.
+Its vote (VALID, or INVALID with the reason) is signed with its peer key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+from beco.v1 import identity_pb2 as pb
+from beco.v1 import identity_pb2_grpc as pb_grpc
+from beco.v1 import peer_pb2 as ppb
+from beco.v1 import peer_pb2_grpc as ppb_grpc
+
+from beco_node import auth, limits, metrics, model, peer
+from beco_node.auth import Authenticator
+from beco_node.errors import BecoError, InvalidArgument, NotFound, Unavailable
+from beco_node.services.runtime import Runtime, rpc_handler
+
+log = logging.getLogger("beco.user")
+Ctx = grpc.aio.ServicerContext[Any, Any]
+M = model.SERVICE
+
+
+class UserStore:
+    """The in-memory users: id -> (sequence, serialised state), plus the grantee index."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, tuple[int, bytes]] = {}
+        self.grants: dict[str, set[str]] = {}  # grantee -> users granting it some access
+
+    def get(self, uid: str) -> pb.UserState | None:
+        hit = self.users.get(uid)
+        if hit is None:
+            return None
+        st = pb.UserState()
+        st.ParseFromString(hit[1])
+        return st
+
+    def sequence(self, uid: str) -> int:
+        hit = self.users.get(uid)
+        return hit[0] if hit else 0
+
+    def put(self, seq: int, data: bytes, state: pb.UserState | None = None) -> bool:
+        """Store a state if it is newer than what we hold; True if stored."""
+        if state is None:
+            state = pb.UserState()
+            state.ParseFromString(data)
+        uid = state.user_id
+        old = self.users.get(uid)
+        if old is not None and old[0] >= seq:
+            return False
+        if old is not None:
+            prev = pb.UserState()
+            prev.ParseFromString(old[1])
+            for g in _grantees(prev):
+                s = self.grants.get(g)
+                if s is not None:
+                    s.discard(uid)
+                    if not s:
+                        del self.grants[g]
+        self.users[uid] = (seq, data)
+        for g in _grantees(state):
+            self.grants.setdefault(g, set()).add(uid)
+        return True
+
+
+def _grantees(st: pb.UserState) -> set[str]:
+    out: set[str] = set()
+    for fs in (st.first_name, st.middle_names, st.last_name):
+        out.update(fs.editors)
+        out.update(fs.viewers)
+    return out
+
+
+class UserNode:
+    """Shared state of the two servicers of a user node."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.store = UserStore()
+        self.authn = Authenticator(rt.settings.skew_ms)
+        self.loaded = asyncio.Event()
+
+    def sst_stub(self) -> ppb_grpc.SstStub:
+        return ppb_grpc.SstStub(self.rt.peer_channel(self.rt.membership.one("sst")))
+
+    def query(self, q: ppb.SstQuery) -> ppb.PeerEnvelope:
+        return peer.seal("sst_query", q, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+
+    async def sst_call(self, method: str, q: ppb.SstQuery) -> Any:
+        try:
+            return await getattr(self.sst_stub(), method)(self.query(q), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
+                raise BecoError(exc.details() or "", exc.code().name) from None
+            raise Unavailable(f"the SST is unavailable: {exc.code().name}") from None
+
+    async def fetch(self, uid: str) -> pb.UserState | None:
+        """The user from the SST (a miss, or a lagging copy)."""
+        reply: ppb.UserStateReply = await self.sst_call("GetUserState", ppb.SstQuery(user_id=uid))
+        if not reply.found:
+            return None
+        st = pb.UserState()
+        st.ParseFromString(reply.state)
+        self.store.put(reply.sequence, reply.state, st)
+        metrics.USERS.set(len(self.store.users))
+        return self.store.get(uid)
+
+    async def user(self, uid: str) -> pb.UserState | None:
+        st = self.store.get(uid)
+        if st is None:
+            st = await self.fetch(uid)
+        return st
+
+    async def load_all(self) -> None:
+        """Stream every user from the SST at start; retried until the SST answers."""
+        delay = 0.2
+        while True:
+            try:
+                n = 0
+                async for rep in self.sst_stub().LoadUsers(self.query(ppb.SstQuery())):  # type: ignore[attr-defined]
+                    self.store.put(rep.sequence, rep.state)
+                    n += 1
+                metrics.USERS.set(len(self.store.users))
+                log.info("users loaded from the SST", extra={"fields": {"users": n}})
+                self.loaded.set()
+                return
+            except grpc.aio.AioRpcError as exc:
+                log.info("waiting for the SST: %s", exc.code().name)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def apply_commit(self, seq: int, data: bytes) -> None:
+        if self.store.put(seq, data):
+            metrics.USERS.set(len(self.store.users))
+
+
+class IdentityService(pb_grpc.IdentityServicer):
+    def __init__(self, node: UserNode) -> None:
+        self.node = node
+        self.rt = node.rt
+
+    def _auth(self, method: str, request: Any) -> str:
+        return self.node.authn.authenticate(method, request, self.rt.now_ms())
+
+    async def _mutate(self, method: str, request: Any) -> pb.MutationResponse:
+        caller = self._auth(method, request)
+        model.check_limits(method, request)
+        uid = model.target_user(method, request, caller)
+        state = await self.node.user(uid)
+        # Early check against our copy: refuses what cannot pass without a round of votes.
+        model.apply(
+            method, request, caller, state, (state.sequence + 1) if state else 1, self.rt.now_ms()
+        )
+        prop = ppb.Proposal(
+            proposal_id=peer.proposal_id(request.auth.signature),
+            user_id=uid,
+            kind=model.MUTATIONS[method].kind,
+            method=method,
+            request=request.SerializeToString(),
+            origin=self.rt.peer_id,
+        )
+        validator = self.rt.membership.one("validator")
+        stub = ppb_grpc.ValidatorStub(self.rt.peer_channel(validator))
+        env = peer.seal("propose", prop, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+        try:
+            outcome: ppb.Outcome = await stub.Propose(env, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(f"the validator is unavailable: {exc.code().name}") from None
+        if outcome.status != ppb.OUTCOME_COMMITTED:
+            raise BecoError(
+                outcome.reason or "the change was not committed", outcome.code or "ABORTED"
+            )
+        new = pb.UserState()
+        new.ParseFromString(outcome.state)
+        self.node.apply_commit(new.sequence, outcome.state)
+        return pb.MutationResponse(user=model.view(new, caller), commit=outcome.commit)
+
+    @rpc_handler("CreateUser")
+    async def CreateUser(self, request: pb.CreateUserRequest, context: Ctx) -> pb.MutationResponse:
+        return await self._mutate(model.CREATE_USER, request)
+
+    @rpc_handler("UpdateFirstName")
+    async def UpdateFirstName(
+        self, request: pb.UpdateFirstNameRequest, context: Ctx
+    ) -> pb.MutationResponse:
+        return await self._mutate(model.UPDATE_FIRST, request)
+
+    @rpc_handler("UpdateMiddleNames")
+    async def UpdateMiddleNames(
+        self, request: pb.UpdateMiddleNamesRequest, context: Ctx
+    ) -> pb.MutationResponse:
+        return await self._mutate(model.UPDATE_MIDDLE, request)
+
+    @rpc_handler("UpdateLastName")
+    async def UpdateLastName(
+        self, request: pb.UpdateLastNameRequest, context: Ctx
+    ) -> pb.MutationResponse:
+        return await self._mutate(model.UPDATE_LAST, request)
+
+    @rpc_handler("GrantAccess")
+    async def GrantAccess(self, request: pb.AccessRequest, context: Ctx) -> pb.MutationResponse:
+        return await self._mutate(model.GRANT, request)
+
+    @rpc_handler("RevokeAccess")
+    async def RevokeAccess(self, request: pb.AccessRequest, context: Ctx) -> pb.MutationResponse:
+        return await self._mutate(model.REVOKE, request)
+
+    @rpc_handler("GetUser")
+    async def GetUser(self, request: pb.GetUserRequest, context: Ctx) -> pb.User:
+        caller = self._auth(M + "GetUser", request)
+        limits.check_user_id("user_id", request.user_id)
+        st = await self.node.user(request.user_id)
+        if st is None:
+            raise NotFound(f"no user {request.user_id}")
+        return model.view(st, caller)
+
+    @rpc_handler("ListUsers")
+    async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:
+        caller = self._auth(M + "ListUsers", request)
+        size = limits.page_size(request.page_size)
+        store = self.node.store
+        ids = set(store.grants.get(caller, ()))
+        if caller in store.users:
+            ids.add(caller)
+        ordered = sorted(i for i in ids if i > request.page_token)
+        out = pb.ListUsersResponse()
+        for uid in ordered[:size]:
+            st = store.get(uid)
+            if st is not None and model.can_see_user(st, caller):
+                out.users.append(model.view(st, caller))
+        if len(ordered) > size:
+            out.next_page_token = ordered[size - 1]
+        return out
+
+    @rpc_handler("GetHistory")
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: Ctx
+    ) -> pb.GetHistoryResponse:
+        self._auth(M + "GetHistory", request)
+        limits.check_user_id("user_id", request.user_id)
+        st = await self.node.user(request.user_id)
+        if st is None:
+            raise NotFound(f"no user {request.user_id}")
+        # The log leaves hold digests only, so anyone who may see the user exists
+        # may see its change history (kinds, sequences, leaf indexes).
+        reply: pb.GetHistoryResponse = await self.node.sst_call(
+            "History", ppb.SstQuery(user_id=request.user_id)
+        )
+        return reply
+
+    @rpc_handler("GetTreeHead")
+    async def GetTreeHead(self, request: pb.GetTreeHeadRequest, context: Ctx) -> pb.TreeHead:
+        self._auth(M + "GetTreeHead", request)
+        th: pb.TreeHead = await self.node.sst_call("TreeHead", ppb.SstQuery())
+        return th
+
+    @rpc_handler("GetInclusionProof")
+    async def GetInclusionProof(
+        self, request: pb.GetInclusionProofRequest, context: Ctx
+    ) -> pb.InclusionProof:
+        self._auth(M + "GetInclusionProof", request)
+        q = ppb.SstQuery(leaf_index=request.leaf_index, tree_size=request.tree_size)
+        proof: pb.InclusionProof = await self.node.sst_call("InclusionProof", q)
+        return proof
+
+    @rpc_handler("GetConsistencyProof")
+    async def GetConsistencyProof(
+        self, request: pb.GetConsistencyProofRequest, context: Ctx
+    ) -> pb.ConsistencyProof:
+        self._auth(M + "GetConsistencyProof", request)
+        if request.new_size and request.old_size > request.new_size:
+            raise InvalidArgument("old_size must not exceed new_size")
+        q = ppb.SstQuery(old_size=request.old_size, new_size=request.new_size)
+        proof: pb.ConsistencyProof = await self.node.sst_call("ConsistencyProof", q)
+        return proof
+
+
+class VoterService(ppb_grpc.UserNodeServicer):
+    def __init__(self, node: UserNode) -> None:
+        self.node = node
+        self.rt = node.rt
+
+    @rpc_handler("user.Vote")
+    async def Vote(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Vote:
+        rt = self.rt
+        peer.open_envelope(request, "vote_request", rt.membership, rt.now_ms())
+        header = peer.parse(ppb.ProposalHeader, request.payload)
+        assert isinstance(header, ppb.ProposalHeader)
+        digest = peer.header_digest(header)
+        prop = header.proposal
+        try:
+            req = model.parse_mutation(prop.method, prop.request)
+            caller = auth.verify_signature(prop.method, req)
+            if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
+                raise InvalidArgument("proposal id does not match the request")
+            if model.target_user(prop.method, req, caller) != prop.user_id:
+                raise InvalidArgument("proposal user does not match the request")
+            state = self.node.store.get(prop.user_id)
+            have = state.sequence if state else 0
+            if have != header.sequence - 1:
+                state = await self.node.fetch(prop.user_id)
+            model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
+            verdict, reason, code = ppb.VERDICT_VALID, "", ""
+        except BecoError as exc:
+            verdict, reason, code = ppb.VERDICT_INVALID, exc.message, exc.code
+        metrics.VOTES.labels("valid" if verdict == ppb.VERDICT_VALID else "invalid").inc()
+        return peer.sign_vote(digest, verdict, reason, code, rt.key, rt.peer_id)
+
+    @rpc_handler("user.Apply")
+    async def Apply(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ApplyReply:
+        peer.open_envelope(request, "applied", self.rt.membership, self.rt.now_ms())
+        applied = peer.parse(ppb.Applied, request.payload)
+        assert isinstance(applied, ppb.Applied)
+        self.node.apply_commit(applied.sequence, applied.state)
+        metrics.TREE_SIZE.set(applied.commit.tree_head.tree_size)
+        return ppb.ApplyReply(sequence=self.node.store.sequence(applied.user_id))

@@ -1,0 +1,100 @@
+"""Node settings: every setting is a flag and an environment variable.
+
+The environment variable of ``--foo-bar`` is ``BECO_FOO_BAR``; a flag wins over
+the variable, the variable over the default. ``--help`` lists them all with
+their defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROLES = ("rendezvous", "validator", "user", "sst")
+
+
+@dataclass(frozen=True)
+class Settings:
+    role: str
+    membership: str
+    key_file: str
+    listen: str
+    metrics_listen: str
+    insecure: bool
+    tls_cert: str
+    tls_key: str
+    tls_ca: str
+    database_url: str
+    skew_ms: int
+    vote_timeout_ms: int
+    peer_ttl_ms: int
+    membership_poll_ms: int
+    log_level: str
+    max_message_bytes: int
+
+
+_SPEC: list[tuple[str, str, object, str]] = [
+    # (flag, type, default, help)
+    ("role", "str", "", "rendezvous | validator | user | sst (required)"),
+    ("membership", "str", "membership.json", "the membership file (reloaded when it changes)"),
+    ("key-file", "str", "node.key", "this node's Ed25519 private key (PEM, PKCS#8)"),
+    ("listen", "str", "", "host:port to serve gRPC on (default: this node's membership address)"),
+    (
+        "metrics-listen",
+        "str",
+        "127.0.0.1:0",
+        "host:port for Prometheus /metrics (port 0: any free port, 'off': none)",
+    ),
+    ("insecure", "bool", False, "allow plaintext gRPC (local development only)"),
+    ("tls-cert", "str", "", "PEM certificate for the gRPC transport"),
+    ("tls-key", "str", "", "PEM private key for --tls-cert"),
+    ("tls-ca", "str", "", "PEM CA bundle: verify peers (and require client certificates)"),
+    ("database-url", "str", "", "PostgreSQL DSN (sst only)"),
+    ("skew-ms", "int", 30_000, "allowed client clock skew for signed requests"),
+    ("vote-timeout-ms", "int", 5_000, "validator: deadline for a proposal's votes"),
+    ("peer-ttl-ms", "int", 30_000, "rendezvous: lifetime of a peer record"),
+    ("membership-poll-ms", "int", 1_000, "how often to check the membership file for changes"),
+    ("log-level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
+    ("max-message-bytes", "int", 64 * 1024, "largest gRPC message accepted on the public API"),
+]
+
+
+def _env_name(flag: str) -> str:
+    return "BECO_" + flag.upper().replace("-", "_")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="beco-node",
+        description="A BECO node. Each flag can also be set by the environment variable "
+        "shown in brackets.",
+    )
+    for flag, typ, default, help_ in _SPEC:
+        env = _env_name(flag)
+        raw = os.environ.get(env)
+        if typ == "bool":
+            value: object = raw.lower() in ("1", "true", "yes") if raw is not None else default
+            p.add_argument(f"--{flag}", action="store_true", default=value, help=f"{help_} [{env}]")
+        else:
+            value = raw if raw is not None else default
+            p.add_argument(
+                f"--{flag}",
+                type=int if typ == "int" else str,
+                default=int(value) if typ == "int" else value,  # type: ignore[call-overload]
+                help=f"{help_} [{env}, default {default!r}]",
+            )
+    return p
+
+
+def parse(argv: Sequence[str] | None = None) -> Settings:
+    p = parser()
+    ns = p.parse_args(argv)
+    if ns.role not in ROLES:
+        p.error(f"--role must be one of {', '.join(ROLES)} (got {ns.role!r})")
+    if not ns.insecure and not (ns.tls_cert and ns.tls_key):
+        p.error("refusing plaintext gRPC: pass --tls-cert/--tls-key, or --insecure for local use")
+    if ns.role == "sst" and not ns.database_url:
+        p.error("the sst needs --database-url (BECO_DATABASE_URL)")
+    return Settings(**{k.replace("-", "_"): v for k, v in vars(ns).items()})
