@@ -31,3 +31,30 @@ image: base-image  ## the container image (both entrypoints), built with buildah
 
 test-image: image venv  ## run every node role from the image and a tiny network across containers
 	BECO_IMAGE=$(IMAGE) BECO_OCI_RUNTIME=$(OCI_RUNTIME) $(PY) -m pytest -q -ra tests/ship/test_image.py -m image -p no:cacheprovider
+
+# The Prometheus Operator's CRDs, from its Go module (the proxy serves it): the schemas the
+# chart's ServiceMonitor/PrometheusRule are validated against, installed into the test cluster.
+PROM_OP_VERSION := v0.85.0
+export BECO_PROM_CRDS := $(CACHE)/prometheus-operator-crds-$(PROM_OP_VERSION)
+
+prom-crds: $(BECO_PROM_CRDS)/.ok  ## Prometheus Operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule)
+$(BECO_PROM_CRDS)/.ok:
+	@set -e; dir=$$(cd /tmp && GOFLAGS=-mod=mod go mod download -json \
+	  github.com/prometheus-operator/prometheus-operator@$(PROM_OP_VERSION) | \
+	  $(PYTHON) -c 'import json,sys; print(json.load(sys.stdin)["Dir"])'); \
+	mkdir -p $(BECO_PROM_CRDS); \
+	for k in servicemonitors podmonitors prometheusrules; do \
+	  cp $$dir/example/prometheus-operator-crd/monitoring.coreos.com_$$k.yaml $(BECO_PROM_CRDS)/; done; \
+	chmod 644 $(BECO_PROM_CRDS)/*.yaml; touch $@
+
+# The chart's generated inputs: CRDs and RBAC copied from the operator's sources (one source of
+# truth; tests fail when a copy is stale), dashboards and alerts from hack/gen_monitoring.py.
+chart-sync: venv  ## refresh the chart's CRDs, RBAC rules, dashboards and alerts
+	rm -f $(CHART)/crds/*.yaml && cp crds/*.yaml $(CHART)/crds/
+	cp deploy/rbac/operator-rbac.yaml $(CHART)/files/operator-rbac.yaml
+	$(PY) $(CHART)/hack/gen_monitoring.py
+
+chart-check: venv prom-crds  ## the chart, dashboard and alert checks only
+	$(PY) -m pytest -q -ra tests/ship -m 'not image'
+
+TEST_DEPS += prom-crds

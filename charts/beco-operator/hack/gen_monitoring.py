@@ -85,11 +85,19 @@ NETWORK_ROWS = [
                 "Update latency (client-facing, user nodes)",
                 [
                     (
-                        _q(0.5, "beco_rpc_latency_seconds", f'{SEL}, role="user", method=~"{WRITES}"'),
+                        _q(
+                            0.5,
+                            "beco_rpc_latency_seconds",
+                            f'{SEL}, role="user", method=~"{WRITES}"',
+                        ),
                         "p50",
                     ),
                     (
-                        _q(0.99, "beco_rpc_latency_seconds", f'{SEL}, role="user", method=~"{WRITES}"'),
+                        _q(
+                            0.99,
+                            "beco_rpc_latency_seconds",
+                            f'{SEL}, role="user", method=~"{WRITES}"',
+                        ),
                         "p99",
                     ),
                 ],
@@ -295,7 +303,7 @@ OPERATOR_ROWS = [
             Panel(
                 "Operator replicas up / leader",
                 [
-                    (f"sum(up{{{OPSEL}, job=~\".*beco-operator.*\"}})", "up"),
+                    (f'sum(up{{{OPSEL}, job=~".*beco-operator.*"}})', "up"),
                     (f"sum(beco_operator_leader{{{OPSEL}}})", "leaders"),
                 ],
                 kind="stat",
@@ -400,13 +408,21 @@ def _var(name: str, query: str) -> dict[str, Any]:
     }
 
 
-def dashboard(uid: str, title: str, rows: list[Row], variables: list[dict[str, Any]]) -> dict[str, Any]:
+def dashboard(
+    uid: str, title: str, rows: list[Row], variables: list[dict[str, Any]]
+) -> dict[str, Any]:
     panels: list[dict[str, Any]] = []
     pid, y = 1, 0
     for row in rows:
         panels.append(
-            {"id": pid, "type": "row", "title": row.title, "collapsed": False,
-             "gridPos": {"h": 1, "w": 24, "x": 0, "y": y}, "panels": []}
+            {
+                "id": pid,
+                "type": "row",
+                "title": row.title,
+                "collapsed": False,
+                "gridPos": {"h": 1, "w": 24, "x": 0, "y": y},
+                "panels": [],
+            }
         )
         pid, y, x = pid + 1, y + 1, 0
         for p in row.panels:
@@ -427,8 +443,12 @@ def dashboard(uid: str, title: str, rows: list[Row], variables: list[dict[str, A
         "time": {"from": "now-1h", "to": "now"},
         "templating": {
             "list": [
-                {"name": "datasource", "type": "datasource", "query": "prometheus",
-                 "current": {"text": "Prometheus", "value": "prometheus"}},
+                {
+                    "name": "datasource",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {"text": "Prometheus", "value": "prometheus"},
+                },
                 *variables,
             ]
         },
@@ -473,7 +493,8 @@ def outputs() -> dict[Path, str]:
     return {
         CHART / "dashboards" / "beco-network.json": json.dumps(network, indent=2) + "\n",
         CHART / "dashboards" / "beco-operator.json": json.dumps(operator, indent=2) + "\n",
-        CHART / "files" / "alerts.yaml": header + yaml.safe_dump(rules(), sort_keys=False, width=1000),
+        CHART / "files" / "alerts.yaml": header
+        + yaml.safe_dump(rules(), sort_keys=False, width=1000),
     }
 
 
