@@ -1,0 +1,125 @@
+"""``beco-operator``: run the BecoNetwork operator.
+
+Watches BecoNetworks in every namespace (or only ``--namespace`` ones), serves
+Prometheus metrics on ``--metrics-port``, and with ``--leader-elect`` runs as
+one of several replicas, reconciling only while it holds the Lease.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import socket
+import sys
+
+import kopf
+from prometheus_client import start_http_server
+
+from beco_operator import clock, handlers, kube
+from beco_operator.leader import LeaderElector
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="beco-operator", description=__doc__)
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch only this namespace (repeatable; default: all namespaces)",
+    )
+    p.add_argument(
+        "--metrics-host", default=os.environ.get("BECO_OPERATOR_METRICS_HOST", "0.0.0.0")
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(os.environ.get("BECO_OPERATOR_METRICS_PORT", "8080")),
+        help="Prometheus /metrics port (0 disables; default 8080)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=int,
+        default=int(os.environ.get("BECO_OPERATOR_HEALTH_PORT", "0")),
+        help="kopf liveness endpoint port, served at /healthz (0 disables)",
+    )
+    p.add_argument(
+        "--leader-elect",
+        action="store_true",
+        default=os.environ.get("BECO_OPERATOR_LEADER_ELECT", "") in ("1", "true"),
+        help="hold a coordination.k8s.io Lease before reconciling (for replicas > 1)",
+    )
+    p.add_argument("--lease-name", default="beco-operator")
+    p.add_argument(
+        "--lease-namespace",
+        default=os.environ.get("POD_NAMESPACE", "default"),
+        help="namespace of the Lease (default: $POD_NAMESPACE or default)",
+    )
+    p.add_argument(
+        "--identity", default=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    )
+    p.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=float(os.environ.get("BECO_OPERATOR_RESYNC_SECONDS", "60")),
+        help="re-check every network this often even without events (reads only)",
+    )
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+async def run(args: argparse.Namespace) -> int:
+    handlers.RESYNC_SECONDS = args.resync_seconds
+    stop = asyncio.Event()
+    elector: LeaderElector | None = None
+    lease_kube: kube.Kube | None = None
+    if args.leader_elect:
+        lease_kube = kube.Kube(kube.login())
+        elector = LeaderElector(
+            lease_kube, args.lease_namespace, args.lease_name, args.identity, clock.utcnow
+        )
+        await elector.acquire()
+    operator = asyncio.create_task(
+        kopf.operator(
+            standalone=True,
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            stop_flag=stop,
+            liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
+            if args.health_port
+            else None,
+        )
+    )
+    code = 0
+    if elector is not None:
+        holder = asyncio.create_task(elector.hold())
+        done, _ = await asyncio.wait({operator, holder}, return_when=asyncio.FIRST_COMPLETED)
+        if holder in done:
+            code = 1  # leadership lost: stop reconciling, let the pod restart as a standby
+            stop.set()
+            await operator
+        else:
+            holder.cancel()
+    else:
+        await operator
+    if lease_kube is not None:
+        await lease_kube.close()
+    return code
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.JSON)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    if args.metrics_port:
+        start_http_server(args.metrics_port, addr=args.metrics_host)
+    try:
+        code = asyncio.run(run(args))
+    except KeyboardInterrupt:
+        code = 0
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

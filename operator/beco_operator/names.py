@@ -1,0 +1,113 @@
+"""Names, labels and constants shared by every part of the operator.
+
+Every child of a BecoNetwork ``N`` is named ``N-<part>`` and carries the standard
+``app.kubernetes.io`` labels plus ``beco.dev/network``; the selectors use only the
+labels that never change for the life of an object (not the version).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+Obj = dict[str, Any]
+
+GROUP = "beco.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "BecoNetwork"
+PLURAL = "beconetworks"
+
+FIELD_MANAGER = "beco-operator"
+MANAGED_BY = "beco-operator"
+
+PORT = 9001
+METRICS_PORT = 9100
+PG_PORT = 5432
+
+MEMBERSHIP_KEY = "membership.json"
+NODE_KEY = "node.key"
+MEMBERSHIP_DIR = "/etc/beco/membership"
+KEY_DIR = "/etc/beco/key"
+
+# Annotations the operator reads or writes.
+ROTATE_KEYS_ANNOTATION = f"{GROUP}/rotate-keys"  # on the BecoNetwork: a request token
+ROTATION_TOKEN_ANNOTATION = f"{GROUP}/rotation-token"  # on a key Secret: the request it answers
+ROTATED_AT_ANNOTATION = f"{GROUP}/rotated-at"  # on a key Secret: when its key last changed
+PEER_ID_ANNOTATION = f"{GROUP}/peer-id"
+CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"  # on pod templates: what a restart must follow
+APPLIED_HASH_ANNOTATION = f"{GROUP}/applied-hash"  # on children: the desired state last applied
+KEY_HASH_ANNOTATION = f"{GROUP}/key-hash"  # on singleton pod templates: their key's version
+
+NETWORK_LABEL = f"{GROUP}/network"
+ZONE_LABEL = f"{GROUP}/zone"
+MEMBER_LABEL = f"{GROUP}/member"
+ROLE_LABEL = f"{GROUP}/role"
+KEY_LABEL = f"{GROUP}/key"
+TOPOLOGY_ZONE = "topology.kubernetes.io/zone"
+
+ROLE_USER = "user"
+SINGLETON_ROLES = ("rendezvous", "validator", "sst")
+
+
+def component(role: str) -> str:
+    return "user-node" if role == ROLE_USER else role
+
+
+def selector_labels(network: str, role: str, zone: str | None = None) -> dict[str, str]:
+    labels = {
+        "app.kubernetes.io/name": "beco",
+        "app.kubernetes.io/instance": network,
+        "app.kubernetes.io/component": component(role),
+    }
+    if zone is not None:
+        labels[ZONE_LABEL] = zone
+    return labels
+
+
+def labels(network: str, role: str, version: str, zone: str | None = None) -> dict[str, str]:
+    out = selector_labels(network, role, zone)
+    out.update(
+        {
+            "app.kubernetes.io/part-of": "beco",
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/version": version[:63],
+            NETWORK_LABEL: network,
+        }
+    )
+    if role in (ROLE_USER, *SINGLETON_ROLES):
+        out[ROLE_LABEL] = role
+    return out
+
+
+def network_selector(network: str) -> str:
+    """A label selector matching every child of one network."""
+    return f"app.kubernetes.io/managed-by={MANAGED_BY},{NETWORK_LABEL}={network}"
+
+
+def user_sts(network: str, zone: str) -> str:
+    return f"{network}-user-{zone}"
+
+
+def user_member(network: str, zone: str, ordinal: int) -> str:
+    """A user node's member name, which is also its pod's name."""
+    return f"{user_sts(network, zone)}-{ordinal}"
+
+
+def singleton(network: str, role: str) -> str:
+    return f"{network}-{role}"
+
+
+def key_secret(member: str) -> str:
+    return f"{member}-key"
+
+
+def membership_configmap(network: str) -> str:
+    return f"{network}-membership"
+
+
+def postgres(network: str) -> str:
+    return f"{network}-postgres"
+
+
+def client_service(network: str) -> str:
+    return network

@@ -1,0 +1,581 @@
+"""Desired state: a BecoNetwork spec rendered into the manifests of its children.
+
+Pure functions from a :class:`~beco_operator.spec.NetworkSpec` to plain dicts,
+so every choice here is unit-tested without a cluster:
+
+* rendezvous: Deployment + Service; validator and SST: StatefulSet + Service;
+* user nodes: one StatefulSet per zone, pinned to it by a nodeSelector on
+  ``topology.kubernetes.io/zone``, each with a headless Service for stable DNS;
+  one client Service across every zone;
+* Postgres (managed): StatefulSet + volume claim + headless Service; its
+  password Secret is created once elsewhere (it must never be regenerated);
+* a PodDisruptionBudget keeping ``quorum`` user nodes up, NetworkPolicies, and
+  a PodMonitor when the monitoring CRDs exist.
+
+User-node StatefulSets use ``updateStrategy: OnDelete``: the operator restarts
+their pods itself, one at a time and only while quorum holds (see rollout.py).
+Pods carry a ``config-hash`` annotation over what a restart must follow, so a
+scale-up (which changes the template's key volume) does not roll old pods.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from beco_operator import names
+from beco_operator.names import Obj
+from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec
+
+PG_USER = "beco"
+PG_DB = "beco"
+
+
+def digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def owner_reference(network: str, uid: str) -> Obj:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "name": network,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
+) -> Obj:
+    meta: Obj = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+def node_args(role: str, spec: NetworkSpec, zone: str) -> list[str]:
+    """The ``beco-node`` command line of one role (see the node's --help)."""
+    args = [
+        f"--role={role}",
+        f"--membership={names.MEMBERSHIP_DIR}/{names.MEMBERSHIP_KEY}",
+        f"--key-file={names.KEY_DIR}/$(BECO_NODE_NAME).key",
+        f"--listen=0.0.0.0:{names.PORT}",
+        f"--metrics-port={names.METRICS_PORT}",
+        "--name=$(BECO_NODE_NAME)",
+    ]
+    if zone:
+        args.append(f"--zone={zone}")
+    if spec.insecure:
+        args.append("--insecure")
+    return args
+
+
+def _container(
+    network: str,
+    role: str,
+    spec: NetworkSpec,
+    zone: str,
+    resources: Mapping[str, Any],
+    member_env: Obj,
+) -> Obj:
+    env: list[Obj] = [
+        member_env,
+        {"name": "BECO_NETWORK", "value": network},
+        {"name": "BECO_LOG_FORMAT", "value": "json"},
+    ]
+    if role == "sst":
+        env.append(
+            {"name": "BECO_DATABASE_URL", "valueFrom": {"secretKeyRef": _dsn_ref(network, spec)}}
+        )
+    return {
+        "name": "beco-node",
+        "image": f"{spec.image}:{spec.image_tag}",
+        "imagePullPolicy": spec.pull_policy,
+        "command": ["beco-node"],
+        "args": node_args(role, spec, zone),
+        "env": env,
+        "ports": [
+            {"name": "grpc", "containerPort": names.PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+        ],
+        "readinessProbe": {"grpc": {"port": names.PORT}, "periodSeconds": 5},
+        "livenessProbe": {
+            "grpc": {"port": names.PORT},
+            "periodSeconds": 10,
+            "failureThreshold": 6,
+        },
+        "resources": dict(resources),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+        "volumeMounts": [
+            {"name": "membership", "mountPath": names.MEMBERSHIP_DIR, "readOnly": True},
+            {"name": "key", "mountPath": names.KEY_DIR, "readOnly": True},
+        ],
+    }
+
+
+def _dsn_ref(network: str, spec: NetworkSpec) -> Obj:
+    if isinstance(spec.database, ExternalDatabase):
+        return {"name": spec.database.secret_name, "key": spec.database.secret_key}
+    return {"name": names.postgres(network), "key": "dsn"}
+
+
+def _pod_spec(
+    network: str,
+    role: str,
+    spec: NetworkSpec,
+    zone: str,
+    members: list[str],
+    resources: Mapping[str, Any],
+    member_env: Obj,
+) -> Obj:
+    key_sources = [
+        {
+            "secret": {
+                "name": names.key_secret(m),
+                "items": [{"key": names.NODE_KEY, "path": f"{m}.key", "mode": 0o400}],
+            }
+        }
+        for m in members
+    ]
+    pod: Obj = {
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(network, role, spec, zone, resources, member_env)],
+        "volumes": [
+            {
+                "name": "membership",
+                "configMap": {"name": names.membership_configmap(network)},
+            },
+            {"name": "key", "projected": {"sources": key_sources, "defaultMode": 0o400}},
+        ],
+    }
+    if zone:
+        pod["nodeSelector"] = {names.TOPOLOGY_ZONE: zone}
+    if spec.tolerations:
+        pod["tolerations"] = [dict(t) for t in spec.tolerations]
+    if spec.priority_class:
+        pod["priorityClassName"] = spec.priority_class
+    if spec.pull_secrets:
+        pod["imagePullSecrets"] = [{"name": s} for s in spec.pull_secrets]
+    return pod
+
+
+def config_hash(
+    network: str, role: str, spec: NetworkSpec, zone: str, resources: Mapping[str, Any]
+) -> str:
+    """What a running node must be restarted for: image, flags, resources, pod extras."""
+    return digest(
+        {
+            "image": f"{spec.image}:{spec.image_tag}",
+            "pull": spec.pull_policy,
+            "args": node_args(role, spec, zone),
+            "resources": resources,
+            "labels": spec.pod_labels,
+            "annotations": spec.pod_annotations,
+            "tolerations": list(spec.tolerations),
+            "priority": spec.priority_class,
+            "db": _dsn_ref(network, spec) if role == "sst" else None,
+        }
+    )
+
+
+def _template(
+    network: str,
+    role: str,
+    spec: NetworkSpec,
+    zone: str,
+    members: list[str],
+    resources: Mapping[str, Any],
+    member_env: Obj,
+    extra_annotations: Mapping[str, str],
+) -> Obj:
+    labels = names.labels(network, role, spec.image_tag, zone or None)
+    labels.update(spec.pod_labels)
+    annotations = dict(spec.pod_annotations)
+    annotations[names.CONFIG_HASH_ANNOTATION] = config_hash(network, role, spec, zone, resources)
+    annotations.update(extra_annotations)
+    return {
+        "metadata": {"labels": labels, "annotations": annotations},
+        "spec": _pod_spec(network, role, spec, zone, members, resources, member_env),
+    }
+
+
+def _service(
+    name: str,
+    namespace: str,
+    labels: Mapping[str, str],
+    selector: Mapping[str, str],
+    *,
+    headless: bool = False,
+    port: int = names.PORT,
+    service_type: str = "ClusterIP",
+    annotations: Mapping[str, str] | None = None,
+) -> Obj:
+    spec: Obj = {
+        "selector": dict(selector),
+        "ports": [
+            {"name": "grpc", "port": port, "targetPort": "grpc", "protocol": "TCP"},
+        ],
+    }
+    if headless:
+        spec["clusterIP"] = "None"
+        spec["publishNotReadyAddresses"] = True
+        spec["ports"].append(
+            {
+                "name": "metrics",
+                "port": names.METRICS_PORT,
+                "targetPort": "metrics",
+                "protocol": "TCP",
+            }
+        )
+    else:
+        spec["type"] = service_type
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, labels, annotations),
+        "spec": spec,
+    }
+
+
+POD_NAME_ENV: Obj = {
+    "name": "BECO_NODE_NAME",
+    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+}
+
+
+def render(
+    network: str,
+    namespace: str,
+    uid: str,
+    spec: NetworkSpec,
+    *,
+    singleton_key_hashes: Mapping[str, str],
+    pod_monitor: bool,
+) -> list[Obj]:
+    """Every child except key Secrets, the membership ConfigMap and the Postgres password."""
+    version = spec.image_tag
+    out: list[Obj] = []
+
+    for role in names.SINGLETON_ROLES:
+        name = names.singleton(network, role)
+        labels = names.labels(network, role, version)
+        selector = names.selector_labels(network, role)
+        member_env = {"name": "BECO_NODE_NAME", "value": name}
+        template = _template(
+            network,
+            role,
+            spec,
+            "",
+            [name],
+            spec.role_resources[role],
+            member_env,
+            {names.KEY_HASH_ANNOTATION: singleton_key_hashes.get(role, "")},
+        )
+        if role == "rendezvous":
+            workload: Obj = {
+                "apiVersion": "apps/v1",
+                "kind": "Deployment",
+                "metadata": _meta(name, namespace, labels),
+                "spec": {
+                    "replicas": 1,
+                    "selector": {"matchLabels": selector},
+                    "strategy": {"type": "Recreate"},
+                    "template": template,
+                },
+            }
+        else:
+            workload = {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": _meta(name, namespace, labels),
+                "spec": {
+                    "replicas": 1,
+                    "serviceName": name,
+                    "selector": {"matchLabels": selector},
+                    "podManagementPolicy": "Parallel",
+                    "updateStrategy": {"type": "RollingUpdate"},
+                    "template": template,
+                },
+            }
+        out.append(workload)
+        out.append(_service(name, namespace, labels, selector))
+
+    for zone in spec.zones:
+        name = names.user_sts(network, zone)
+        labels = names.labels(network, names.ROLE_USER, version, zone)
+        selector = names.selector_labels(network, names.ROLE_USER, zone)
+        members = [names.user_member(network, zone, i) for i in range(spec.per_zone)]
+        template = _template(
+            network, names.ROLE_USER, spec, zone, members, spec.user_resources, POD_NAME_ENV, {}
+        )
+        out.append(
+            {
+                "apiVersion": "apps/v1",
+                "kind": "StatefulSet",
+                "metadata": _meta(name, namespace, labels),
+                "spec": {
+                    "replicas": spec.per_zone,
+                    "serviceName": name,
+                    "selector": {"matchLabels": selector},
+                    "podManagementPolicy": "Parallel",
+                    "updateStrategy": {"type": "OnDelete"},
+                    "template": template,
+                },
+            }
+        )
+        out.append(_service(name, namespace, labels, selector, headless=True))
+
+    user_selector = names.selector_labels(network, names.ROLE_USER)
+    out.append(
+        _service(
+            names.client_service(network),
+            namespace,
+            names.labels(network, "client", version),
+            user_selector,
+            port=spec.service_port,
+            service_type=spec.service_type,
+            annotations=spec.service_annotations,
+        )
+    )
+    out.append(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _meta(
+                f"{network}-user-nodes", namespace, names.labels(network, "user-pdb", version)
+            ),
+            "spec": {"minAvailable": spec.quorum, "selector": {"matchLabels": user_selector}},
+        }
+    )
+    if isinstance(spec.database, ManagedDatabase):
+        out.extend(_postgres(network, namespace, spec.database, version))
+    if spec.network_policy:
+        out.extend(_network_policies(network, namespace, spec, version))
+    if spec.monitoring and pod_monitor:
+        out.append(_pod_monitor(network, namespace, spec, version))
+    for obj in out:
+        obj["metadata"]["ownerReferences"] = [owner_reference(network, uid)]
+    return out
+
+
+def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -> list[Obj]:
+    name = names.postgres(network)
+    labels = names.labels(network, "postgres", version)
+    selector = names.selector_labels(network, "postgres")
+    claim: Obj = {
+        "metadata": {"name": "data", "labels": dict(selector)},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": db.storage}},
+        },
+    }
+    if db.storage_class:
+        claim["spec"]["storageClassName"] = db.storage_class
+    secret = {"name": name}
+    sts: Obj = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(name, namespace, labels),
+        "spec": {
+            "replicas": 1,
+            "serviceName": name,
+            "selector": {"matchLabels": selector},
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": db.reclaim_policy,
+                "whenScaled": "Retain",
+            },
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 999,
+                        "runAsGroup": 999,
+                        "fsGroup": 999,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [
+                        {
+                            "name": "postgres",
+                            "image": db.image,
+                            "env": [
+                                {"name": "POSTGRES_USER", "value": PG_USER},
+                                {"name": "POSTGRES_DB", "value": PG_DB},
+                                {
+                                    "name": "POSTGRES_PASSWORD",
+                                    "valueFrom": {"secretKeyRef": {**secret, "key": "password"}},
+                                },
+                                {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"},
+                            ],
+                            "ports": [
+                                {
+                                    "name": "postgres",
+                                    "containerPort": names.PG_PORT,
+                                    "protocol": "TCP",
+                                }
+                            ],
+                            "readinessProbe": {
+                                "exec": {"command": ["pg_isready", "-U", PG_USER, "-d", PG_DB]},
+                                "periodSeconds": 5,
+                            },
+                            "resources": dict(db.resources),
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                            "volumeMounts": [
+                                {"name": "data", "mountPath": "/var/lib/postgresql/data"}
+                            ],
+                        }
+                    ],
+                },
+            },
+            "volumeClaimTemplates": [claim],
+        },
+    }
+    svc: Obj = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(name, namespace, labels),
+        "spec": {
+            "clusterIP": "None",
+            "selector": dict(selector),
+            "ports": [
+                {
+                    "name": "postgres",
+                    "port": names.PG_PORT,
+                    "targetPort": "postgres",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    return [sts, svc]
+
+
+def postgres_secret(network: str, namespace: str, version: str, password: str) -> Obj:
+    """The managed database's credentials; created once, never rewritten."""
+    name = names.postgres(network)
+    dsn = f"postgresql://{PG_USER}:{password}@{name}.{namespace}.svc:{names.PG_PORT}/{PG_DB}"
+
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(name, namespace, names.labels(network, "postgres", version)),
+        "data": {"password": b64(password), "dsn": b64(dsn)},
+    }
+
+
+def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: str) -> list[Obj]:
+    member_pods = {names.NETWORK_LABEL: network, "app.kubernetes.io/managed-by": names.MANAGED_BY}
+    labels = names.labels(network, "network-policy", version)
+    grpc = {"port": names.PORT, "protocol": "TCP"}
+    metrics = {"port": names.METRICS_PORT, "protocol": "TCP"}
+    from_members = [{"podSelector": {"matchLabels": member_pods}}]
+    policies: list[Obj] = [
+        {
+            # Rendezvous, validator and SST speak only to members of this network.
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(f"{network}-members-only", namespace, labels),
+            "spec": {
+                "podSelector": {
+                    "matchLabels": {names.NETWORK_LABEL: network},
+                    "matchExpressions": [
+                        {
+                            "key": names.ROLE_LABEL,
+                            "operator": "In",
+                            "values": list(names.SINGLETON_ROLES),
+                        }
+                    ],
+                },
+                "policyTypes": ["Ingress"],
+                "ingress": [{"from": from_members, "ports": [grpc]}, {"ports": [metrics]}],
+            },
+        },
+        {
+            # User nodes serve the public API on the same port; peers are checked by key.
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": _meta(f"{network}-user-nodes", namespace, labels),
+            "spec": {
+                "podSelector": {"matchLabels": names.selector_labels(network, names.ROLE_USER)},
+                "policyTypes": ["Ingress"],
+                "ingress": [{"ports": [grpc, metrics]}],
+            },
+        },
+    ]
+    if isinstance(spec.database, ManagedDatabase):
+        policies.append(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": _meta(f"{network}-postgres", namespace, labels),
+                "spec": {
+                    "podSelector": {"matchLabels": names.selector_labels(network, "postgres")},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [
+                        {
+                            "from": [
+                                {
+                                    "podSelector": {
+                                        "matchLabels": names.selector_labels(network, "sst")
+                                    }
+                                }
+                            ],
+                            "ports": [{"port": names.PG_PORT, "protocol": "TCP"}],
+                        }
+                    ],
+                },
+            }
+        )
+    return policies
+
+
+def _pod_monitor(network: str, namespace: str, spec: NetworkSpec, version: str) -> Obj:
+    labels = names.labels(network, "monitoring", version)
+    labels.update(spec.monitoring_labels)
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": _meta(network, namespace, labels),
+        "spec": {
+            "selector": {
+                "matchLabels": {names.NETWORK_LABEL: network},
+                "matchExpressions": [
+                    {
+                        "key": names.ROLE_LABEL,
+                        "operator": "In",
+                        "values": [names.ROLE_USER, *names.SINGLETON_ROLES],
+                    }
+                ],
+            },
+            "podMetricsEndpoints": [{"port": "metrics", "interval": spec.monitoring_interval}],
+        },
+    }

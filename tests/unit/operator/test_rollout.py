@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from beco_operator.rollout import PodView, decide, may_disrupt_one, outdated
+
+MEMBERS = ["u-a-0", "u-b-0", "u-c-0"]
+
+
+def pods(
+    ready: dict[str, bool],
+    hashes: dict[str, str] | None = None,
+    terminating: set[str] | None = None,
+) -> dict[str, PodView]:
+    hashes = hashes or {}
+    return {
+        m: PodView(m, r, m in (terminating or set()), hashes.get(m, "old"), "2026-01-01T00:00:00Z")
+        for m, r in ready.items()
+    }
+
+
+WANT = {m: "new" for m in MEMBERS}
+
+
+def test_nothing_to_do_when_every_pod_is_current() -> None:
+    d = decide(
+        MEMBERS, pods(dict.fromkeys(MEMBERS, True), dict.fromkeys(MEMBERS, "new")), WANT, {}, 2
+    )
+    assert (d.delete, d.waiting, d.pending) == (None, False, 0)
+
+
+def test_restarts_one_ready_pod_when_the_rest_keep_quorum() -> None:
+    d = decide(MEMBERS, pods(dict.fromkeys(MEMBERS, True)), WANT, {}, 2)
+    assert d.delete == "u-a-0" and d.pending == 3
+
+
+def test_waits_while_another_pod_restarts() -> None:
+    p = pods({"u-a-0": False, "u-b-0": True, "u-c-0": True}, {"u-a-0": "new"})
+    d = decide(MEMBERS, p, WANT, {}, 2)
+    assert d.delete is None and d.waiting and "u-a-0 is not ready" in d.reason
+
+
+def test_waits_for_a_missing_pod() -> None:
+    p = pods({"u-b-0": True, "u-c-0": True})
+    d = decide(MEMBERS, p, WANT, {}, 2)
+    assert d.delete is None and d.waiting and "no pod" in d.reason
+
+
+def test_never_below_quorum() -> None:
+    # q = n: no ready node may go down.
+    d = decide(MEMBERS, pods(dict.fromkeys(MEMBERS, True)), WANT, {}, 3)
+    assert d.delete is None and d.waiting and "quorum 3" in d.reason
+
+
+def test_an_unready_outdated_pod_goes_first() -> None:
+    p = pods({"u-a-0": True, "u-b-0": False, "u-c-0": True})
+    d = decide(MEMBERS, p, WANT, {}, 3)
+    assert d.delete == "u-b-0"
+
+
+def test_terminating_pod_blocks() -> None:
+    p = pods(dict.fromkeys(MEMBERS, True), {"u-a-0": "new"}, {"u-a-0"})
+    ok, why = may_disrupt_one(MEMBERS, p, 2)
+    assert not ok and "restarting" in why
+
+
+def test_a_pod_started_before_its_key_rotation_is_outdated() -> None:
+    p = PodView("x", True, False, "new", "2026-01-01T00:00:00Z")
+    assert outdated(p, "new", "2026-01-01T00:00:05Z")
+    assert outdated(p, "new", "2026-01-01T00:00:00Z")  # same second: restart to be sure
+    assert not outdated(p, "new", "2025-12-31T23:59:59Z")
+    assert not outdated(p, "new", "")
