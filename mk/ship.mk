@@ -30,7 +30,7 @@ image: base-image  ## the container image (both entrypoints), built with buildah
 	echo "built $(IMAGE) in $$(( $$(date +%s) - start ))s, $$(podman image inspect $(IMAGE) --format '{{.Size}}') bytes"
 
 test-image: image venv  ## run every node role from the image and a tiny network across containers
-	BECO_IMAGE=$(IMAGE) BECO_OCI_RUNTIME=$(OCI_RUNTIME) $(PY) -m pytest -q -ra tests/ship/test_image.py -m image -p no:cacheprovider
+	$(PY) -m pytest -q -ra tests/ship/test_image.py
 
 # The Prometheus Operator's CRDs, from its Go module (the proxy serves it): the schemas the
 # chart's ServiceMonitor/PrometheusRule are validated against, installed into the test cluster.
@@ -57,4 +57,8 @@ chart-sync: venv  ## refresh the chart's CRDs, RBAC rules, dashboards and alerts
 chart-check: venv prom-crds  ## the chart, dashboard and alert checks only
 	$(PY) -m pytest -q -ra tests/ship -m 'not image'
 
-TEST_DEPS += prom-crds
+# make test builds the image (cached layers: seconds when nothing changed) and runs the
+# container test with the rest (tests/ship/test_image.py reads BECO_IMAGE).
+export BECO_IMAGE := $(IMAGE)
+export BECO_OCI_RUNTIME := $(OCI_RUNTIME)
+TEST_DEPS += prom-crds image

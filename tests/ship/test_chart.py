@@ -41,8 +41,9 @@ CASES: dict[str, list[str]] = {
         "image.tag=1.2.3",
         "image.pullPolicy=Always",
         "imagePullSecrets[0].name=regcred",
-        "operator.logLevel=debug",
-        "operator.extraArgs[0]=--verbose",
+        "operator.verbose=true",
+        "operator.watchNamespaces[0]=team-a",
+        "operator.extraArgs[0]=--resync-seconds=30",
         "operator.extraEnv[0].name=FOO",
         "operator.extraEnv[0].value=bar",
         "serviceAccount.annotations.team=identity",
@@ -142,7 +143,7 @@ def test_lint_template_and_validate(case: str, helm: str, prom_crds: Path) -> No
     assert c["livenessProbe"]["httpGet"] and c["readinessProbe"]["httpGet"]
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     replicas = dep["spec"]["replicas"]
-    leader = any(a.startswith("--leader-election") for a in c["args"])
+    leader = any(a == "--leader-elect" for a in c["args"])
     assert leader == (replicas > 1), "leader election exactly when more than one replica"
     pdb_on = replicas > 1 and "podDisruptionBudget.enabled=false" not in sets
     assert ("PodDisruptionBudget" in kinds) == pdb_on

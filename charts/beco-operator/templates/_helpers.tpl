@@ -59,16 +59,30 @@ Returns a YAML list of {kind, rules} for every ClusterRole and Role in that file
 
 {{/* beco-operator's flags; leader election exactly when more than one replica runs. */}}
 {{- define "beco-operator.args" -}}
-- --log-level={{ .Values.operator.logLevel }}
-- --health-listen=0.0.0.0:{{ .Values.healthPort }}
-{{- if .Values.metrics.enabled }}
-- --metrics-listen=0.0.0.0:{{ .Values.metrics.port }}
-{{- else }}
-- --metrics-listen=off
+- --metrics-port={{ .Values.metrics.port }}
+- --health-port={{ .Values.healthPort }}
+{{- if .Values.operator.verbose }}
+- --verbose
+{{- end }}
+{{- range .Values.operator.watchNamespaces }}
+- --namespace={{ . }}
 {{- end }}
 {{- if gt (int .Values.replicaCount) 1 }}
-- --leader-election
-- --leader-election-namespace={{ .Release.Namespace }}
-- --leader-election-id={{ include "beco-operator.fullname" . }}
+- --leader-elect
+- --lease-name={{ include "beco-operator.fullname" . }}
+- --lease-namespace={{ .Release.Namespace }}
+{{- end }}
+{{- end }}
+
+{{/*
+Probes. One replica: kopf's /healthz. With leader election a standby waits for the Lease before
+kopf starts, so its liveness is the metrics endpoint (served from process start); otherwise
+standbys would be restarted and, unready, would make the PodDisruptionBudget block drains.
+*/}}
+{{- define "beco-operator.probe" -}}
+{{- if gt (int .Values.replicaCount) 1 }}
+httpGet: {path: /metrics, port: metrics}
+{{- else }}
+httpGet: {path: /healthz, port: health}
 {{- end }}
 {{- end }}
