@@ -72,6 +72,11 @@ async def _up(ns: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        net.prepare()
+    except Exception as exc:
+        print(f"beco-local: cannot prepare {ns.state_path}: {exc}", file=sys.stderr)
+        return 1
     net.write_pid()
     try:
         try:

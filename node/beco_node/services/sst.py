@@ -31,7 +31,8 @@ from beco_node import auth, keys, metrics, model, peer
 from beco_node.errors import BecoError, FailedPrecondition, InvalidArgument, NotFound
 from beco_node.merkle.sth import SignedTreeHead
 from beco_node.services.runtime import Runtime, rpc_handler
-from beco_node.sst.store import CommitEntry, CommitResult, SequenceError, SstStore
+from beco_node.sst.records import CommitEntry, CommitResult, SequenceError
+from beco_node.sst.store import SstStore
 
 log = logging.getLogger("beco.sst")
 Ctx = grpc.aio.ServicerContext[Any, Any]
