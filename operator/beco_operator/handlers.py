@@ -50,6 +50,7 @@ def login(**_: Any) -> kopf.ConnectionInfo:
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.enabled = False  # the operator posts its own Events, on decisions only
+    settings.scanning.disabled = True  # no RBAC on CRDs/namespaces: install the CRD first
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     k = kube.Kube(STATE.info or kube.login())

@@ -31,6 +31,14 @@ class Slot:
     zone: str
     address: str
 
+    @property
+    def host(self) -> str:
+        return self.address.rsplit(":", 1)[0]
+
+    def service(self, network: str) -> str:
+        """The Service clients reach this member by (for its certificate's names)."""
+        return names.client_service(network) if self.role == names.ROLE_USER else self.name
+
 
 def desired_slots(network: str, namespace: str, spec: NetworkSpec) -> list[Slot]:
     slots = [
@@ -65,6 +73,7 @@ def key_secret(
     now: datetime,
     pem: bytes | None = None,
     *,
+    tls_pair: tuple[bytes, bytes] | None = None,
     rotated: bool = False,
 ) -> Obj:
     """A key Secret for ``slot`` holding a fresh key (or ``pem``).
@@ -94,7 +103,15 @@ def key_secret(
                 ),
             },
         },
-        "data": {names.NODE_KEY: _b64(pem), "public_key": _b64(pub)},
+        "data": {
+            names.NODE_KEY: _b64(pem),
+            "public_key": _b64(pub),
+            **(
+                {names.TLS_CERT_KEY: _b64(tls_pair[0]), names.TLS_KEY_KEY: _b64(tls_pair[1])}
+                if tls_pair
+                else {}
+            ),
+        },
     }
 
 

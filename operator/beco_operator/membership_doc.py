@@ -44,7 +44,7 @@ def build_text(
     return ms.dumps(), ms.generation
 
 
-def configmap(network: str, namespace: str, version: str, text: str) -> Obj:
+def configmap(network: str, namespace: str, version: str, text: str, ca_cert: str = "") -> Obj:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -53,5 +53,5 @@ def configmap(network: str, namespace: str, version: str, text: str) -> Obj:
             "namespace": namespace,
             "labels": names.labels(network, "membership", version),
         },
-        "data": {names.MEMBERSHIP_KEY: text},
+        "data": {names.MEMBERSHIP_KEY: text, **({names.CA_CERT_KEY: ca_cert} if ca_cert else {})},
     }

@@ -25,7 +25,10 @@ METRICS_PORT = 9100
 PG_PORT = 5432
 
 MEMBERSHIP_KEY = "membership.json"
+CA_CERT_KEY = "ca.crt"
 NODE_KEY = "node.key"
+TLS_CERT_KEY = "tls.crt"
+TLS_KEY_KEY = "tls.key"
 MEMBERSHIP_DIR = "/etc/beco/membership"
 KEY_DIR = "/etc/beco/key"
 
@@ -99,6 +102,14 @@ def singleton(network: str, role: str) -> str:
 
 def key_secret(member: str) -> str:
     return f"{member}-key"
+
+
+def ca_secret(network: str) -> str:
+    return f"{network}-ca"
+
+
+def client_tls_secret(network: str) -> str:
+    return f"{network}-client-tls"
 
 
 def membership_configmap(network: str) -> str:

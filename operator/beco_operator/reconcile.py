@@ -10,15 +10,27 @@ change) is recorded as a Kubernetes Event on the BecoNetwork.
 
 from __future__ import annotations
 
+import base64
 import logging
 import secrets as pysecrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from beco_node import keys
 
-from beco_operator import diff, keyring, membership_doc, metrics, names, render, rollout, status
+from beco_operator import (
+    diff,
+    keyring,
+    membership_doc,
+    metrics,
+    names,
+    render,
+    rollout,
+    status,
+    tls,
+)
 from beco_operator.clock import Clock, stamp
 from beco_operator.kube import Kube, path
 from beco_operator.names import Obj
@@ -43,6 +55,10 @@ class Result:
     status: Obj
     requeue_after: float | None = None
     writes: list[str] = field(default_factory=list)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
 
 
 def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -138,6 +154,14 @@ class Reconciler:
         slots = keyring.desired_slots(name, ns, spec)
         token = str((meta.get("annotations") or {}).get(names.ROTATE_KEYS_ANNOTATION, ""))
 
+        # 0. The network's transport CA and the application client certificate: created once.
+        ca_cert, ca_key = await self._ca(body, ns, name, owner, spec, now)
+
+        def tls_for(slot: keyring.Slot) -> tuple[bytes, bytes]:
+            return tls.issue(
+                ca_cert, ca_key, slot.name, tls.dns_names(slot.host, slot.service(name), ns), now
+            )
+
         # 1. Keys: create what is missing; never overwrite.
         secret_sel = f"{names.network_selector(name)},{names.KEY_LABEL}=node"
         key_secrets = {
@@ -145,7 +169,9 @@ class Reconciler:
         }
         kplan = keyring.plan(slots, key_secrets.values())
         for slot in kplan.create:
-            obj = keyring.key_secret(name, ns, slot, spec.image_tag, token, now)
+            obj = keyring.key_secret(
+                name, ns, slot, spec.image_tag, token, now, tls_pair=tls_for(slot)
+            )
             obj["metadata"]["ownerReferences"] = [owner]
             created = await self.kube.create(obj)
             if created is None:  # created concurrently (e.g. by a previous operator run)
@@ -188,7 +214,7 @@ class Reconciler:
             text, membership_gen = membership_doc.build_text(
                 name, spec.quorum, slots, public_keys, previous
             )
-            want_cm = membership_doc.configmap(name, ns, spec.image_tag, text)
+            want_cm = membership_doc.configmap(name, ns, spec.image_tag, text, ca_cert.decode())
             want_cm["metadata"]["ownerReferences"] = [owner]
             want_cm = diff.with_hash(want_cm)
             if diff.needs_apply(want_cm, cm):
@@ -299,7 +325,12 @@ class Reconciler:
                     ok, why = rollout.may_disrupt_one(user_members, views, spec.quorum)
                 if ok:
                     await self._rotate(
-                        body, ns, name, slot, key_secrets[names.key_secret(slot.name)], spec, token
+                        body,
+                        slot,
+                        key_secrets[names.key_secret(slot.name)],
+                        spec,
+                        token,
+                        tls_for(slot),
                     )
                     result.requeue_after = 0.5
                 else:
@@ -378,15 +409,22 @@ class Reconciler:
     async def _rotate(
         self,
         body: Mapping[str, Any],
-        ns: str,
-        network: str,
         slot: keyring.Slot,
         secret: Obj,
         spec: NetworkSpec,
         token: str,
+        tls_pair: tuple[bytes, bytes],
     ) -> None:
+        meta0 = _meta(body)
         fresh = keyring.key_secret(
-            network, ns, slot, spec.image_tag, token, self.clock(), rotated=True
+            str(meta0["name"]),
+            str(meta0["namespace"]),
+            slot,
+            spec.image_tag,
+            token,
+            self.clock(),
+            tls_pair=tls_pair,
+            rotated=True,
         )
         replaced = dict(secret)
         meta = dict(secret["metadata"])
@@ -398,6 +436,64 @@ class Reconciler:
         await self.kube.replace(replaced)  # resourceVersion guards against a concurrent change
         metrics.KEYS_GENERATED.labels("rotation").inc()
         await self.event(body, "Normal", "KeyRotated", f"rotated the peer key of {slot.name}")
+
+    async def _ca(
+        self,
+        body: Mapping[str, Any],
+        ns: str,
+        network: str,
+        owner: Obj,
+        spec: NetworkSpec,
+        now: datetime,
+    ) -> tuple[bytes, bytes]:
+        """The network CA (certificate, key), created on first use and then only read."""
+        ca_name = names.ca_secret(network)
+        sec = await self.kube.get(path("Secret", ns, ca_name))
+        if sec is None:
+            cert, key = tls.make_ca(network, ns, now)
+            obj: Obj = {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "type": "Opaque",
+                "metadata": {
+                    "name": ca_name,
+                    "namespace": ns,
+                    "labels": names.labels(network, "ca", spec.image_tag),
+                    "ownerReferences": [owner],
+                },
+                "data": {names.CA_CERT_KEY: _b64(cert), names.TLS_KEY_KEY: _b64(key)},
+            }
+            created = await self.kube.create(obj)
+            sec = created or await self.kube.get(path("Secret", ns, ca_name))
+            if created is not None:
+                await self.event(body, "Normal", "CertificateAuthority", "created the network CA")
+        if sec is None:
+            raise RuntimeError(f"the CA Secret {ca_name} vanished")
+        data = sec.get("data") or {}
+        cert = base64.b64decode(str(data.get(names.CA_CERT_KEY, "")))
+        key = base64.b64decode(str(data.get(names.TLS_KEY_KEY, "")))
+        client_name = names.client_tls_secret(network)
+        if await self.kube.get(path("Secret", ns, client_name)) is None:
+            ccert, ckey = tls.issue(cert, key, f"{network}-client", [], now)
+            await self.kube.create(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "type": "kubernetes.io/tls",
+                    "metadata": {
+                        "name": client_name,
+                        "namespace": ns,
+                        "labels": names.labels(network, "client-tls", spec.image_tag),
+                        "ownerReferences": [owner],
+                    },
+                    "data": {
+                        "tls.crt": _b64(ccert),
+                        "tls.key": _b64(ckey),
+                        names.CA_CERT_KEY: _b64(cert),
+                    },
+                }
+            )
+        return cert, key
 
     async def _database(
         self, ns: str, network: str, spec: NetworkSpec, pods: Sequence[Mapping[str, Any]]

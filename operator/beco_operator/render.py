@@ -61,20 +61,23 @@ def _meta(
     return meta
 
 
-def node_args(role: str, spec: NetworkSpec, zone: str) -> list[str]:
+def node_args(role: str, spec: NetworkSpec) -> list[str]:
     """The ``beco-node`` command line of one role (see the node's --help)."""
     args = [
         f"--role={role}",
         f"--membership={names.MEMBERSHIP_DIR}/{names.MEMBERSHIP_KEY}",
         f"--key-file={names.KEY_DIR}/$(BECO_NODE_NAME).key",
         f"--listen=0.0.0.0:{names.PORT}",
-        f"--metrics-port={names.METRICS_PORT}",
-        "--name=$(BECO_NODE_NAME)",
+        f"--metrics-listen=0.0.0.0:{names.METRICS_PORT}",
     ]
-    if zone:
-        args.append(f"--zone={zone}")
     if spec.insecure:
         args.append("--insecure")
+    else:
+        args += [
+            f"--tls-cert={names.KEY_DIR}/$(BECO_NODE_NAME).crt",
+            f"--tls-key={names.KEY_DIR}/$(BECO_NODE_NAME).tls.key",
+            f"--tls-ca={names.MEMBERSHIP_DIR}/{names.CA_CERT_KEY}",
+        ]
     return args
 
 
@@ -86,11 +89,7 @@ def _container(
     resources: Mapping[str, Any],
     member_env: Obj,
 ) -> Obj:
-    env: list[Obj] = [
-        member_env,
-        {"name": "BECO_NETWORK", "value": network},
-        {"name": "BECO_LOG_FORMAT", "value": "json"},
-    ]
+    env: list[Obj] = [member_env]
     if role == "sst":
         env.append(
             {"name": "BECO_DATABASE_URL", "valueFrom": {"secretKeyRef": _dsn_ref(network, spec)}}
@@ -100,7 +99,7 @@ def _container(
         "image": f"{spec.image}:{spec.image_tag}",
         "imagePullPolicy": spec.pull_policy,
         "command": ["beco-node"],
-        "args": node_args(role, spec, zone),
+        "args": node_args(role, spec),
         "env": env,
         "ports": [
             {"name": "grpc", "containerPort": names.PORT, "protocol": "TCP"},
@@ -144,7 +143,11 @@ def _pod_spec(
         {
             "secret": {
                 "name": names.key_secret(m),
-                "items": [{"key": names.NODE_KEY, "path": f"{m}.key", "mode": 0o400}],
+                "items": [
+                    {"key": names.NODE_KEY, "path": f"{m}.key", "mode": 0o400},
+                    {"key": names.TLS_CERT_KEY, "path": f"{m}.crt", "mode": 0o400},
+                    {"key": names.TLS_KEY_KEY, "path": f"{m}.tls.key", "mode": 0o400},
+                ],
             }
         }
         for m in members
@@ -187,7 +190,7 @@ def config_hash(
         {
             "image": f"{spec.image}:{spec.image_tag}",
             "pull": spec.pull_policy,
-            "args": node_args(role, spec, zone),
+            "args": node_args(role, spec),
             "resources": resources,
             "labels": spec.pod_labels,
             "annotations": spec.pod_annotations,

@@ -72,7 +72,7 @@ def test_user_nodes_pinned_per_zone_and_restarted_by_the_operator() -> None:
         assert secrets == [f"demo-user-{zone}-0-key", f"demo-user-{zone}-1-key"]
         assert objs[("Service", f"demo-user-{zone}")]["spec"]["clusterIP"] == "None"
         args = pod["containers"][0]["args"]
-        assert "--role=user" in args and f"--zone={zone}" in args
+        assert "--role=user" in args and "--tls-ca=/etc/beco/membership/ca.crt" in args
     client = objs[("Service", "demo")]
     assert client["spec"]["ports"][0]["port"] == 9001
     assert client["spec"]["selector"] == names.selector_labels("demo", "user")

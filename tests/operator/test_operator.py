@@ -1,0 +1,382 @@
+"""The operator against the real control plane (kwok nodes in zones a, b, c).
+
+Each test gets its own namespace; one operator process serves the module.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from typing import Any
+
+import pytest
+from beco_node import membership
+
+from tests.cluster.plane import ControlPlane
+from tests.cluster.rest import ApiError
+
+from .harness import (
+    OperatorProcess,
+    dump,
+    get_network,
+    items,
+    merge_patch,
+    net_path,
+    network,
+    wait,
+    wait_ready,
+)
+
+pytestmark = pytest.mark.controlplane
+
+SEL = "app.kubernetes.io/managed-by=beco-operator,beco.dev/network={}"
+ZONE = "topology.kubernetes.io/zone"
+
+
+def create(cp: ControlPlane, ns: str, name: str = "demo", **spec: Any) -> dict[str, Any]:
+    return dict(cp.api("POST", net_path(ns), network(name, ns, **spec)))
+
+
+def membership_of(cp: ControlPlane, ns: str, name: str = "demo") -> membership.Membership:
+    cm = cp.api("GET", f"/api/v1/namespaces/{ns}/configmaps/{name}-membership")
+    return membership.loads(cm["data"]["membership.json"])
+
+
+def key_secrets(cp: ControlPlane, ns: str, name: str = "demo") -> dict[str, dict[str, Any]]:
+    secs = items(cp, f"/api/v1/namespaces/{ns}/secrets", SEL.format(name) + ",beco.dev/key=node")
+    return {s["metadata"]["name"]: s for s in secs}
+
+
+def user_pods(cp: ControlPlane, ns: str, name: str = "demo") -> list[dict[str, Any]]:
+    sel = SEL.format(name) + ",beco.dev/role=user"
+    return items(cp, f"/api/v1/namespaces/{ns}/pods", sel)
+
+
+def test_create_spreads_user_nodes_and_becomes_ready(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    created = create(cp, ns)
+    uid = created["metadata"]["uid"]
+    obj = wait_ready(cp, ns, "demo")
+    st = obj["status"]
+    assert (st["members"], st["quorum"], st["ready"]) == (3, 2, "3/3"), dump(st)
+    assert st["readyByZone"] == {"a": 1, "b": 1, "c": 1}
+    assert st["endpoint"] == f"demo.{ns}.svc:9001"
+    conds = {c["type"]: c for c in st["conditions"]}
+    for t in ("Ready", "QuorumAvailable", "DatabaseReady", "KeysDistributed"):
+        assert conds[t]["status"] == "True", dump(conds)
+        assert conds[t]["observedGeneration"] == obj["metadata"]["generation"]
+
+    # Every child exists, is owned by the network and has the right spec.
+    apps = f"/apis/apps/v1/namespaces/{ns}"
+    for zone in ("a", "b", "c"):
+        sts = cp.api("GET", f"{apps}/statefulsets/demo-user-{zone}")
+        assert sts["metadata"]["ownerReferences"][0]["uid"] == uid
+        assert sts["spec"]["updateStrategy"]["type"] == "OnDelete"
+        assert sts["spec"]["template"]["spec"]["nodeSelector"] == {ZONE: zone}
+        svc = cp.api("GET", f"/api/v1/namespaces/{ns}/services/demo-user-{zone}")
+        assert svc["spec"]["clusterIP"] == "None"
+    for role in ("validator", "sst", "postgres"):
+        assert (
+            cp.api("GET", f"{apps}/statefulsets/demo-{role}")["metadata"]["ownerReferences"][0][
+                "uid"
+            ]
+            == uid
+        )
+    assert cp.api("GET", f"{apps}/deployments/demo-rendezvous")["status"].get("readyReplicas") == 1
+    client = cp.api("GET", f"/api/v1/namespaces/{ns}/services/demo")
+    assert client["spec"]["ports"][0]["port"] == 9001
+    pdb = cp.api("GET", f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets/demo-user-nodes")
+    assert pdb["spec"]["minAvailable"] == 2
+    nps = items(
+        cp, f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies", SEL.format("demo")
+    )
+    assert len(nps) == 3
+    pvcs = items(cp, f"/api/v1/namespaces/{ns}/persistentvolumeclaims")
+    assert [p["status"]["phase"] for p in pvcs] == ["Bound"]
+
+    # User-node pods land one per zone, as the nodes they run on say.
+    zones = []
+    for pod in user_pods(cp, ns):
+        node = cp.api("GET", f"/api/v1/nodes/{pod['spec']['nodeName']}")
+        zones.append(node["metadata"]["labels"][ZONE])
+        assert pod["metadata"]["labels"]["beco.dev/zone"] == zones[-1]
+    assert sorted(zones) == ["a", "b", "c"]
+
+    # The membership publishes every member's key and the quorum.
+    ms = membership_of(cp, ns)
+    assert ms.quorum == 2 and len(ms.user_nodes) == 3 and len(ms.members) == 6
+    secs = key_secrets(cp, ns)
+    assert len(secs) == 6
+    for m in ms.members:
+        sec = secs[f"{m.name}-key"]
+        assert base64.b64decode(sec["data"]["public_key"]) == m.public_key
+        assert sec["metadata"]["annotations"]["beco.dev/peer-id"] == m.peer_id
+    assert {m.zone for m in ms.user_nodes} == {"a", "b", "c"}
+
+
+def test_scale_one_to_two_per_zone_keeps_old_keys(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    before = {n: s["data"]["node.key"] for n, s in key_secrets(cp, ns).items()}
+    gen_before = membership_of(cp, ns).generation
+    merge_patch(cp, net_path(ns, "demo"), {"spec": {"userNodes": {"perZone": 2}}})
+    obj = wait_ready(cp, ns, "demo")
+    assert (obj["status"]["members"], obj["status"]["quorum"]) == (6, 4)
+    ms = membership_of(cp, ns)
+    assert len(ms.user_nodes) == 6 and ms.quorum == 4 and ms.generation == gen_before + 1
+    after = {n: s["data"]["node.key"] for n, s in key_secrets(cp, ns).items()}
+    assert len(after) == 9
+    for n, key in before.items():
+        assert after[n] == key, f"key of {n} changed on scale-up"
+    assert sorted(p["metadata"]["labels"]["beco.dev/zone"] for p in user_pods(cp, ns)) == [
+        "a",
+        "a",
+        "b",
+        "b",
+        "c",
+        "c",
+    ]
+    # The scale subresource speaks the same field.
+    scale = cp.api("GET", net_path(ns, "demo") + "/scale")
+    assert scale["spec"]["replicas"] == 2
+
+
+def test_deleted_or_edited_child_is_restored(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    apps = f"/apis/apps/v1/namespaces/{ns}"
+    old = cp.api("GET", f"{apps}/statefulsets/demo-user-b")["metadata"]["uid"]
+    cp.api("DELETE", f"{apps}/statefulsets/demo-user-b")
+    cp.api("DELETE", f"/api/v1/namespaces/{ns}/services/demo")
+    wait(
+        lambda: cp.api("GET", f"{apps}/statefulsets/demo-user-b")["metadata"]["uid"] != old,
+        60,
+        "the user StatefulSet of zone b to come back",
+    )
+    wait(lambda: cp.exists(f"/api/v1/namespaces/{ns}/services/demo"), 60, "the client Service")
+    merge_patch(
+        cp, f"/api/v1/namespaces/{ns}/services/demo-validator", {"spec": {"selector": {"x": "y"}}}
+    )
+    wait(
+        lambda: (
+            "x"
+            not in cp.api("GET", f"/api/v1/namespaces/{ns}/services/demo-validator")["spec"][
+                "selector"
+            ]
+        ),
+        60,
+        "the edited selector to be restored",
+    )
+    wait_ready(cp, ns, "demo")
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"quorum": 1}, "more than half"),
+        ({"quorum": 4}, "no larger than the number of user nodes"),
+        ({"zones": ["a", "a"]}, "zones must be unique"),
+        ({"zones": []}, "spec.zones"),
+        (
+            {"database": {"managed": {}, "external": {"secretRef": {"name": "x"}}}},
+            "exactly one of managed or external",
+        ),
+        ({"userNodes": {"perZone": 0}}, "perZone"),
+    ],
+)
+def test_invalid_spec_is_refused_with_its_reason(
+    control_plane: ControlPlane, k8s_namespace: str, spec: dict[str, Any], message: str
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    with pytest.raises(ApiError) as err:
+        create(cp, ns, "bad", **spec)
+    assert err.value.status == 422
+    assert message in str(err.value), str(err.value)
+
+
+def test_immutable_and_quorum_breaking_updates_are_refused(
+    control_plane: ControlPlane, k8s_namespace: str
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, "imm", quorum=2)
+    with pytest.raises(ApiError) as err:
+        merge_patch(
+            cp, net_path(ns, "imm"), {"spec": {"database": {"managed": {"storage": "5Gi"}}}}
+        )
+    assert "immutable" in str(err.value)
+    with pytest.raises(ApiError) as err:
+        merge_patch(
+            cp,
+            net_path(ns, "imm"),
+            {"spec": {"database": {"managed": None, "external": {"secretRef": {"name": "pg"}}}}},
+        )
+    assert "cannot switch" in str(err.value)
+    # Scaling 3 -> 6 user nodes with a fixed quorum of 2 would lose the majority: refused.
+    with pytest.raises(ApiError) as err:
+        merge_patch(cp, net_path(ns, "imm"), {"spec": {"userNodes": {"perZone": 2}}})
+    assert "more than half" in str(err.value)
+
+
+def test_what_the_schema_lets_through_becomes_a_condition(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, "ext", database={"external": {"secretRef": {"name": "missing-dsn"}}})
+
+    def db_condition() -> dict[str, Any] | None:
+        st = get_network(cp, ns, "ext").get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions", [])}
+        c = conds.get("DatabaseReady")
+        return c if c and c["status"] == "False" and "missing-dsn" in c["message"] else None
+
+    cond = wait(db_condition, 60, "DatabaseReady=False naming the missing Secret")
+    assert cond["reason"] == "DatabaseNotReady"
+    assert get_network(cp, ns, "ext")["status"]["phase"] != "Ready"
+    # Once the Secret exists the network becomes Ready.
+    cp.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "missing-dsn"},
+            "stringData": {"dsn": "postgresql://x@db/beco"},
+        },
+    )
+    wait_ready(cp, ns, "ext")
+
+
+def test_delete_removes_children(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, database={"managed": {"reclaimPolicy": "Delete"}})
+    wait_ready(cp, ns, "demo")
+    cp.api("DELETE", net_path(ns, "demo"))
+
+    def gone() -> bool:
+        left = []
+        for p in (
+            f"/apis/apps/v1/namespaces/{ns}/statefulsets",
+            f"/apis/apps/v1/namespaces/{ns}/deployments",
+            f"/api/v1/namespaces/{ns}/services",
+            f"/api/v1/namespaces/{ns}/configmaps",
+            f"/api/v1/namespaces/{ns}/secrets",
+            f"/apis/policy/v1/namespaces/{ns}/poddisruptionbudgets",
+            f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies",
+        ):
+            left += [o["metadata"]["name"] for o in items(cp, p, SEL.format("demo"))]
+        return not left
+
+    wait(gone, 90, "every child to be garbage-collected")
+
+
+def test_operator_restart_changes_no_secret(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    secrets_path = f"/api/v1/namespaces/{ns}/secrets"
+
+    def snapshot() -> dict[str, tuple[str, str]]:
+        return {
+            s["metadata"]["name"]: (s["metadata"]["resourceVersion"], s["metadata"]["uid"])
+            for s in items(cp, secrets_path)
+            if s["metadata"]["name"].startswith("demo-")
+        }
+
+    before = snapshot()
+    assert len(before) == 7  # six peer keys and the Postgres password
+    beco_operator.kill()  # as a crash would
+    beco_operator.start()
+    wait(
+        lambda: beco_operator.metric("beco_operator_reconciles_total") >= 2,
+        60,
+        "reconciles after the restart",
+    )
+    wait_ready(cp, ns, "demo")
+    assert snapshot() == before
+
+
+def test_image_change_rolls_user_nodes_one_at_a_time_keeping_quorum(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, userNodes={"perZone": 2})
+    wait_ready(cp, ns, "demo")
+    quorum = 4
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in user_pods(cp, ns)}
+    assert len(before) == 6
+
+    # Watch the user pods through the API's watch stream for the whole rollout.
+    client = cp.kubernetes_client()
+    from kubernetes import client as k8s
+    from kubernetes import watch
+
+    core = k8s.CoreV1Api(client)
+    state: dict[str, bool] = {}
+    samples: list[int] = []
+    unready_at_once: list[int] = []
+    stop = threading.Event()
+    rv = core.list_namespaced_pod(
+        ns, label_selector=SEL.format("demo") + ",beco.dev/role=user"
+    ).metadata.resource_version
+
+    def ready(pod: Any) -> bool:
+        if pod.metadata.deletion_timestamp is not None:
+            return False
+        return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+    for name in before:
+        state[name] = True
+
+    def watcher() -> None:
+        w = watch.Watch()
+        for ev in w.stream(
+            core.list_namespaced_pod,
+            ns,
+            label_selector=SEL.format("demo") + ",beco.dev/role=user",
+            resource_version=rv,
+            timeout_seconds=120,
+        ):
+            pod = ev["object"]
+            state[pod.metadata.name] = ev["type"] != "DELETED" and ready(pod)
+            samples.append(sum(state.values()))
+            unready_at_once.append(sum(1 for v in state.values() if not v))
+            if stop.is_set():
+                w.stop()
+                return
+
+    t = threading.Thread(target=watcher, daemon=True)
+    t.start()
+    time.sleep(0.5)
+    merge_patch(cp, net_path(ns, "demo"), {"spec": {"image": {"tag": "0.2.0"}}})
+
+    def rolled() -> bool:
+        pods = user_pods(cp, ns)
+        return (
+            len(pods) == 6
+            and all(p["metadata"]["uid"] != before.get(p["metadata"]["name"]) for p in pods)
+            and all(p["spec"]["containers"][0]["image"].endswith(":0.2.0") for p in pods)
+        )
+
+    wait(rolled, 180, "every user node to run the new image")
+    obj = wait_ready(cp, ns, "demo")
+    time.sleep(1.0)
+    stop.set()
+    t.join(timeout=2)  # the daemon thread ends with its next event or its timeout
+    assert samples, "the watch saw no pod event"
+    assert min(samples) >= quorum, f"ready user nodes fell to {min(samples)} < quorum {quorum}"
+    assert max(unready_at_once) <= 1, f"{max(unready_at_once)} user nodes were down at once"
+    assert obj["status"]["rollout"]["pending"] == 0
+    assert beco_operator.metric("beco_operator_user_node_restarts_total") >= 6
