@@ -187,6 +187,10 @@ class LocalNetwork:
     async def up(self) -> None:
         self.prepare()
         await self.start_postgres()
+        sst = [n for n in self.nodes if self.nodes[n].role == "sst"]
+        for name in sst:
+            self.start_node(name)
+        await self.wait_healthy(sst)
         for name in self.order():
             self.start_node(name)
         await self.wait_healthy()

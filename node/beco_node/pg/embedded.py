@@ -289,8 +289,17 @@ class EmbeddedPostgres:
                     ) from None
                 await asyncio.sleep(0.05)
                 continue
-            await conn.close()
-            return
+            try:
+                data_dir = await conn.fetchval("SELECT current_setting('data_directory')")
+            finally:
+                await conn.close()
+            if data_dir == str(self.pgdata):  # as we passed it with -D
+                return
+            # Another server answers on this port; ours will fail to bind and exit.
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise PostgresError(f"port {port} is served by another PostgreSQL ({data_dir})")
+            await asyncio.sleep(0.05)
 
     async def _ensure_database(self) -> None:
         conn = await asyncpg.connect(

@@ -144,6 +144,10 @@ class Runtime:
                 ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE),
                 ("grpc.keepalive_time_ms", 30_000),
                 ("grpc.enable_retries", 0),
+                # A restarted peer is back within a second or two, not after minutes of backoff.
+                ("grpc.initial_reconnect_backoff_ms", 200),
+                ("grpc.min_reconnect_backoff_ms", 200),
+                ("grpc.max_reconnect_backoff_ms", 2000),
             ]
             creds = self._client_credentials()
             if creds is None:

@@ -27,11 +27,25 @@ from beco.v1 import identity_pb2 as pb
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import auth, keys, metrics, model, peer
-from beco_node.errors import BecoError, FailedPrecondition, InvalidArgument, NotFound
+from beco_node import auth, metrics, model, peer
+from beco_node.errors import (
+    AlreadyExists,
+    BecoError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
 from beco_node.merkle.sth import SignedTreeHead
 from beco_node.services.runtime import Runtime, rpc_handler
-from beco_node.sst.records import CommitEntry, CommitResult, SequenceError
+from beco_node.sst.records import (
+    CommitEntry,
+    CommitResult,
+    ProposalConflictError,
+    SequenceError,
+    StoreError,
+    StoreUnavailableError,
+)
 from beco_node.sst.store import SstStore
 
 log = logging.getLogger("beco.sst")
@@ -142,6 +156,13 @@ class SstService(ppb_grpc.SstServicer):
         except SequenceError as exc:
             self.cache.pop(prop.user_id, None)
             raise FailedPrecondition(str(exc)) from None
+        except StoreUnavailableError as exc:
+            raise Unavailable(str(exc)) from None
+        except ProposalConflictError as exc:
+            raise AlreadyExists(str(exc)) from None
+        except StoreError as exc:
+            self.cache.pop(prop.user_id, None)
+            raise BecoError(str(exc), "ABORTED") from None
         if not res.duplicate:
             self.cache[prop.user_id] = (res.sequence, state)
         metrics.COMMIT_TIME.observe(time.perf_counter() - t0)
@@ -244,6 +265,3 @@ class SstService(ppb_grpc.SstServicer):
             raise InvalidArgument(str(exc)) from None
         return out
 
-
-def sst_public_key(rt: Runtime) -> bytes:
-    return keys.public_key_bytes(rt.key)

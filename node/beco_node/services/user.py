@@ -106,7 +106,9 @@ class UserNode:
 
     async def sst_call(self, method: str, q: ppb.SstQuery) -> Any:
         try:
-            return await getattr(self.sst_stub(), method)(self.query(q), timeout=10)
+            return await getattr(self.sst_stub(), method)(
+                self.query(q), timeout=10, wait_for_ready=True
+            )
         except grpc.aio.AioRpcError as exc:
             if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 raise BecoError(exc.details() or "", exc.code().name) from None
@@ -181,7 +183,7 @@ class IdentityService(pb_grpc.IdentityServicer):
         stub = ppb_grpc.ValidatorStub(self.rt.peer_channel(validator))
         env = peer.seal("propose", prop, self.rt.key, self.rt.peer_id, self.rt.now_ms())
         try:
-            outcome: ppb.Outcome = await stub.Propose(env, timeout=60)
+            outcome: ppb.Outcome = await stub.Propose(env, timeout=60, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"the validator is unavailable: {exc.code().name}") from None
         if outcome.status != ppb.OUTCOME_COMMITTED:

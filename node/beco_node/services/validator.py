@@ -84,7 +84,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 self.rt.peer_id,
                 self.rt.now_ms(),
             )
-            reply = await stub.GetUserState(env, timeout=5)
+            reply = await stub.GetUserState(env, timeout=5, wait_for_ready=True)
             seq = reply.sequence if reply.found else 0
             self.sequences[uid] = seq
         return seq
@@ -180,7 +180,9 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         stub = ppb_grpc.SstStub(rt.peer_channel(sst))
         try:
             outcome: ppb.Outcome = await stub.Commit(
-                peer.seal("commit", qc, rt.key, rt.peer_id, rt.now_ms()), timeout=30
+                peer.seal("commit", qc, rt.key, rt.peer_id, rt.now_ms()),
+                timeout=10,
+                wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as exc:
             self.sequences.pop(prop.user_id, None)  # unknown whether it committed: re-read

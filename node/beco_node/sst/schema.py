@@ -1,0 +1,131 @@
+"""The SST's PostgreSQL schema, as numbered idempotent migrations, and the commit function.
+
+Tables (all writes come from ``beco_commit``, one statement = one transaction):
+
+- ``users``: the current state of each user (opaque bytes) and its sequence;
+- ``leaves``: the Merkle log, ``leaf_index`` dense from 0: the generated column
+  ``prev_index`` must reference an existing leaf, so no gap can ever be stored;
+- ``changes``: one row per committed proposal, ``proposal_id`` unique (idempotency),
+  ``(user_id, sequence)`` unique (no lost or doubled update), one leaf per change;
+- ``tree_heads``: the signed tree head after each commit (plus the empty one), whose
+  ``tree_size`` must match an existing last leaf in the same way.
+
+``beco_commit`` does the whole commit server-side in one round trip: it takes a
+transaction-scoped advisory lock (commits serialise even across processes), returns
+the stored row for a known proposal, checks the sequence, then inserts into all four
+tables. Any error aborts the statement, and with it everything it wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MIGRATIONS: list[str] = [
+    # 1: the initial schema
+    """
+    CREATE TABLE users (
+        user_id     text PRIMARY KEY CHECK (length(user_id) BETWEEN 1 AND 256),
+        sequence    bigint NOT NULL CHECK (sequence >= 1),
+        state       bytea NOT NULL,
+        updated_ms  bigint NOT NULL
+    );
+
+    CREATE TABLE leaves (
+        leaf_index  bigint PRIMARY KEY CHECK (leaf_index >= 0),
+        leaf_hash   bytea NOT NULL CHECK (length(leaf_hash) = 32),
+        leaf_data   bytea NOT NULL,
+        prev_index  bigint GENERATED ALWAYS AS (NULLIF(leaf_index, 0) - 1) STORED
+                    REFERENCES leaves (leaf_index)
+    );
+
+    CREATE TABLE changes (
+        proposal_id  text PRIMARY KEY CHECK (length(proposal_id) BETWEEN 1 AND 256),
+        user_id      text NOT NULL REFERENCES users (user_id),
+        sequence     bigint NOT NULL CHECK (sequence >= 1),
+        kind         text NOT NULL CHECK (length(kind) BETWEEN 1 AND 64),
+        leaf_index   bigint NOT NULL UNIQUE REFERENCES leaves (leaf_index),
+        committed_ms bigint NOT NULL,
+        UNIQUE (user_id, sequence)
+    );
+
+    CREATE TABLE tree_heads (
+        tree_size    bigint PRIMARY KEY CHECK (tree_size >= 0),
+        root_hash    bytea NOT NULL CHECK (length(root_hash) = 32),
+        timestamp_ms bigint NOT NULL CHECK (timestamp_ms >= 0),
+        signature    bytea NOT NULL CHECK (length(signature) = 64),
+        last_leaf    bigint GENERATED ALWAYS AS (NULLIF(tree_size, 0) - 1) STORED
+                     REFERENCES leaves (leaf_index)
+    );
+
+    CREATE FUNCTION beco_commit(
+        p_proposal_id text, p_user_id text, p_sequence bigint, p_kind text, p_state bytea,
+        p_leaf_index bigint, p_leaf_hash bytea, p_leaf_data bytea, p_committed_ms bigint,
+        p_root bytea, p_sth_ms bigint, p_signature bytea)
+    RETURNS TABLE (o_outcome text, o_leaf_index bigint, o_expected bigint, o_user_id text,
+                   o_sequence bigint, o_kind text, o_leaf_hash bytea)
+    LANGUAGE plpgsql AS $fn$
+    DECLARE
+        cur bigint;
+        ex record;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(6962);
+        SELECT c.user_id, c.sequence, c.kind, c.leaf_index, l.leaf_hash INTO ex
+          FROM changes c JOIN leaves l ON l.leaf_index = c.leaf_index
+         WHERE c.proposal_id = p_proposal_id;
+        IF FOUND THEN
+            RETURN QUERY SELECT 'duplicate'::text, ex.leaf_index, NULL::bigint, ex.user_id,
+                                ex.sequence, ex.kind, ex.leaf_hash;
+            RETURN;
+        END IF;
+        SELECT u.sequence INTO cur FROM users u WHERE u.user_id = p_user_id FOR UPDATE;
+        IF COALESCE(cur, 0) + 1 <> p_sequence THEN
+            RETURN QUERY SELECT 'sequence'::text, NULL::bigint, COALESCE(cur, 0) + 1, p_user_id,
+                                p_sequence, p_kind, NULL::bytea;
+            RETURN;
+        END IF;
+        INSERT INTO users (user_id, sequence, state, updated_ms)
+             VALUES (p_user_id, p_sequence, p_state, p_committed_ms)
+        ON CONFLICT (user_id) DO UPDATE
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state,
+                 updated_ms = EXCLUDED.updated_ms;
+        INSERT INTO leaves (leaf_index, leaf_hash, leaf_data)
+             VALUES (p_leaf_index, p_leaf_hash, p_leaf_data);
+        INSERT INTO changes (proposal_id, user_id, sequence, kind, leaf_index, committed_ms)
+             VALUES (p_proposal_id, p_user_id, p_sequence, p_kind, p_leaf_index, p_committed_ms);
+        INSERT INTO tree_heads (tree_size, root_hash, timestamp_ms, signature)
+             VALUES (p_leaf_index + 1, p_root, p_sth_ms, p_signature);
+        RETURN QUERY SELECT 'committed'::text, p_leaf_index, NULL::bigint, p_user_id,
+                            p_sequence, p_kind, p_leaf_hash;
+    END
+    $fn$;
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+_MIGRATION_LOCK = 6963
+
+
+async def migrate(conn: Any) -> int:
+    """Apply the missing migrations (each in its own transaction); returns the schema version.
+
+    ``conn`` is an asyncpg connection. Safe to run concurrently: an advisory lock
+    serialises migrators. A database newer than this code is refused.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
+    try:
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version ("
+            " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        current = await conn.fetchval("SELECT COALESCE(max(version), 0) FROM schema_version")
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"database schema version {current} is newer than this code ({SCHEMA_VERSION})"
+            )
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            async with conn.transaction():
+                await conn.execute(MIGRATIONS[version - 1])
+                await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
+        return SCHEMA_VERSION
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

@@ -1,0 +1,70 @@
+"""One real local network per test module: PostgreSQL, SST, rendezvous, validator
+and three user nodes (zones a, b, c; quorum 2) as separate processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from beco_node import keys
+from beco_node.client import Client
+from beco_node.local.network import LocalNetwork
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port() -> int:
+    for _ in range(200):
+        base = random.randrange(20_000, 40_000)
+        ports = [base + i for i in range(3)] + [base + 200 + i for i in range(3)]
+        ports += [base + 300 + i for i in range(6)]
+        if all(_free(p) for p in ports):
+            return base
+    raise RuntimeError("no free port range")
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    state = tmp_path_factory.mktemp("net")
+    net = LocalNetwork(
+        Path(state),
+        base_port=free_base_port(),
+        # short vote deadline so below-quorum tests fail fast
+        extra_env={"BECO_VOTE_TIMEOUT_MS": "3000", "BECO_LOG_LEVEL": "INFO"},
+    )
+    try:
+        asyncio.run(net.up())
+    except BaseException:
+        asyncio.run(net.down())
+        raise
+    yield net
+    asyncio.run(net.down())
+
+
+class Person:
+    def __init__(self) -> None:
+        self.key = keys.generate_private_key()
+        self.id = keys.peer_id(keys.public_key_bytes(self.key))
+
+    def client(self, net: LocalNetwork, node: int = 0) -> Client:
+        return Client(net.user_endpoints()[node], self.key)
+
+
+async def wait_for_sequence(net: LocalNetwork, node: int, who: Person, uid: str, seq: int) -> None:
+    async with who.client(net, node) as c:
+        for _ in range(100):
+            if (await c.get_user(uid)).sequence >= seq:
+                return
+            await asyncio.sleep(0.05)
+    raise AssertionError(f"node {node} never reached sequence {seq} of {uid}")

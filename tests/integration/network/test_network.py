@@ -1,0 +1,372 @@
+"""The network end to end: real processes, real gRPC, real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+
+import grpc
+import pytest
+from beco.v1 import identity_pb2 as pb
+from beco_node import auth, keys
+from beco_node.clock import now_ms
+from beco_node.local.network import LocalNetwork
+from beco_node.membership import loads
+from beco_node.merkle.hashing import leaf_hash
+from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
+from beco_node.merkle.verify import verify_consistency, verify_inclusion
+
+from .conftest import Person, wait_for_sequence
+
+pytestmark = pytest.mark.postgres
+
+
+def sst_key(net: LocalNetwork) -> bytes:
+    return loads(net.membership_path.read_text()).one("sst").public_key
+
+
+async def tree_size(net: LocalNetwork, who: Person) -> int:
+    async with who.client(net) as c:
+        return (await c.tree_head()).tree_size
+
+
+async def expect(code: grpc.StatusCode, coro: object) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await coro  # type: ignore[misc]
+    assert ei.value.code() == code, ei.value.details()
+    return ei.value.details() or ""
+
+
+async def test_happy_path_with_offline_proofs(network: LocalNetwork) -> None:
+    alice = Person()
+    async with alice.client(network, 0) as c:
+        r = await c.create_user("Alice", ["Marie"], "Smith")
+        assert r.commit.sequence == 1 and r.user.user_id == alice.id
+        head1 = r.commit.tree_head
+        r = await c.set_middle(alice.id, ["Anne", "Marie"])
+        r = await c.set_first(alice.id, "Alicia")
+        assert r.commit.sequence == 3
+        u = await c.get_user(alice.id)
+        assert list(u.first_name.values) == ["Alicia"]
+        assert list(u.middle_names.values) == ["Anne", "Marie"]
+        hist = await c.history(alice.id)
+        assert [e.sequence for e in hist.entries] == [1, 2, 3]
+        assert [e.kind for e in hist.entries] == [
+            "create_user",
+            "set_middle_names",
+            "set_first_name",
+        ]
+        # inclusion of the last change, verified against the SST key from the membership
+        e = hist.entries[-1]
+        proof = await c.inclusion_proof(e.leaf_index)
+        th = proof.tree_head
+        verify_tree_head(
+            sst_key(network),
+            SignedTreeHead(th.tree_size, th.root_hash, th.timestamp_ms, th.signature),
+        )
+        verify_inclusion(
+            leaf_hash(e.leaf_data), e.leaf_index, proof.tree_size, list(proof.hashes), th.root_hash
+        )
+        leaf = pb.LogLeaf()
+        leaf.ParseFromString(e.leaf_data)
+        assert leaf.user_id == alice.id and leaf.sequence == 3 and len(leaf.voters) >= 2
+        assert b"Alicia" not in e.leaf_data  # the public log holds digests, not names
+        cons = await c.consistency_proof(head1.tree_size)
+        verify_consistency(
+            head1.tree_size,
+            cons.tree_head.tree_size,
+            head1.root_hash,
+            cons.tree_head.root_hash,
+            list(cons.hashes),
+        )
+    # every user node applies the commit
+    for node in (1, 2):
+        await wait_for_sequence(network, node, alice, alice.id, 3)
+
+
+async def test_non_editor_denied_until_granted(network: LocalNetwork) -> None:
+    alice, bob = Person(), Person()
+    async with alice.client(network) as a, bob.client(network, 1) as b:
+        await a.create_user("Alice")
+        await b.create_user("Bob")
+        before = await tree_size(network, alice)
+        await expect(grpc.StatusCode.PERMISSION_DENIED, b.set_first(alice.id, "Mallory"))
+        seen = await b.get_user(alice.id)
+        assert (
+            not seen.first_name.readable and not seen.first_name.values
+        )  # unrelated: existence only
+        assert await tree_size(network, alice) == before
+        await a.grant(alice.id, "first", bob.id, "viewer")
+        await wait_for_sequence(network, 1, bob, alice.id, 2)
+        assert list((await b.get_user(alice.id)).first_name.values) == ["Alice"]
+        await expect(grpc.StatusCode.PERMISSION_DENIED, b.set_first(alice.id, "Mallory"))
+        await a.grant(alice.id, "first", bob.id, "editor")
+        await wait_for_sequence(network, 1, bob, alice.id, 3)
+        r = await b.set_first(alice.id, "Ally")
+        assert list(r.user.first_name.values) == ["Ally"]
+        await expect(grpc.StatusCode.PERMISSION_DENIED, b.set_last(alice.id, "Nope"))
+        listed = await b.list_users()
+        assert {u.user_id for u in listed.users} == {alice.id, bob.id}
+        await a.revoke(alice.id, "first", bob.id, "editor")
+        await wait_for_sequence(network, 1, bob, alice.id, 5)
+        await expect(grpc.StatusCode.PERMISSION_DENIED, b.set_first(alice.id, "Again"))
+
+
+async def test_forged_stale_and_replayed_requests(network: LocalNetwork) -> None:
+    alice = Person()
+    eve = Person()
+    async with alice.client(network) as a:
+        await a.create_user("Alice")
+        before = await tree_size(network, alice)
+        m = "/beco.v1.Identity/UpdateFirstName"
+        # forged: Eve signs a request but claims Alice's key
+        req = pb.UpdateFirstNameRequest(user_id=alice.id, first_name="Eve")
+        auth.sign_request(m, req, eve.key, now_ms())
+        req.auth.public_key = keys.public_key_bytes(alice.key)
+        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateFirstName(req))
+        # tampered after signing
+        req = pb.UpdateFirstNameRequest(user_id=alice.id, first_name="Good")
+        auth.sign_request(m, req, alice.key, now_ms())
+        req.first_name = "Evil"
+        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateFirstName(req))
+        # stale
+        req = pb.UpdateFirstNameRequest(user_id=alice.id, first_name="Old")
+        auth.sign_request(m, req, alice.key, now_ms() - 120_000)
+        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateFirstName(req))
+        # unsigned
+        await expect(
+            grpc.StatusCode.UNAUTHENTICATED,
+            a.stub.GetUser(pb.GetUserRequest(user_id=alice.id)),
+        )
+        # replayed to the same node, and to another node
+        req = pb.UpdateFirstNameRequest(user_id=alice.id, first_name="Once")
+        auth.sign_request(m, req, alice.key, now_ms())
+        r = await a.stub.UpdateFirstName(req)
+        assert r.commit.sequence == 2
+        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateFirstName(req))
+        async with alice.client(network, 2) as other:
+            details = await expect(grpc.StatusCode.UNAUTHENTICATED, other.stub.UpdateFirstName(req))
+            assert "replay" in details
+        assert await tree_size(network, alice) == before + 1
+        assert [e.sequence for e in (await a.history(alice.id)).entries] == [1, 2]
+
+
+async def test_bad_input_is_refused_and_nothing_written(network: LocalNetwork) -> None:
+    alice = Person()
+    async with alice.client(network) as a:
+        await a.create_user("Alice")
+        before = await tree_size(network, alice)
+        await expect(grpc.StatusCode.INVALID_ARGUMENT, a.set_first(alice.id, "x" * 257))
+        await expect(grpc.StatusCode.INVALID_ARGUMENT, a.set_first(alice.id, "bell\x07"))
+        await expect(grpc.StatusCode.INVALID_ARGUMENT, a.set_middle(alice.id, ["m"] * 17))
+        await expect(grpc.StatusCode.INVALID_ARGUMENT, a.set_first("not-a-user", "A"))
+        await expect(grpc.StatusCode.NOT_FOUND, a.set_first("0" * 32, "A"))
+        await expect(grpc.StatusCode.NOT_FOUND, a.get_user("0" * 32))
+        await expect(grpc.StatusCode.ALREADY_EXISTS, a.create_user("Again"))
+        await expect(grpc.StatusCode.FAILED_PRECONDITION, a.set_first(alice.id, "A", expected=7))
+        await expect(
+            grpc.StatusCode.INVALID_ARGUMENT, a.grant(alice.id, "first", alice.id, "viewer")
+        )
+        await expect(grpc.StatusCode.INVALID_ARGUMENT, a.list_users(page_size=5000))
+        await expect(grpc.StatusCode.RESOURCE_EXHAUSTED, a.set_first(alice.id, "y" * 200_000))
+        await expect(grpc.StatusCode.INVALID_ARGUMENT, a.inclusion_proof(10_000_000))
+        assert await tree_size(network, alice) == before
+        u = await a.get_user(alice.id)
+        assert u.sequence == 1 and list(u.first_name.values) == ["Alice"]
+        # the expected sequence, when right, is accepted
+        assert (await a.set_first(alice.id, "Al", expected=1)).commit.sequence == 2
+
+
+async def test_fifty_concurrent_updates_are_serialised(network: LocalNetwork) -> None:
+    alice = Person()
+    clients = [alice.client(network, i) for i in range(3)]
+    try:
+        await clients[0].create_user("Alice")
+        await asyncio.gather(*(wait_for_sequence(network, i, alice, alice.id, 1) for i in range(3)))
+        results = await asyncio.gather(
+            *(clients[i % 3].set_first(alice.id, f"name-{i}") for i in range(50))
+        )
+        seqs = sorted(r.commit.sequence for r in results)
+        assert seqs == list(range(2, 52))
+        hist = await clients[0].history(alice.id)
+        assert [e.sequence for e in hist.entries] == list(range(1, 52))
+        by_seq = {r.commit.sequence: r for r in results}
+        final = await clients[0].get_user(alice.id)
+        assert final.sequence == 51
+        assert list(final.first_name.values) == list(by_seq[51].user.first_name.values)
+    finally:
+        for c in clients:
+            await c.close()
+
+
+async def test_one_user_node_down_still_commits(network: LocalNetwork) -> None:
+    alice = Person()
+    async with alice.client(network) as a:
+        await a.create_user("Alice")
+        network.stop_node("user-c-0")
+        try:
+            r = await a.set_last(alice.id, "Down")
+            assert r.commit.sequence == 2
+        finally:
+            network.start_node("user-c-0")
+            await network.wait_healthy(["user-c-0"])
+        # the restarted node loads the committed state
+        await wait_for_sequence(network, 2, alice, alice.id, 2)
+        async with alice.client(network, 2) as c:
+            assert list((await c.get_user(alice.id)).last_name.values) == ["Down"]
+
+
+async def test_below_quorum_fails_and_writes_nothing(network: LocalNetwork) -> None:
+    alice = Person()
+    async with alice.client(network) as a:
+        await a.create_user("Alice")
+        before = await tree_size(network, alice)
+        network.stop_node("user-b-0")
+        network.stop_node("user-c-0")
+        try:
+            details = await expect(grpc.StatusCode.UNAVAILABLE, a.set_last(alice.id, "Lost"))
+            assert "quorum not reached" in details
+            assert await tree_size(network, alice) == before
+            u = await a.get_user(alice.id)
+            assert u.sequence == 1 and not u.last_name.values
+        finally:
+            network.start_node("user-b-0")
+            network.start_node("user-c-0")
+            await network.wait_healthy(["user-b-0", "user-c-0"])
+        assert [e.sequence for e in (await a.history(alice.id)).entries] == [1]
+        # back above quorum: commits again
+        for _ in range(50):
+            try:
+                assert (await a.set_last(alice.id, "Back")).commit.sequence == 2
+                break
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("never committed after the nodes came back")
+
+
+async def test_sst_and_postgres_restart_keep_acknowledged_changes(network: LocalNetwork) -> None:
+    people = [Person() for _ in range(3)]
+    acked: dict[str, tuple[int, str]] = {}
+    for i, p in enumerate(people):
+        async with p.client(network, i) as c:
+            await c.create_user(f"P{i}")
+            r = await c.set_last(p.id, f"L{i}")
+            acked[p.id] = (r.commit.sequence, f"L{i}")
+    head_before = await tree_size(network, people[0])
+    network.stop_node("sst")
+    await network.stop_postgres()
+    await network.start_postgres()
+    network.start_node("sst")
+    await network.wait_healthy(["sst"])
+    assert await tree_size(network, people[0]) == head_before
+    for p in people:
+        async with p.client(network, 1) as c:
+            hist = await c.history(p.id)
+            assert [e.sequence for e in hist.entries] == [1, 2]
+            # and the network keeps committing on top
+            for _ in range(50):
+                try:
+                    r = await c.set_first(p.id, "After")
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    await asyncio.sleep(0.2)
+            assert r.commit.sequence == acked[p.id][0] + 1
+            assert list(r.user.last_name.values) == [acked[p.id][1]]
+
+
+async def test_metrics_health_and_reflection(network: LocalNetwork) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    node = network.nodes["user-a-0"]
+    body = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{node.metrics_port}/metrics", timeout=5
+        ).read()
+    )
+    text = body.decode()
+    for name in (
+        "beco_rpc_requests_total",
+        "beco_rpc_latency_seconds",
+        "beco_votes_total",
+        "beco_users",
+    ):
+        assert name in text
+    vnode = network.nodes["validator"]
+    vbody = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(
+            f"http://127.0.0.1:{vnode.metrics_port}/metrics", timeout=5
+        ).read()
+    )
+    assert 'beco_proposals_total{outcome="committed"}' in vbody.decode()
+    async with grpc.aio.insecure_channel(node.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        async for resp in call:
+            names = {s.name for s in resp.list_services_response.service}
+            break
+    assert {"beco.v1.Identity", "grpc.health.v1.Health"} <= names
+
+
+async def _metric(port: int, name: str) -> float | None:
+    def fetch() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            body: bytes = r.read()
+        return body.decode()
+
+    for line in (await asyncio.to_thread(fetch)).splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+async def test_membership_reload_without_restart(network: LocalNetwork) -> None:
+    """Runs last in the module: it edits the membership file and restores it."""
+    from beco_node.membership import build
+
+    path = network.membership_path
+    original = path.read_text()
+    ms = loads(original)
+    alice = Person()
+    async with alice.client(network, 0) as a:
+        await a.create_user("Alice")
+    try:
+        # user-c-0 leaves the network (2 user nodes, quorum 2), generation 2
+        members = [m for m in ms.members if m.name != "user-c-0"]
+        path.write_text(build(ms.network, ms.generation + 1, 2, members).dumps())
+        vport = network.nodes["validator"].metrics_port
+        for _ in range(100):
+            if await _metric(vport, "beco_membership_generation") == ms.generation + 1:
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the validator never reloaded the membership")
+        sport = network.nodes["sst"].metrics_port
+        for _ in range(100):
+            if await _metric(sport, "beco_membership_generation") == ms.generation + 1:
+                break
+            await asyncio.sleep(0.1)
+        # the removed node can no longer propose; the others commit with 2 votes
+        async with alice.client(network, 2) as c:
+            await expect(grpc.StatusCode.UNAVAILABLE, c.set_first(alice.id, "FromRemoved"))
+        async with alice.client(network, 0) as a:
+            r = await a.set_first(alice.id, "Two")
+            assert r.commit.sequence == 2
+            hist = await a.history(alice.id)
+            leaf = pb.LogLeaf()
+            leaf.ParseFromString(hist.entries[-1].leaf_data)
+            c_id = next(m.peer_id for m in ms.members if m.name == "user-c-0")
+            assert c_id not in leaf.voters and len(leaf.voters) == 2
+    finally:
+        path.write_text(original)
+        for _ in range(100):
+            if (
+                await _metric(network.nodes["validator"].metrics_port, "beco_membership_generation")
+                == ms.generation
+            ):
+                break
+            await asyncio.sleep(0.1)

@@ -1,0 +1,254 @@
+"""SstStore on a real PostgreSQL: commits, idempotency, sequencing, atomicity, proofs."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import asyncpg
+import pytest
+from beco_node.keys import public_key_bytes
+from beco_node.merkle import (
+    EMPTY_ROOT,
+    leaf_hash,
+    verify_consistency,
+    verify_inclusion,
+    verify_tree_head,
+)
+from beco_node.sst.store import (
+    CommitEntry,
+    ProposalConflictError,
+    SequenceError,
+    SstStore,
+    StoreError,
+)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from .conftest import FakeClock, make_entry
+
+pytestmark = pytest.mark.postgres
+
+Entry = Callable[..., CommitEntry]
+
+
+async def _counts(dsn: str) -> dict[str, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return {
+            t: await conn.fetchval(f"SELECT count(*) FROM {t}")
+            for t in ("users", "changes", "leaves", "tree_heads")
+        }
+    finally:
+        await conn.close()
+
+
+async def test_empty_store_has_signed_empty_tree_head(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        sth = store.tree_head()
+        assert (sth.tree_size, sth.root_hash) == (0, EMPTY_ROOT)
+        verify_tree_head(public_key_bytes(key), sth)
+        assert await store.list_user_ids() == []
+    finally:
+        await store.close()
+    # Opening again migrates nothing and keeps the same head.
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        assert store.tree_head() == sth
+    finally:
+        await store.close()
+
+
+async def test_commit_happy_path_and_proofs(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock, entry: Entry
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        heads = [store.tree_head()]
+        entries = [entry("alice", 1), entry("bob", 1), entry("alice", 2), entry("alice", 3)]
+        for i, e in enumerate(entries):
+            res = await store.commit(e)
+            assert (res.leaf_index, res.duplicate, res.sequence) == (i, False, e.sequence)
+            assert res.tree_head == store.tree_head()
+            assert res.tree_head.tree_size == i + 1
+            assert res.tree_head.timestamp_ms > heads[-1].timestamp_ms  # the injected clock
+            heads.append(res.tree_head)
+
+        assert await store.get_user("alice") == (3, b"state alice 3")
+        assert await store.get_user("bob") == (1, b"state bob 1")
+        assert await store.get_user("carol") is None
+        assert await store.list_user_ids() == ["alice", "bob"]
+        assert sorted(await store.load_all_users()) == [
+            ("alice", 3, b"state alice 3"),
+            ("bob", 1, b"state bob 1"),
+        ]
+        hist = await store.history("alice")
+        assert [(c.sequence, c.leaf_index, c.kind) for c in hist] == [
+            (1, 0, "create_user"),
+            (2, 2, "set_first_name"),
+            (3, 3, "set_first_name"),
+        ]
+        assert hist[0].leaf_data == b"leaf alice 1"
+        assert hist[2].committed_ms == 1_003
+
+        # Every proof the store serves verifies offline against a signed tree head.
+        pub = public_key_bytes(key)
+        for sth in heads:
+            verify_tree_head(pub, sth)
+            for i in range(sth.tree_size):
+                proof = store.inclusion_proof(i, sth.tree_size)
+                verify_inclusion(
+                    leaf_hash(entries[i].leaf_data), i, sth.tree_size, proof, sth.root_hash
+                )
+                assert store.leaf_hash(i) == leaf_hash(entries[i].leaf_data)
+            for old in heads:
+                if old.tree_size <= sth.tree_size:
+                    proof = store.consistency_proof(old.tree_size, sth.tree_size)
+                    verify_consistency(
+                        old.tree_size, sth.tree_size, old.root_hash, sth.root_hash, proof
+                    )
+        assert await store.tree_head_at(2) == heads[2]
+
+        for bad in [lambda: store.inclusion_proof(4, 4), lambda: store.inclusion_proof(0, 5)]:
+            with pytest.raises(ValueError, match="out of range"):
+                bad()
+        with pytest.raises(ValueError, match="out of range"):
+            store.consistency_proof(2, 5)
+        with pytest.raises(ValueError, match="out of range"):
+            store.leaf_hash(4)
+    finally:
+        await store.close()
+    assert await _counts(dsn) == {"users": 2, "changes": 4, "leaves": 4, "tree_heads": 5}
+
+
+async def test_duplicate_proposal_is_stored_once(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock, entry: Entry
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        first = await store.commit(entry("alice", 1))
+        await store.commit(entry("alice", 2))
+        again = await store.commit(entry("alice", 1))
+        assert again.duplicate
+        assert (again.leaf_index, again.tree_head) == (first.leaf_index, first.tree_head)
+        assert store.tree_head().tree_size == 2
+        # Same id, different content: refused, nothing written.
+        forged = CommitEntry(**{**entry("alice", 1).__dict__, "leaf_data": b"other"})
+        with pytest.raises(ProposalConflictError):
+            await store.commit(forged)
+        assert store.tree_head().tree_size == 2
+    finally:
+        await store.close()
+    assert await _counts(dsn) == {"users": 1, "changes": 2, "leaves": 2, "tree_heads": 3}
+
+
+async def test_wrong_sequence_rejected_and_nothing_written(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock, entry: Entry
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        await store.commit(entry("alice", 1))
+        head = store.tree_head()
+        before = await _counts(dsn)
+        cases = [
+            (entry("alice", 3), 2, "expected 2, got 3"),
+            (entry("alice", 1, tag="again"), 2, "already exists"),
+            (entry("bob", 2), 1, "does not exist"),
+        ]
+        for e, expected, text in cases:
+            with pytest.raises(SequenceError, match=text) as info:
+                await store.commit(e)
+            assert (info.value.expected, info.value.got) == (expected, e.sequence)
+        with pytest.raises(ValueError):
+            await store.commit(entry("alice", 0))
+        assert store.tree_head() == head
+        assert await _counts(dsn) == before
+        assert await store.get_user("alice") == (1, b"state alice 1")
+        # The log continues densely afterwards.
+        res = await store.commit(entry("alice", 2))
+        assert res.leaf_index == 1
+    finally:
+        await store.close()
+
+
+async def test_failure_inside_the_transaction_leaves_nothing(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock, entry: Entry
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    admin = await asyncpg.connect(dsn)
+    try:
+        await store.commit(entry("alice", 1))
+        await store.commit(entry("alice", 2))
+        head = store.tree_head()
+        before = await _counts(dsn)
+        # The tree-head insert is the LAST write of a commit: make it fail once the user
+        # row, the change and the leaf have already been written in the same transaction.
+        await admin.execute(
+            """
+            CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+            CREATE TRIGGER refuse BEFORE INSERT ON tree_heads
+              FOR EACH ROW WHEN (NEW.tree_size = 3) EXECUTE FUNCTION refuse();
+            """
+        )
+        with pytest.raises(StoreError, match="injected failure"):
+            await store.commit(entry("alice", 3))
+        assert await _counts(dsn) == before
+        assert await store.get_user("alice") == (2, b"state alice 2")
+        assert store.tree_head() == head
+        with pytest.raises(ValueError):
+            store.inclusion_proof(2, 3)
+        # A database constraint (the state is NOT NULL) also aborts everything.
+        with pytest.raises(StoreError):
+            await store.commit(CommitEntry(**{**entry("alice", 3).__dict__, "state": None}))
+        assert await _counts(dsn) == before
+
+        await admin.execute("DROP TRIGGER refuse ON tree_heads")
+        res = await store.commit(entry("alice", 3))
+        assert (res.leaf_index, res.duplicate) == (2, False)
+        proof = store.inclusion_proof(2, 3)
+        verify_inclusion(leaf_hash(b"leaf alice 3"), 2, 3, proof, res.tree_head.root_hash)
+    finally:
+        await admin.close()
+        await store.close()
+
+
+async def test_concurrent_commits_to_one_user_serialise(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        await store.commit(make_entry("alice", 1))
+        # 50 updates in flight at once, each with its correct sequence (as the validator
+        # sends them): all commit, in order, with dense leaf indexes.
+        results = await asyncio.gather(
+            *(store.commit(make_entry("alice", s)) for s in range(2, 52))
+        )
+        assert [r.sequence for r in results] == list(range(2, 52))
+        assert sorted(r.leaf_index for r in results) == list(range(1, 51))
+        assert not any(r.duplicate for r in results)
+
+        # 20 writers racing read-modify-write on one user: each retries on SequenceError
+        # until it lands; none is lost.
+        async def writer(n: int) -> int:
+            while True:
+                current = await store.get_user("alice")
+                assert current is not None
+                try:
+                    res = await store.commit(make_entry("alice", current[0] + 1, tag=f"-w{n}"))
+                except SequenceError:
+                    continue
+                return res.sequence
+
+        landed = await asyncio.gather(*(writer(n) for n in range(20)))
+        assert sorted(landed) == list(range(52, 72))
+        assert (await store.get_user("alice") or (0,))[0] == 71
+        hist = await store.history("alice")
+        assert [c.sequence for c in hist] == list(range(1, 72))
+        assert sorted(c.leaf_index for c in hist) == list(range(71))
+        assert {c.proposal_id.rsplit("-w", 1)[-1] for c in hist[51:]} == {str(n) for n in range(20)}
+        assert store.tree_head().tree_size == 71
+    finally:
+        await store.close()

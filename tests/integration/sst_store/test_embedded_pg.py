@@ -1,0 +1,75 @@
+"""EmbeddedPostgres: real server lifecycle, data across restarts, nothing left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+from beco_node.pg import EmbeddedPostgres, PostgresError, free_port
+
+pytestmark = pytest.mark.postgres
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie is not running
+    except FileNotFoundError:
+        return False
+
+
+async def test_start_stop_restart_keeps_data(pg_dir: Path) -> None:
+    pg = EmbeddedPostgres(pg_dir)
+    async with pg:
+        assert pg.dsn.startswith("postgresql://beco@127.0.0.1:")
+        conn = await asyncpg.connect(pg.dsn)
+        await conn.execute("CREATE TABLE kept (x int); INSERT INTO kept VALUES (42)")
+        await conn.close()
+        pid = pg.pid
+        assert pid is not None and _alive(pid)
+        if os.geteuid() == 0:
+            assert (pg_dir / "pgdata").stat().st_uid != 0  # never runs as root
+    assert not pg.running
+    assert not _alive(pid)
+    await pg.stop()  # idempotent
+
+    async with EmbeddedPostgres(pg_dir) as again:
+        assert again.dsn == pg.dsn  # the port is reused when free
+        conn = await asyncpg.connect(again.dsn)
+        assert await conn.fetchval("SELECT x FROM kept") == 42
+        await conn.close()
+
+
+async def test_explicit_port_taken_is_a_clear_error(pg_dir: Path, tmp_path: Path) -> None:
+    port = free_port()
+    async with EmbeddedPostgres(pg_dir, port=port) as first:
+        assert first.port == port
+        with pytest.raises(PostgresError, match="taken"):
+            await EmbeddedPostgres(tmp_path / "other", port=port).start()
+
+
+def test_server_dies_with_its_parent(pg_dir: Path) -> None:
+    script = (
+        "import asyncio, os, sys\n"
+        "from pathlib import Path\n"
+        "from beco_node.pg import EmbeddedPostgres\n"
+        "async def main():\n"
+        f"    pg = EmbeddedPostgres(Path({str(pg_dir)!r}))\n"
+        "    await pg.start()\n"
+        "    print(pg.pid, flush=True)\n"
+        "    os._exit(0)  # no clean stop\n"
+        "asyncio.run(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    pid = int(out.stdout.split()[-1])
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid), "the orphaned PostgreSQL server is still running"
