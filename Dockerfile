@@ -18,26 +18,30 @@ RUN --mount=type=secret,id=pip_ca,required=false \
  && /opt/build/bin/pip install -q setuptools==80.9.0 wheel==0.45.1 \
  && python3 -m venv /opt/beco
 WORKDIR /src
-COPY pyproject.toml requirements.lock README.md ./
-COPY node ./node
-COPY operator ./operator
-# 1. the project itself as a wheel (pure Python);
-# 2. its runtime dependencies only (no test or lint tools), binary wheels only (no compiler
-#    needed anywhere), every version fixed by requirements.lock;
-# 3. fail the build if anything was installed that the lock does not pin exactly.
+# 1. the runtime dependencies only (no test or lint tools), binary wheels only (no compiler
+#    needed anywhere), every version fixed by requirements.lock. A layer of its own: source
+#    changes don't reinstall them.
+COPY pyproject.toml requirements.lock ./
 RUN --mount=type=secret,id=pip_ca,required=false \
     if [ -s /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
- && /opt/build/bin/pip wheel -q --no-deps --no-build-isolation -w /wheels . \
- && /opt/beco/bin/pip install -q --only-binary=:all: -c requirements.lock /wheels/beco-*.whl \
+ && python3 -c "import tomllib; print('\\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" > /tmp/runtime.txt \
+ && /opt/beco/bin/pip install -q --only-binary=:all: -c requirements.lock -r /tmp/runtime.txt
+# 2. the project itself as a wheel (pure Python), its dependencies already in place;
+# 3. fail the build if anything is installed that the lock does not pin exactly.
+COPY README.md ./
+COPY node ./node
+COPY operator ./operator
+RUN /opt/build/bin/pip wheel -q --no-deps --no-build-isolation -w /wheels . \
+ && /opt/beco/bin/pip install -q --no-index --find-links /wheels -c requirements.lock /wheels/beco-*.whl \
  && /opt/beco/bin/pip freeze --all --exclude pip --exclude setuptools \
     | grep -v '^beco[ =@]' > /tmp/installed.txt \
  && /opt/beco/bin/python -c "import re,sys; n=lambda s: re.sub(r'[-_.]+','-',s).lower(); \
 lock={n(l.strip()) for l in open('requirements.lock') if '==' in l}; \
 bad=[l.strip() for l in open('/tmp/installed.txt') if n(l.strip()) not in lock]; \
 sys.exit('not pinned by requirements.lock: %s' % bad if bad else 0)" \
- && /opt/beco/bin/pip uninstall -q -y pip setuptools 2>/dev/null; \
-    find /opt/beco -name '__pycache__' -prune -exec rm -rf {} + ; \
-    /opt/beco/bin/python -c "import beco_node, beco_operator" \
+ && { /opt/beco/bin/pip uninstall -q -y pip setuptools 2>/dev/null || true; } \
+ && find /opt/beco -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/beco/bin/python -c "import beco_node.cli.node_main, beco_operator.main" \
  && test -x /opt/beco/bin/beco-node && test -x /opt/beco/bin/beco-operator
 
 FROM ${BASE_IMAGE}

@@ -73,10 +73,10 @@ async def test_network_of_containers_commits_an_update(image: str, tmp_path: Pat
 
     net = LocalNetwork(tmp_path / "net", base_port=_free_base_port())
     ms = net.prepare()
-    # the containers' user (10001) reads the keys; nobody else on this test machine does
-    for p in [net.state_dir, *net.state_dir.rglob("*")]:
-        os.chown(p, 10001, 10001)
     dsn = await net.start_postgres()
+    # the containers' user (10001) reads the keys (mode 0600), as in a pod with fsGroup
+    for key in (net.state_dir / "keys").glob("*.key"):
+        os.chown(key, 10001, 10001)
     tag = uuid.uuid4().hex[:8]
     names: list[str] = []
     try:
