@@ -218,3 +218,20 @@ def test_rbac_is_the_operators(helm: str) -> None:
             for key in ("verbs", "resources", "apiGroups"):
                 assert "*" not in rule.get(key, []), f"wildcard {key} in {rule}"
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_package_holds_the_chart_only(helm: str, tmp_path: Path) -> None:
+    import tarfile
+
+    out = subprocess.run(
+        [helm, "package", str(CHART), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    (tgz,) = tmp_path.glob("beco-operator-*.tgz")
+    names = tarfile.open(tgz).getnames()
+    assert "beco-operator/crds/beconetworks.beco.dev.yaml" in names
+    assert "beco-operator/files/operator-rbac.yaml" in names
+    assert not [n for n in names if "/hack/" in n or n.endswith(".py")]
