@@ -129,3 +129,17 @@ class Prometheus:
                 return
             assert time.monotonic() < deadline, f"only {len(up)} of {n} targets up"
             time.sleep(0.5)
+
+
+def variable_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """Grafana `label_values(selector, label)` variables as PromQL: (label, count by label)."""
+    import re
+
+    out = []
+    for v in dashboard["templating"]["list"]:
+        if v.get("type") != "query":
+            continue
+        m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", v["definition"])
+        assert m, f"unsupported variable query {v['definition']}"
+        out.append((m[2], f"count by ({m[2]}) ({substitute(m[1])})"))
+    return out

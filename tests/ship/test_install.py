@@ -10,6 +10,7 @@ operator panel and alert query must return data; promtool lints its /metrics.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -21,7 +22,15 @@ import pytest
 import yaml
 
 from .conftest import CHART, ROOT
-from .prom import Prometheus, Target, check_metrics, free_port, metrics_text, substitute
+from .prom import (
+    Prometheus,
+    Target,
+    check_metrics,
+    free_port,
+    metrics_text,
+    substitute,
+    variable_queries,
+)
 from .test_monitoring import gen
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(420)]
@@ -129,6 +138,10 @@ def test_helm_install_and_operator_reconciles_example(
                     prom.query(a.expr)
                     if not prom.query(a.query):
                         empty.append(f"alert {a.name}")
+            dash = json.loads((CHART / "dashboards" / "beco-operator.json").read_text())
+            for label, q in variable_queries(dash):
+                if not [r for r in prom.query(q) if r["metric"].get(label)]:
+                    empty.append(f"variable {label}")
             assert not empty, f"no data for: {empty}"
         # delete while the operator runs (its finalizer, if any, is removed by it)
         cp.api("DELETE", f"/apis/beco.dev/v1alpha1/namespaces/{net_ns}/beconetworks/{name}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 import random
 import socket
 import subprocess
@@ -23,7 +24,7 @@ import pytest
 import yaml
 
 from .conftest import CHART, ROOT
-from .prom import Prometheus, Target, check_metrics, metrics_text, substitute
+from .prom import Prometheus, Target, check_metrics, metrics_text, substitute, variable_queries
 
 
 def _gen() -> ModuleType:
@@ -264,6 +265,10 @@ async def test_live_network_every_query_returns_data(promtool: str, tmp_path: Pa
                 prom.query(a.expr)  # valid PromQL on real data
                 if not prom.query(a.query):
                     empty.append(f"alert {a.name}")
+            network_dash = json.loads((CHART / "dashboards" / "beco-network.json").read_text())
+            for label, q in variable_queries(network_dash):
+                if not [r for r in prom.query(q) if r["metric"].get(label)]:
+                    empty.append(f"variable {label}")
             assert not empty, f"no data for: {empty}"
             # the load is visible where it should be
             tree = prom.query('max(beco_tree_size{role="sst"})')
