@@ -91,9 +91,22 @@ def test_helm_install_and_operator_reconciles_example(
         assert not _ssar(cp, token, attrs), f"the chart's ServiceAccount may {attrs}"
     assert _ssar(cp, token, {"verb": "watch", "resource": "beconetworks", "group": "beco.dev"})
 
-    kubeconfig = cp.service_account_kubeconfig(
-        release_ns, "beco-operator", tmp_path / "sa.kubeconfig"
-    )
+    # As in a pod: the ServiceAccount's token and the cluster CA as a file.
+    kubeconfig = tmp_path / "sa.kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "c", "cluster": {"server": cp.api_url,
+                                                       "certificate-authority": str(cp.ca_file)}}],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": "sa",
+                                                        "namespace": release_ns}}],
+                "current-context": "sa",
+            }
+        )
+    )  # fmt: skip
     metrics_port, health_port = free_port(), free_port()
     net_ns = "beco-demo"
     cp.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
@@ -115,7 +128,7 @@ def test_helm_install_and_operator_reconciles_example(
         with Prometheus(
             promtool.replace("promtool", "prometheus"), tmp_path / "prom", targets
         ) as prom:
-            deadline = time.monotonic() + 180
+            deadline = time.monotonic() + 150
             while True:
                 assert op.poll() is None, (tmp_path / "operator.log").read_text()[-3000:]
                 phase, status = _phase(cp, net_ns, name)
