@@ -66,7 +66,9 @@ async def cleanup(**_: Any) -> None:
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
-def network_event(type: str | None, name: str | None, namespace: str | None, **_: Any) -> None:
+async def network_event(
+    type: str | None, name: str | None, namespace: str | None, **_: Any
+) -> None:
     if STATE.manager is None or not name or not namespace:
         return
     if type == "DELETED":
@@ -75,7 +77,7 @@ def network_event(type: str | None, name: str | None, namespace: str | None, **_
         STATE.manager.trigger(namespace, name)
 
 
-def _child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
+async def _child_event(labels: kopf.Labels, namespace: str | None, **_: Any) -> None:
     network = labels.get(names.NETWORK_LABEL)
     if STATE.manager is not None and network and namespace:
         STATE.manager.trigger(namespace, network)

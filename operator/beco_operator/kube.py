@@ -12,6 +12,7 @@ account, else the kubeconfig.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import ssl
@@ -74,7 +75,11 @@ def login() -> kopf.ConnectionInfo:
 
 
 def _as_text(data: Any) -> str:
-    return data.decode() if isinstance(data, bytes) else str(data)
+    """PEM text from kopf's credential data, which may still be base64 (as in a kubeconfig)."""
+    text = data.decode() if isinstance(data, bytes) else str(data)
+    if "-----BEGIN" not in text:
+        text = base64.b64decode(text).decode()
+    return text
 
 
 class Kube:
@@ -143,7 +148,10 @@ class Kube:
                     method, self.server + url, data=data, headers=headers, params=params
                 ) as resp:
                     text = await resp.text()
-                    obj = json.loads(text) if text else None
+                    try:
+                        obj = json.loads(text) if text else None
+                    except ValueError:
+                        obj = {"message": text[:200]}  # e.g. a plain "404 page not found"
                     if resp.status >= 400:
                         metrics.API_ERRORS.labels(str(resp.status)).inc()
                     return resp.status, obj

@@ -58,6 +58,9 @@ class Manager:
             w.task.cancel()
         self.phases.pop((namespace, name), None)
         self._export_phases()
+        for gauge in (metrics.ROLLOUT_WAITING, metrics.ROLLOUT_PENDING):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
 
     async def stop(self) -> None:
         tasks = [w.task for w in self.workers.values() if w.task is not None]

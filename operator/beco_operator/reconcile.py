@@ -427,6 +427,7 @@ class Reconciler:
             rotated=True,
         )
         replaced = dict(secret)
+        replaced.update(apiVersion="v1", kind="Secret")  # list items carry neither
         meta = dict(secret["metadata"])
         ann = dict(meta.get("annotations") or {})
         ann.update(fresh["metadata"]["annotations"])

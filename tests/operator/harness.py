@@ -69,7 +69,7 @@ def install_crd(cp: ControlPlane) -> None:
         obj = cp.api("GET", f"{path}/{name}")
         return any(
             c["type"] == "Established" and c["status"] == "True"
-            for c in obj.get("status", {}).get("conditions", [])
+            for c in (obj.get("status") or {}).get("conditions") or []
         )
 
     wait(established, 30, "the CRD to be established")
@@ -219,3 +219,72 @@ def items(cp: ControlPlane, path: str, selector: str = "") -> list[dict[str, Any
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, sort_keys=True)[:4000]
+
+
+class PodWatch:
+    """Follows pods through the API's watch stream: ready counts after every event."""
+
+    def __init__(self, cp: ControlPlane, namespace: str, selector: str) -> None:
+        from kubernetes import client as k8s
+
+        self.core = k8s.CoreV1Api(cp.kubernetes_client())
+        self.namespace = namespace
+        self.selector = selector
+        self.ready: dict[str, bool] = {}
+        self.ready_counts: list[int] = []
+        self.unready_counts: list[int] = []
+        self._stop = False
+        self._thread: Any = None
+        self.error: Exception | None = None
+
+    @staticmethod
+    def _is_ready(pod: Any) -> bool:
+        if pod.metadata.deletion_timestamp is not None:
+            return False
+        return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
+
+    def start(self) -> None:
+        import threading
+
+        from kubernetes import watch
+
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector)
+        for p in pods.items:
+            self.ready[p.metadata.name] = self._is_ready(p)
+        rv = pods.metadata.resource_version
+
+        def run() -> None:
+            try:
+                follow()
+            except Exception as exc:  # a stream cut after stop() is fine; before, it is a failure
+                if not self._stop:
+                    self.error = exc
+
+        def follow() -> None:
+            w = watch.Watch()
+            for ev in w.stream(
+                self.core.list_namespaced_pod,
+                self.namespace,
+                label_selector=self.selector,
+                resource_version=rv,
+                timeout_seconds=300,
+            ):
+                pod = ev["object"]
+                self.ready[pod.metadata.name] = ev["type"] != "DELETED" and self._is_ready(pod)
+                if ev["type"] == "DELETED":
+                    self.ready.pop(pod.metadata.name, None)
+                self.ready_counts.append(sum(self.ready.values()))
+                self.unready_counts.append(sum(1 for v in self.ready.values() if not v))
+                if self._stop:
+                    w.stop()
+                    return
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        if self._thread is not None:
+            self._thread.join(timeout=2)  # ends with its next event or its timeout
+        if self.error is not None:
+            raise AssertionError(f"the pod watch broke off: {self.error}")

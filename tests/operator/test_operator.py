@@ -6,7 +6,6 @@ Each test gets its own namespace; one operator process serves the module.
 from __future__ import annotations
 
 import base64
-import threading
 import time
 from typing import Any
 
@@ -18,6 +17,7 @@ from tests.cluster.rest import ApiError
 
 from .harness import (
     OperatorProcess,
+    PodWatch,
     dump,
     get_network,
     items,
@@ -163,16 +163,18 @@ def test_deleted_or_edited_child_is_restored(
         "the user StatefulSet of zone b to come back",
     )
     wait(lambda: cp.exists(f"/api/v1/namespaces/{ns}/services/demo"), 60, "the client Service")
-    merge_patch(
-        cp, f"/api/v1/namespaces/{ns}/services/demo-validator", {"spec": {"selector": {"x": "y"}}}
+    # Edits are taken back: a scaled user StatefulSet and a changed Service selector.
+    merge_patch(cp, f"{apps}/statefulsets/demo-user-a", {"spec": {"replicas": 3}})
+    comp = "app.kubernetes.io/component"
+    svc = f"/api/v1/namespaces/{ns}/services/demo-validator"
+    merge_patch(cp, svc, {"spec": {"selector": {comp: "hacked"}}})
+    wait(
+        lambda: cp.api("GET", f"{apps}/statefulsets/demo-user-a")["spec"]["replicas"] == 1,
+        60,
+        "the edited replica count to be restored",
     )
     wait(
-        lambda: (
-            "x"
-            not in cp.api("GET", f"/api/v1/namespaces/{ns}/services/demo-validator")["spec"][
-                "selector"
-            ]
-        ),
+        lambda: cp.api("GET", svc)["spec"]["selector"][comp] == "validator",
         60,
         "the edited selector to be restored",
     )
@@ -296,7 +298,7 @@ def test_operator_restart_changes_no_secret(
         }
 
     before = snapshot()
-    assert len(before) == 7  # six peer keys and the Postgres password
+    assert len(before) == 9  # six peer keys, the CA, the client certificate, the Postgres password
     beco_operator.kill()  # as a crash would
     beco_operator.start()
     wait(
@@ -319,46 +321,8 @@ def test_image_change_rolls_user_nodes_one_at_a_time_keeping_quorum(
     assert len(before) == 6
 
     # Watch the user pods through the API's watch stream for the whole rollout.
-    client = cp.kubernetes_client()
-    from kubernetes import client as k8s
-    from kubernetes import watch
-
-    core = k8s.CoreV1Api(client)
-    state: dict[str, bool] = {}
-    samples: list[int] = []
-    unready_at_once: list[int] = []
-    stop = threading.Event()
-    rv = core.list_namespaced_pod(
-        ns, label_selector=SEL.format("demo") + ",beco.dev/role=user"
-    ).metadata.resource_version
-
-    def ready(pod: Any) -> bool:
-        if pod.metadata.deletion_timestamp is not None:
-            return False
-        return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
-
-    for name in before:
-        state[name] = True
-
-    def watcher() -> None:
-        w = watch.Watch()
-        for ev in w.stream(
-            core.list_namespaced_pod,
-            ns,
-            label_selector=SEL.format("demo") + ",beco.dev/role=user",
-            resource_version=rv,
-            timeout_seconds=120,
-        ):
-            pod = ev["object"]
-            state[pod.metadata.name] = ev["type"] != "DELETED" and ready(pod)
-            samples.append(sum(state.values()))
-            unready_at_once.append(sum(1 for v in state.values() if not v))
-            if stop.is_set():
-                w.stop()
-                return
-
-    t = threading.Thread(target=watcher, daemon=True)
-    t.start()
+    watch = PodWatch(cp, ns, SEL.format("demo") + ",beco.dev/role=user")
+    watch.start()
     time.sleep(0.5)
     merge_patch(cp, net_path(ns, "demo"), {"spec": {"image": {"tag": "0.2.0"}}})
 
@@ -373,10 +337,43 @@ def test_image_change_rolls_user_nodes_one_at_a_time_keeping_quorum(
     wait(rolled, 180, "every user node to run the new image")
     obj = wait_ready(cp, ns, "demo")
     time.sleep(1.0)
-    stop.set()
-    t.join(timeout=2)  # the daemon thread ends with its next event or its timeout
-    assert samples, "the watch saw no pod event"
-    assert min(samples) >= quorum, f"ready user nodes fell to {min(samples)} < quorum {quorum}"
-    assert max(unready_at_once) <= 1, f"{max(unready_at_once)} user nodes were down at once"
+    watch.stop()
+    assert watch.ready_counts, "the watch saw no pod event"
+    low = min(watch.ready_counts)
+    assert low >= quorum, f"ready user nodes fell to {low} < quorum {quorum}"
+    assert max(watch.unready_counts) <= 1, (
+        f"{max(watch.unready_counts)} user nodes were down at once"
+    )
     assert obj["status"]["rollout"]["pending"] == 0
     assert beco_operator.metric("beco_operator_user_node_restarts_total") >= 6
+
+
+def test_key_rotation_on_request_keeps_quorum(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    old = {m.name: m.public_key for m in membership_of(cp, ns).members}
+    watch = PodWatch(cp, ns, SEL.format("demo") + ",beco.dev/role=user")
+    watch.start()
+    time.sleep(0.5)
+    merge_patch(
+        cp, net_path(ns, "demo"), {"metadata": {"annotations": {"beco.dev/rotate-keys": "r1"}}}
+    )
+
+    def rotated() -> bool:
+        secs = key_secrets(cp, ns)
+        return all(
+            s["metadata"]["annotations"].get("beco.dev/rotation-token") == "r1"
+            for s in secs.values()
+        )
+
+    wait(rotated, 180, "every key to be rotated")
+    obj = wait_ready(cp, ns, "demo")
+    watch.stop()
+    new = {m.name: m.public_key for m in membership_of(cp, ns).members}
+    assert set(new) == set(old)
+    assert all(new[n] != old[n] for n in old), "some member kept its old key"
+    assert min(watch.ready_counts) >= 2, "rotation dropped below the quorum"
+    assert obj["status"]["membershipGeneration"] >= 7  # one generation per rotated key
