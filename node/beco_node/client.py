@@ -36,12 +36,18 @@ class Client:
         *,
         channel: grpc.aio.Channel | None = None,
         timeout: float = 30.0,
+        tls_ca: bytes | None = None,
     ) -> None:
         self.key = key
         self.user_id = keys.peer_id(keys.public_key_bytes(key))
-        self.channel = channel or grpc.aio.insecure_channel(
-            endpoint, options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)]
-        )
+        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        if channel is None:
+            if tls_ca is not None:
+                creds = grpc.ssl_channel_credentials(tls_ca)
+                channel = grpc.aio.secure_channel(endpoint, creds, options=opts)
+            else:
+                channel = grpc.aio.insecure_channel(endpoint, options=opts)
+        self.channel = channel
         self.stub = pb_grpc.IdentityStub(self.channel)
         self.timeout = timeout
 

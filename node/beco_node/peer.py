@@ -135,6 +135,11 @@ def sign_vote(
     )
 
 
+def vote_is_from(vote: ppb.Vote, member: Member, digest: bytes) -> bool:
+    """Cheap consistency check (no signature): the vote names ``member`` and ``digest``."""
+    return vote.voter == member.peer_id and vote.digest == digest
+
+
 def verify_vote(vote: ppb.Vote, membership: Membership, digest: bytes) -> Member:
     member = membership.by_peer_id(vote.voter)
     if member is None or member.role != "user":

@@ -105,6 +105,13 @@ def _read(path: str) -> str:
     return Path(path).read_text()
 
 
+def _read_bytes(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+
+
 def _write(path: str, text: str) -> None:
     Path(path).write_text(text)
 
@@ -127,6 +134,11 @@ def _common(p: argparse.ArgumentParser, *, real_defaults: bool) -> None:
     )
     p.add_argument("--sst-key", default=d(None), help="the SST public key (base64)")
     p.add_argument("--timeout", type=float, default=d(30.0), help="seconds per request")
+    p.add_argument(
+        "--tls-ca",
+        default=d(os.environ.get("BECO_TLS_CA")),
+        help="use TLS, trusting this CA bundle (PEM) [BECO_TLS_CA]; default plaintext",
+    )
 
 
 class _Sub:
@@ -219,7 +231,8 @@ def _commit_text(r: pb.MutationResponse) -> str:
 
 async def _run(ns: argparse.Namespace) -> int:
     key = _load_key(ns.key)
-    async with Client(ns.endpoint, key, timeout=ns.timeout) as cl:
+    ca = _read_bytes(ns.tls_ca) if ns.tls_ca else None
+    async with Client(ns.endpoint, key, timeout=ns.timeout, tls_ca=ca) as cl:
         me = cl.user_id
         cmd, sub = ns.cmd, getattr(ns, "sub", None)
         if cmd == "user" and sub == "create":

@@ -51,11 +51,19 @@ def _print_banner(net: LocalNetwork) -> None:
             f"  {n.role:<10} {n.name:<12} {n.address:<16} metrics http://127.0.0.1:{n.metrics_port}/metrics"
         )
     ep = users[0]
-    print("\nTry it (another terminal):")
-    print("  beco keygen --out alice.key && beco keygen --out bob.key")
-    print(f"  beco --endpoint {ep} --key alice.key user create --first Alice --last Smith")
-    print(f"  beco --endpoint {ep} --key alice.key user get $(beco whoami --key alice.key)")
-    print("  beco --key alice.key tree head")
+    b = "beco" if ep.endswith(":9001") else f"beco --endpoint {ep}"
+    ms = net.membership_path
+    if ms.resolve() != Path(".state/local/membership.json").resolve():
+        b += f" --membership {ms}"
+    print("\nTry it (another terminal, from this directory):")
+    print("  beco keygen --out alice.key; beco keygen --out bob.key")
+    print("  ALICE=$(beco whoami --key alice.key); BOB=$(beco whoami --key bob.key)")
+    print(f"  {b} --key alice.key user create --first Alice --last Smith")
+    print(f"  {b} --key bob.key user create --first Bob")
+    print(f"  {b} --key bob.key set first --user $ALICE Mallory   # refused: not an editor")
+    print(f"  {b} --key alice.key grant first $BOB editor")
+    print(f"  {b} --key bob.key set first --user $ALICE Alicia    # now allowed")
+    print(f"  {b} --key alice.key proof inclusion                 # verified offline")
     print("\nCtrl-C or `beco-local down` stops the network.", flush=True)
 
 
@@ -72,6 +80,9 @@ async def _up(ns: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    if _running_pid(ns.state_path) is not None:
+        print(f"beco-local: a network is already running in {ns.state_path}", file=sys.stderr)
+        return 1
     try:
         net.prepare()
     except Exception as exc:
@@ -100,6 +111,15 @@ async def _up(ns: argparse.Namespace) -> int:
         await net.down()
         net.clear_pid()
         print("beco-local: stopped", flush=True)
+
+
+def _running_pid(state_dir: Path) -> int | None:
+    try:
+        pid = int(json.loads((state_dir / "local.pid").read_text())["pid"])
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError):
+        return None
+    return pid
 
 
 def _down(ns: argparse.Namespace) -> int:

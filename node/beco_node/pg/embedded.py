@@ -131,8 +131,12 @@ class EmbeddedPostgres:
                 if attempt == attempts - 1:
                     raise PostgresError(f"port {port} is taken; see {self.log_path}") from None
         self.port = port
-        (self.data_dir / "port").write_text(f"{port}\n")
-        await self._ensure_database()
+        try:
+            (self.data_dir / "port").write_text(f"{port}\n")
+            await self._ensure_database()
+        except BaseException:
+            await self.stop()
+            raise
         self.dsn = f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"
         return self.dsn
 

@@ -110,6 +110,7 @@ async def register_loop(rt: Runtime) -> None:
                 if r.peer_id == m.peer_id and r.address:
                     learnt[m.peer_id] = r.address
             rt.discovered = learnt
+            metrics.CONNECTED_PEERS.set(len(learnt))
             warned = False
         except Exception as exc:
             if not warned:

@@ -34,6 +34,8 @@ from beco_node.settings import Settings
 log = logging.getLogger("beco.runtime")
 T = TypeVar("T")
 CLIENT_MAX_RECEIVE = 64 * 1024 * 1024
+# Exceptions of lower layers that map to a status (the SST registers its store's errors).
+ERROR_CODES: dict[type[BaseException], str] = {}
 
 
 def rpc_handler(
@@ -62,6 +64,10 @@ def rpc_handler(
             except Exception as exc:
                 if isinstance(exc, grpc.aio.AbortError):
                     raise
+                mapped = next((c for t, c in ERROR_CODES.items() if isinstance(exc, t)), None)
+                if mapped is not None:
+                    code = mapped
+                    await context.abort(getattr(grpc.StatusCode, mapped), str(exc))
                 code = "INTERNAL"
                 log.exception("unexpected error in %s", label)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
@@ -155,7 +161,6 @@ class Runtime:
             else:
                 ch = grpc.aio.secure_channel(address, creds, options=opts)
             self._channels[address] = ch
-            metrics.CONNECTED_PEERS.set(len(self._channels))
         return ch
 
     def peer_channel(self, member: Member) -> grpc.aio.Channel:

@@ -37,7 +37,7 @@ from beco_node.errors import (
     Unavailable,
 )
 from beco_node.merkle.sth import SignedTreeHead
-from beco_node.services.runtime import Runtime, rpc_handler
+from beco_node.services.runtime import ERROR_CODES, Runtime, rpc_handler
 from beco_node.sst.records import (
     CommitEntry,
     CommitResult,
@@ -49,6 +49,7 @@ from beco_node.sst.records import (
 from beco_node.sst.store import SstStore
 
 log = logging.getLogger("beco.sst")
+ERROR_CODES[StoreUnavailableError] = "UNAVAILABLE"
 Ctx = grpc.aio.ServicerContext[Any, Any]
 RECENT = 100_000
 
@@ -178,7 +179,8 @@ class SstService(ppb_grpc.SstServicer):
         )
         env = peer.seal("applied", applied, rt.key, rt.peer_id, rt.now_ms())
         for m in ms.user_nodes:
-            rt.spawn(self._notify(m, env))
+            if m.peer_id != prop.origin:  # the origin applies the outcome it gets back
+                rt.spawn(self._notify(m, env))
         log.debug(
             "committed", extra={"fields": {"proposal": prop.proposal_id, "seq": res.sequence}}
         )
@@ -264,4 +266,3 @@ class SstService(ppb_grpc.SstServicer):
         except ValueError as exc:
             raise InvalidArgument(str(exc)) from None
         return out
-

@@ -19,6 +19,7 @@ Its vote (VALID, or INVALID with the reason) is signed with its peer key.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from typing import Any
 
@@ -97,6 +98,9 @@ class UserNode:
         self.store = UserStore()
         self.authn = Authenticator(rt.settings.skew_ms)
         self.loaded = asyncio.Event()
+        # proposals this node originated and is waiting on: id -> (request digest, caller);
+        # its own vote then skips re-verifying the client signature it already checked.
+        self.own: dict[str, tuple[bytes, str]] = {}
 
     def sst_stub(self) -> ppb_grpc.SstStub:
         return ppb_grpc.SstStub(self.rt.peer_channel(self.rt.membership.one("sst")))
@@ -179,6 +183,7 @@ class IdentityService(pb_grpc.IdentityServicer):
             request=request.SerializeToString(),
             origin=self.rt.peer_id,
         )
+        self.node.own[prop.proposal_id] = (hashlib.sha256(prop.request).digest(), caller)
         validator = self.rt.membership.one("validator")
         stub = ppb_grpc.ValidatorStub(self.rt.peer_channel(validator))
         env = peer.seal("propose", prop, self.rt.key, self.rt.peer_id, self.rt.now_ms())
@@ -186,6 +191,8 @@ class IdentityService(pb_grpc.IdentityServicer):
             outcome: ppb.Outcome = await stub.Propose(env, timeout=60, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
             raise Unavailable(f"the validator is unavailable: {exc.code().name}") from None
+        finally:
+            self.node.own.pop(prop.proposal_id, None)
         if outcome.status != ppb.OUTCOME_COMMITTED:
             raise BecoError(
                 outcome.reason or "the change was not committed", outcome.code or "ABORTED"
@@ -310,7 +317,11 @@ class VoterService(ppb_grpc.UserNodeServicer):
         prop = header.proposal
         try:
             req = model.parse_mutation(prop.method, prop.request)
-            caller = auth.verify_signature(prop.method, req)
+            mine = self.node.own.get(prop.proposal_id)
+            if mine is not None and mine[0] == hashlib.sha256(prop.request).digest():
+                caller = mine[1]  # verified when the client sent it to us
+            else:
+                caller = auth.verify_signature(prop.method, req)
             if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
                 raise InvalidArgument("proposal id does not match the request")
             if model.target_user(prop.method, req, caller) != prop.user_id:

@@ -1,18 +1,23 @@
 """SstStore: the SST's users, changes and Merkle log in PostgreSQL (asyncpg), one writer.
 
-Commit path: under an asyncio lock (one commit at a time, so leaf indexes are
-dense), the new leaf is appended to the in-memory ``MerkleTree``, the new root is
-signed, and ``beco_commit`` (see ``schema.py``) writes user state, change, leaf and
-tree head in ONE statement, hence one transaction and one round trip. If that
-raises, the tree is truncated back and nothing is published: the database rolled
-back the whole statement. A commit that fails on a broken connection has an unknown
-outcome, so the store re-reads the log tail before the next commit and a retry of
-the same entry returns the stored result (idempotent on ``proposal_id``).
+Commit path: ``commit()`` queues the entry; ONE writer task takes queued entries in
+order (so leaf indexes are dense and per-user order is kept) and, per entry, appends
+the leaf to the in-memory ``MerkleTree``, signs the new root and calls
+``beco_commit`` (see ``schema.py``), which writes user state, change, leaf and tree
+head in one statement. Entries that queue up while a commit is in flight are
+written together in one transaction (group commit: one WAL flush for all of them);
+each entry is still all-or-nothing, and an entry the database refuses is retried
+alone so it cannot take the others down. Nothing is acknowledged before the
+transaction commits; on any error the tree is truncated back.
+
+A commit whose connection breaks has an unknown outcome: the store re-reads the log
+tail and retries (idempotent on ``proposal_id``), so an entry is either committed
+once or reported failed with nothing written.
 
 The published tree head moves only after the database acknowledged the commit, and
 proof requests are bounded by it, so readers never see an uncommitted leaf.
 
-Start-up: migrations, then every leaf hash is loaded (about 0.1 s per 100k leaves),
+Start-up: migrations, then every leaf hash is loaded (about 0.5 s per 100k leaves),
 leaf data are checked against their hashes in SQL, and the recomputed root must
 equal the latest stored signed tree head, signed by our key. Otherwise the store
 refuses to start with ``StoreIntegrityError``: the log was altered outside the SST.
@@ -21,7 +26,7 @@ refuses to start with ``StoreIntegrityError``: the log was altered outside the S
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +80,20 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 _RETRY_PAUSES_S = (0.05, 0.5, 0.0)
 
 
+_Pending = tuple[CommitEntry, "asyncio.Future[CommitResult]"]
+MAX_BATCH = 64
+
+
+def _resolve(batch: list[_Pending], results: list[CommitResult | Exception]) -> None:
+    for (_, fut), res in zip(batch, results, strict=True):
+        if fut.done():  # the caller was cancelled
+            continue
+        if isinstance(res, Exception):
+            fut.set_exception(res)
+        else:
+            fut.set_result(res)
+
+
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -91,15 +110,23 @@ def _sth(row: Any) -> SignedTreeHead:
 class SstStore:
     """See the module docstring. Create with ``await SstStore.open(dsn, key)``."""
 
-    def __init__(self, pool: asyncpg.Pool, signing_key: Ed25519PrivateKey, clock: Clock) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        signing_key: Ed25519PrivateKey,
+        clock: Clock,
+        max_batch: int = MAX_BATCH,
+    ) -> None:
         self._pool = pool
         self._key = signing_key
         self._public_key = public_key_bytes(signing_key)
         self._clock = clock
         self._tree = MerkleTree()
         self._sth: SignedTreeHead | None = None
-        self._lock = asyncio.Lock()
         self._stale = False  # the log tail must be re-read before the next commit
+        self._max_batch = max(1, max_batch)
+        self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -112,6 +139,7 @@ class SstStore:
         clock: Clock = wall_clock_ms,
         pool_size: int = 10,
         verify_leaf_data: bool = True,
+        max_batch: int = MAX_BATCH,
     ) -> SstStore:
         """Connect, migrate, load and verify the log (see module docstring)."""
         try:
@@ -120,7 +148,7 @@ class SstStore:
             )
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
-        store = cls(pool, signing_key, clock)
+        store = cls(pool, signing_key, clock, max_batch)
         try:
             async with pool.acquire() as conn:
                 await migrate(conn)
@@ -128,9 +156,14 @@ class SstStore:
         except BaseException:
             await pool.close()
             raise
+        store._writer = asyncio.create_task(store._write_loop(), name="sst-store-writer")
         return store
 
     async def close(self) -> None:
+        """Finish the commits already queued, then close the connections."""
+        if self._writer is not None and not self._writer.done():
+            self._queue.put_nowait(None)
+            await self._writer
         await self._pool.close()
 
     async def _load(self, *, verify_leaf_data: bool) -> None:
@@ -209,75 +242,159 @@ class SstStore:
         """Commit one change atomically, or return the stored result for a known proposal.
 
         Raises ``SequenceError``, ``ProposalConflictError`` (same id, other content),
-        ``StoreUnavailableError`` (database unreachable; retry is safe) and, for a
-        malformed entry, ``ValueError``. On any error nothing is written.
+        ``StoreUnavailableError`` (database unreachable; retry is safe), ``StoreError``
+        (statement refused) and, for a malformed entry, ``ValueError``. On any error
+        nothing of this entry is written. Cancelling the caller does not cancel the write.
         """
         if entry.sequence < 1:
             raise ValueError(f"sequence must be >= 1, got {entry.sequence}")
-        async with self._lock:
-            first_new_index = self._tree.size
-            for attempt, pause_s in enumerate(_RETRY_PAUSES_S):
-                try:
-                    if self._stale:
-                        await self._catch_up()
-                    result = await self._commit_locked(entry)
-                except _CONNECTION_ERRORS as exc:
-                    self._stale = True
-                    await self._pool.expire_connections()
-                    if attempt == len(_RETRY_PAUSES_S) - 1:
-                        raise StoreUnavailableError(f"PostgreSQL unavailable: {exc}") from exc
-                    await asyncio.sleep(pause_s)
-                    continue
-                except asyncpg.PostgresError as exc:
-                    self._stale = True  # e.g. another writer took our leaf index
-                    raise StoreError(f"commit failed, nothing written: {exc}") from exc
-                if result.duplicate and result.leaf_index >= first_new_index:
-                    # Our own earlier attempt committed before its connection broke.
-                    result = dataclasses.replace(result, duplicate=False)
-                return result
-            raise AssertionError("unreachable")
+        if self._writer is None or self._writer.done():
+            raise StoreError("the store is closed")
+        fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((entry, fut))
+        return await fut
 
-    async def _commit_locked(self, entry: CommitEntry) -> CommitResult:
+    async def _write_loop(self) -> None:
+        """The single writer: takes queued entries in order and commits them in batches."""
+        while True:
+            item = await self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < self._max_batch and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    self._queue.put_nowait(None)  # stop after this batch
+                    break
+                batch.append(nxt)
+            try:
+                await self._run_batch(batch)
+            except Exception as exc:  # never let the writer die with callers waiting
+                self._stale = True
+                _resolve(batch, [StoreError(f"commit failed: {exc!r}") for _ in batch])
+
+    async def _run_batch(
+        self,
+        batch: list[_Pending],
+        first_start: int | None = None,
+        claimed: set[str] | None = None,
+    ) -> None:
+        """Commit ``batch`` (retrying broken connections) and resolve every caller's future.
+
+        ``first_start`` is the tree size before the first attempt at these entries: a
+        leaf at or past it that matches an entry was written by one of our attempts,
+        unless an entry already reported it (``claimed`` proposal ids).
+        """
+        claimed = set() if claimed is None else claimed
+        for attempt, pause_s in enumerate(_RETRY_PAUSES_S):
+            try:
+                if self._stale:
+                    await self._catch_up()
+                if first_start is None:
+                    first_start = self._tree.size
+                attempt_claimed = set(claimed)
+                results = await self._write(batch, first_start, attempt_claimed)
+            except _CONNECTION_ERRORS as exc:
+                self._stale = True
+                await self._pool.expire_connections()
+                if attempt == len(_RETRY_PAUSES_S) - 1:
+                    msg = f"PostgreSQL unavailable: {exc}"
+                    _resolve(batch, [StoreUnavailableError(msg) for _ in batch])
+                    return
+                await asyncio.sleep(pause_s)
+                continue
+            except asyncpg.PostgresError as exc:
+                self._stale = True  # e.g. another writer took our leaf index
+                if len(batch) > 1:  # find the culprit: the others must not fail with it
+                    for item in batch:
+                        await self._run_batch([item], first_start, claimed)
+                    return
+                _resolve(batch, [StoreError(f"commit failed, nothing written: {exc}")])
+                return
+            except StoreIntegrityError as exc:
+                _resolve(batch, [StoreIntegrityError(str(exc)) for _ in batch])
+                return
+            claimed |= attempt_claimed
+            _resolve(batch, results)
+            return
+
+    async def _write(
+        self, batch: list[_Pending], first_start: int, claimed: set[str]
+    ) -> list[CommitResult | Exception]:
+        """One transaction for the whole batch, one ``beco_commit`` call per entry.
+
+        A batch of one is a single statement (its own transaction, one round trip);
+        a larger one shares a transaction and so one WAL flush (group commit). The
+        tree is rolled back to where it was if anything raises.
+        """
         assert self._sth is not None
         tree = self._tree
-        index = tree.size
-        lh = leaf_hash(entry.leaf_data)
-        tree.append(lh)
+        start = tree.size
+        last_ts = self._sth.timestamp_ms
+        last_sth: SignedTreeHead | None = None
+        out: list[CommitResult | Exception] = []
         try:
-            # Tree-head timestamps never go backwards, whatever the clock does.
-            ts = max(self._clock(), self._sth.timestamp_ms)
-            sth = sign_tree_head(self._key, index + 1, tree.root(), ts)
             async with self._pool.acquire() as conn:
-                row = await conn.fetchrow(
-                    "SELECT * FROM beco_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                    entry.proposal_id,
-                    entry.user_id,
-                    entry.sequence,
-                    entry.kind,
-                    entry.state,
-                    index,
-                    lh,
-                    entry.leaf_data,
-                    entry.committed_ms,
-                    sth.root_hash,
-                    sth.timestamp_ms,
-                    sth.signature,
-                )
-            assert row is not None
-            outcome = row["o_outcome"]
-            if outcome != "committed":
-                tree.truncate(index)
+                tx = conn.transaction() if len(batch) > 1 else contextlib.nullcontext()
+                async with tx:
+                    for entry, _ in batch:
+                        index = tree.size
+                        lh = leaf_hash(entry.leaf_data)
+                        tree.append(lh)
+                        # Tree-head timestamps never go backwards, whatever the clock does.
+                        ts = max(self._clock(), last_ts)
+                        sth = sign_tree_head(self._key, index + 1, tree.root(), ts)
+                        row = await conn.fetchrow(
+                            "SELECT * FROM beco_commit("
+                            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                            entry.proposal_id,
+                            entry.user_id,
+                            entry.sequence,
+                            entry.kind,
+                            entry.state,
+                            index,
+                            lh,
+                            entry.leaf_data,
+                            entry.committed_ms,
+                            sth.root_hash,
+                            sth.timestamp_ms,
+                            sth.signature,
+                        )
+                        assert row is not None
+                        if row["o_outcome"] == "committed":
+                            last_ts, last_sth = ts, sth
+                            claimed.add(entry.proposal_id)
+                            out.append(
+                                CommitResult(
+                                    entry.proposal_id,
+                                    entry.user_id,
+                                    entry.sequence,
+                                    index,
+                                    sth,
+                                    False,
+                                )
+                            )
+                            continue
+                        tree.truncate(index)
+                        if row["o_outcome"] == "sequence":
+                            out.append(
+                                SequenceError(entry.user_id, row["o_expected"], entry.sequence)
+                            )
+                        else:
+                            out.append(
+                                await self._duplicate(conn, entry, row, lh, first_start, claimed)
+                            )
         except BaseException:
-            tree.truncate(index)
+            tree.truncate(start)
             raise
-        if outcome == "sequence":
-            raise SequenceError(entry.user_id, row["o_expected"], entry.sequence)
-        if outcome == "duplicate":
-            return await self._duplicate(entry, row, lh)
-        self._sth = sth
-        return CommitResult(entry.proposal_id, entry.user_id, entry.sequence, index, sth, False)
+        if last_sth is not None:
+            self._sth = last_sth
+        return out
 
-    async def _duplicate(self, entry: CommitEntry, row: Any, lh: bytes) -> CommitResult:
+    @staticmethod
+    async def _duplicate(
+        conn: Any, entry: CommitEntry, row: Any, lh: bytes, first_start: int, claimed: set[str]
+    ) -> CommitResult | Exception:
         same = (
             row["o_user_id"] == entry.user_id
             and row["o_sequence"] == entry.sequence
@@ -285,15 +402,18 @@ class SstStore:
             and bytes(row["o_leaf_hash"]) == lh
         )
         if not same:
-            raise ProposalConflictError(
+            return ProposalConflictError(
                 f"proposal {entry.proposal_id!r} was already committed with different content"
             )
         index = row["o_leaf_index"]
-        async with self._pool.acquire() as conn:
-            head = await conn.fetchrow("SELECT * FROM tree_heads WHERE tree_size = $1", index + 1)
+        head = await conn.fetchrow("SELECT * FROM tree_heads WHERE tree_size = $1", index + 1)
         assert head is not None  # every commit stores the tree head that includes its leaf
+        # Written after this batch began and not by an earlier entry of it: by our own
+        # attempt whose connection broke before the acknowledgement, so it is new.
+        fresh = index >= first_start and entry.proposal_id not in claimed
+        claimed.add(entry.proposal_id)
         return CommitResult(
-            entry.proposal_id, entry.user_id, entry.sequence, index, _sth(head), True
+            entry.proposal_id, entry.user_id, entry.sequence, index, _sth(head), not fresh
         )
 
     # -- reads ------------------------------------------------------------------------------

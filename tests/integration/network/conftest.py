@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import shutil
 import socket
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,10 +37,12 @@ def free_base_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    state = tmp_path_factory.mktemp("net")
+def network() -> Iterator[LocalNetwork]:
+    # Not under pytest's basetemp: PostgreSQL runs as another user and needs to traverse
+    # the path, and any concurrent pytest session resets /tmp/pytest-of-<user> to 0700.
+    state = Path(tempfile.mkdtemp(prefix="beco-net-"))
     net = LocalNetwork(
-        Path(state),
+        state,
         base_port=free_base_port(),
         # short vote deadline so below-quorum tests fail fast
         extra_env={"BECO_VOTE_TIMEOUT_MS": "3000", "BECO_LOG_LEVEL": "INFO"},
@@ -50,6 +54,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         raise
     yield net
     asyncio.run(net.down())
+    shutil.rmtree(state, ignore_errors=True)
 
 
 class Person:

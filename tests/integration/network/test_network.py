@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -246,6 +252,30 @@ async def test_below_quorum_fails_and_writes_nothing(network: LocalNetwork) -> N
             raise AssertionError("never committed after the nodes came back")
 
 
+async def test_unresponsive_voters_fail_at_the_deadline(network: LocalNetwork) -> None:
+    """Two user nodes hang (SIGSTOP): no vote arrives, FAILED at the vote deadline (3 s here)."""
+    alice = Person()
+    async with alice.client(network) as a:
+        await a.create_user("Alice")
+        before = await tree_size(network, alice)
+        hung = [network.nodes[n].proc for n in ("user-b-0", "user-c-0")]
+        for p in hung:
+            assert p is not None
+            p.send_signal(signal.SIGSTOP)
+        try:
+            t0 = time.monotonic()
+            details = await expect(grpc.StatusCode.UNAVAILABLE, a.set_last(alice.id, "Hung"))
+            waited = time.monotonic() - t0
+            assert "missing at the deadline" in details or "DEADLINE_EXCEEDED" in details, details
+            assert 2.5 < waited < 20
+        finally:
+            for p in hung:
+                assert p is not None
+                p.send_signal(signal.SIGCONT)
+        assert await tree_size(network, alice) == before
+        assert (await a.get_user(alice.id)).sequence == 1
+
+
 async def test_sst_and_postgres_restart_keep_acknowledged_changes(network: LocalNetwork) -> None:
     people = [Person() for _ in range(3)]
     acked: dict[str, tuple[int, str]] = {}
@@ -310,6 +340,49 @@ async def test_metrics_health_and_reflection(network: LocalNetwork) -> None:
             names = {s.name for s in resp.list_services_response.service}
             break
     assert {"beco.v1.Identity", "grpc.health.v1.Health"} <= names
+
+
+def test_cli_demo_flow(network: LocalNetwork, tmp_path: Path) -> None:
+    """The README demo through the real `beco` executable: exit codes and offline proofs."""
+    exe = [sys.executable, "-m", "beco_node.cli.beco_cli"]
+    common = [
+        "--endpoint",
+        network.user_endpoints()[0],
+        "--membership",
+        str(network.membership_path),
+    ]
+
+    def beco(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*exe, *common, *args], capture_output=True, text=True, timeout=60)
+
+    a, b = str(tmp_path / "alice.key"), str(tmp_path / "bob.key")
+    assert beco("keygen", "--out", a).returncode == 0
+    assert beco("keygen", "--out", b).returncode == 0
+    assert beco("keygen", "--out", a).returncode == 1  # no silent overwrite
+    alice = beco("whoami", "--key", a).stdout.strip()
+    bob = beco("whoami", "--key", b).stdout.strip()
+    assert beco("--key", a, "user", "create", "--first", "Alice", "--last", "Smith").returncode == 0
+    assert beco("--key", b, "user", "create", "--first", "Bob").returncode == 0
+    denied = beco("--key", b, "set", "first", "--user", alice, "Mallory")
+    assert denied.returncode == 10 + grpc.StatusCode.PERMISSION_DENIED.value[0], denied.stderr
+    assert "PERMISSION_DENIED" in denied.stderr
+    assert beco("--key", a, "grant", "first", bob, "editor").returncode == 0
+    ok = beco("--key", b, "--output", "json", "set", "first", "--user", alice, "Alicia")
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["user"]["first_name"]["values"] == ["Alicia"]
+    proof = beco("--key", a, "--output", "json", "proof", "inclusion")
+    assert proof.returncode == 0, proof.stderr
+    assert json.loads(proof.stdout)["verified"] is True
+    head = str(tmp_path / "head.json")
+    assert beco("--key", a, "tree", "head", "--save", head).returncode == 0
+    assert beco("--key", a, "set", "last", "Jones").returncode == 0
+    cons = beco("--key", a, "proof", "consistency", "--old-head", head)
+    assert cons.returncode == 0 and "OK" in cons.stdout, cons.stderr
+    # a wrong SST key makes verification fail
+    wrong = beco("--key", a, "--sst-key", "A" * 43 + "=", "proof", "inclusion")
+    assert wrong.returncode == 1 and "FAILED" in wrong.stderr
+    missing = beco("--key", str(tmp_path / "nope.key"), "user", "get")
+    assert missing.returncode == 1 and "cannot read key file" in missing.stderr
 
 
 async def _metric(port: int, name: str) -> float | None:

@@ -17,6 +17,7 @@ from beco_node.merkle import (
 )
 from beco_node.sst.store import (
     CommitEntry,
+    CommitResult,
     ProposalConflictError,
     SequenceError,
     SstStore,
@@ -252,3 +253,72 @@ async def test_concurrent_commits_to_one_user_serialise(
         assert store.tree_head().tree_size == 71
     finally:
         await store.close()
+
+
+async def test_a_refused_entry_does_not_fail_its_batch(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        await store.commit(make_entry("alice", 1))
+        bad = CommitEntry(**{**make_entry("bob", 1).__dict__, "state": None})
+        # Queued together, these go into one transaction first; the bad one is retried alone.
+        results = await asyncio.gather(
+            store.commit(make_entry("alice", 2)),
+            store.commit(bad),
+            store.commit(make_entry("alice", 3)),
+            store.commit(make_entry("alice", 3, tag="late")),  # wrong sequence by then
+            store.commit(make_entry("alice", 2)),  # the same proposal again
+            return_exceptions=True,
+        )
+        ok2, err, ok3, seq_err, dup = results
+        assert isinstance(ok2, CommitResult) and isinstance(ok3, CommitResult)
+        assert (ok2.leaf_index, ok3.leaf_index, ok2.duplicate) == (1, 2, False)
+        assert isinstance(err, StoreError)
+        assert isinstance(seq_err, SequenceError)
+        assert isinstance(dup, CommitResult) and dup.duplicate and dup.leaf_index == 1
+        assert dup.tree_head == ok2.tree_head
+        assert await store.get_user("bob") is None
+        assert store.tree_head().tree_size == 3
+        assert await _counts(dsn) == {"users": 1, "changes": 3, "leaves": 3, "tree_heads": 4}
+    finally:
+        await store.close()
+
+
+async def test_close_finishes_queued_commits(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    pending = [asyncio.ensure_future(store.commit(make_entry(f"u{i}", 1))) for i in range(10)]
+    await asyncio.sleep(0)
+    await store.close()
+    assert [(await p).leaf_index for p in pending] == list(range(10))
+    with pytest.raises(StoreError, match="closed"):
+        await store.commit(make_entry("late", 1))
+
+
+async def test_two_writers_cannot_fork_the_log(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    # Two SSTs on one database (a misconfiguration): the database constraints keep one
+    # dense log; a writer with a stale tree is refused, catches up, and goes on.
+    a = await SstStore.open(dsn, key, clock=clock)
+    b = await SstStore.open(dsn, key, clock=clock)
+    try:
+        assert (await a.commit(make_entry("alice", 1))).leaf_index == 0
+        with pytest.raises(StoreError, match="nothing written"):
+            await b.commit(make_entry("bob", 1))  # b still thinks leaf 0 is free
+        res = await b.commit(make_entry("bob", 1))
+        assert (res.leaf_index, res.duplicate) == (1, False)
+        assert b.tree_head().tree_size == 2
+        dup = await b.commit(make_entry("alice", 1))
+        assert dup.duplicate and dup.leaf_index == 0
+        with pytest.raises(StoreError):
+            await a.commit(make_entry("carol", 1))
+        assert (await a.commit(make_entry("carol", 1))).leaf_index == 2
+        proof = a.consistency_proof(2, 3)
+        verify_consistency(2, 3, b.tree_head().root_hash, a.tree_head().root_hash, proof)
+    finally:
+        await a.close()
+        await b.close()
+    assert await _counts(dsn) == {"users": 3, "changes": 3, "leaves": 3, "tree_heads": 4}

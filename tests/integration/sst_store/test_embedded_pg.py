@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from beco_node.pg import EmbeddedPostgres, PostgresError, free_port
+from beco_node.pg.binaries import find_binaries
 
 pytestmark = pytest.mark.postgres
 
@@ -73,3 +74,21 @@ def test_server_dies_with_its_parent(pg_dir: Path) -> None:
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(pid), "the orphaned PostgreSQL server is still running"
+
+
+def test_binaries_match_the_data_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    newest = find_binaries()
+    assert (newest.bin_dir / "postgres").is_file()
+    assert find_binaries(newest.major) == newest
+    with pytest.raises(PostgresError, match="made by PostgreSQL 7"):
+        find_binaries(7)
+    monkeypatch.setenv("BECO_PG_BINDIR", str(tmp_path))
+    with pytest.raises(PostgresError, match="no PostgreSQL server binaries"):
+        find_binaries()
+
+
+async def test_a_non_cluster_directory_is_refused(pg_dir: Path) -> None:
+    (pg_dir / "pgdata").mkdir(parents=True)
+    (pg_dir / "pgdata" / "stray").write_text("not a cluster")
+    with pytest.raises(PostgresError, match="holds no PostgreSQL cluster"):
+        await EmbeddedPostgres(pg_dir).start()
