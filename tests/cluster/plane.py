@@ -8,10 +8,13 @@ Start order and readiness:
 3. kube-apiserver (client-cert authn, RBAC, ServiceAccount admission and TokenRequest), waited
    on ``/readyz``;
 4. kube-controller-manager (each controller with its own ServiceAccount credentials), kube-scheduler
-   and kwok together; the first two waited on ``/healthz``;
-5. bootstrap objects: the default StorageClass ``kwok-volume`` (kwok's volume stages provision and
-   bind its PVCs), fake Nodes labelled ``topology.kubernetes.io/zone``; then it waits until every
-   node is Ready without a not-ready taint and the ``default`` ServiceAccount exists.
+   and kwok together, and meanwhile the bootstrap objects: the default StorageClass
+   ``kwok-volume`` (kwok's volume stages provision and bind its PVCs) and fake Nodes labelled
+   ``topology.kubernetes.io/zone``;
+5. then it waits for the controller-manager's and scheduler's ``/healthz``, every node Ready
+   without a not-ready taint, and the ``default`` ServiceAccount.
+
+Every start is a fresh cluster: etcd's data and old logs in the workdir are removed first.
 
 A free port may be taken by another process between choosing and binding it; if a component
 fails with "address already in use" the whole start is retried with new ports.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import ssl
 import time
@@ -300,7 +304,9 @@ class ControlPlane:
         names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
         deadline = time.monotonic() + self.start_timeout
-        (wd / "logs").mkdir(exist_ok=True)
+        shutil.rmtree(wd / "etcd", ignore_errors=True)
+        shutil.rmtree(wd / "logs", ignore_errors=True)
+        (wd / "logs").mkdir()
         pki = wd / "pki"
         ca = CertificateAuthority(pki)
         self._ca = ca.pair
@@ -417,6 +423,8 @@ class ControlPlane:
                 "--node-lease-duration-seconds=40",
             ],
         )
+        # Nodes and the StorageClass can be created while the controllers warm up.
+        self._bootstrap(stages)
         self._wait(
             deadline,
             kcm_proc,
@@ -426,7 +434,6 @@ class ControlPlane:
             deadline, sched_proc, lambda: _https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz")
         )
 
-        self._bootstrap(stages)
         self._wait(deadline, kwok_proc, self._nodes_ready, "nodes Ready and untainted")
         self._wait(
             deadline,

@@ -113,27 +113,34 @@ def kill_group(pgid: int, sig: signal.Signals) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """True if ``pid`` exists and is not a zombie."""
+    """True if ``pid`` exists and still holds resources.
+
+    A zombie whose threads have all exited holds nothing (no fds, no ports); but a killed
+    multi-threaded process shows its leader as a zombie while other threads still tear down
+    and its sockets stay open, so that counts as alive.
+    """
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            state = f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
         return False
-    return state != "Z"
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    zombie = fields.get("State", "").strip().startswith("Z")
+    threads = int(fields.get("Threads", "1").strip() or "1")
+    return not zombie or threads > 1
 
 
 def stop_pids(pids: Sequence[int], grace: float = 5.0) -> None:
-    """Stop process groups by id (for ``down`` from another process than the one that started them)."""
+    """Stop process groups by id, one after the other in the given order (for ``down`` from
+    another process than the one that started them: no Popen objects to wait on)."""
     for pid in pids:
         kill_group(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.1)
-    for pid in pids:
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
         kill_group(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
-        time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and pid_alive(pid):
+            time.sleep(0.05)
 
 
 def forget(pids: Sequence[int]) -> None:

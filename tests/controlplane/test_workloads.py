@@ -98,6 +98,67 @@ def test_topology_spread_one_pod_per_zone(control_plane: ControlPlane, k8s_names
     )
 
 
+def test_topology_spread_is_enforced(control_plane: ControlPlane, k8s_namespace: str) -> None:
+    """The constraint is a hard rule of the real scheduler, not luck of default spreading: pods
+    allowed only in two zones, with the third counted as a domain, cannot exceed skew 1."""
+    cp, ns = control_plane, k8s_namespace
+    if len(cp.zones) < 3:
+        pytest.skip("needs three zones")
+    allowed = list(cp.zones[:2])
+    labels = {"app": "strict"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "strict"},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "containers": [_container()],
+                    "affinity": {
+                        "nodeAffinity": {
+                            "requiredDuringSchedulingIgnoredDuringExecution": {
+                                "nodeSelectorTerms": [
+                                    {
+                                        "matchExpressions": [
+                                            {"key": ZONE_LABEL, "operator": "In", "values": allowed}
+                                        ]
+                                    }
+                                ]
+                            }
+                        }
+                    },
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": ZONE_LABEL,
+                            "whenUnsatisfiable": "DoNotSchedule",
+                            "nodeAffinityPolicy": "Ignore",
+                            "labelSelector": {"matchLabels": labels},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    cp.api("POST", f"/apis/apps/v1/namespaces/{ns}/deployments", deployment)
+
+    def unschedulable() -> list[dict[str, Any]]:
+        out = []
+        for pod in _pods(cp, ns, "app=strict"):
+            for c in pod.get("status", {}).get("conditions") or []:
+                if c["type"] == "PodScheduled" and c.get("reason") == "Unschedulable":
+                    out.append(c)
+        return out
+
+    cp.wait_for(lambda: len(unschedulable()) == 1, timeout=90, what="one unschedulable pod")
+    assert "topology spread" in unschedulable()[0]["message"]
+    running = [p for p in _pods(cp, ns, "app=strict") if p["spec"].get("nodeName")]
+    assert sorted(_zone_of(cp, p["spec"]["nodeName"]) for p in running) == sorted(allowed)
+
+
 def test_statefulset_pods_ready_and_pvcs_bound(
     control_plane: ControlPlane, k8s_namespace: str
 ) -> None:

@@ -57,6 +57,8 @@ check_pin etcd go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin kwok sigs.k8s.io/kwok "$KWOK_VERSION"
 check_pin helm helm.sh/helm/v3 "$HELM_VERSION"
 
+command -v go >/dev/null || export PATH="/usr/local/go/bin:$PATH"
+command -v go >/dev/null || { echo "go not found (Go >= 1.26 is needed to build the control plane)" >&2; exit 2; }
 export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build"
 export GOWORK=off CGO_ENABLED=0 GOFLAGS="-mod=readonly -buildvcs=false" GOTOOLCHAIN=local
 k8s_minor="${K8S_VERSION#v1.}"

@@ -1,6 +1,6 @@
 // Build module for kube-apiserver, kube-controller-manager, kube-scheduler and kubectl.
 // k8s.io/kubernetes maps its staging modules to ./staging/src (ignored in a dependency),
-// so each one is replaced here by its published v0.36.x twin. Regenerate with ../gen-k8s-gomod.sh.
+// so each one is replaced here by its published v0.36.3 twin. Regenerate with ../gen-k8s-gomod.sh.
 module beco.local/tools/controlplane/k8s
 
 go 1.26.0
