@@ -66,13 +66,29 @@ def test_helm_install_and_operator_reconciles_example(
     install = subprocess.run(
         [helm, "install", "beco-operator", str(CHART), "--namespace", release_ns,
          "--set", "image.repository=localhost/beco", "--set", "image.tag=dev",
-         "--wait", "--timeout", "180s"],
+         # two replicas: leader election with its Lease Role, and the PodDisruptionBudget
+         "--set", "replicaCount=2", "--wait", "--timeout", "180s"],
         capture_output=True, text=True, env=env, check=False,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
     assert "kubectl get crd beconetworks.beco.dev" in install.stdout  # NOTES.txt
     dep = cp.api("GET", f"/apis/apps/v1/namespaces/{release_ns}/deployments/beco-operator")
-    assert dep["status"].get("readyReplicas") == 1
+    cp.wait_for(
+        lambda: (
+            cp.api("GET", f"/apis/apps/v1/namespaces/{release_ns}/deployments/beco-operator")[
+                "status"
+            ].get("readyReplicas")
+            == 2
+        ),
+        timeout=60,
+        what="two operator replicas Ready on kwok",
+    )
+    assert cp.exists(f"/apis/policy/v1/namespaces/{release_ns}/poddisruptionbudgets/beco-operator")
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["beco-operator"]
+    # the Deployment's own arguments, with free local ports for this machine
+    args = [a for a in container["args"] if not a.startswith(("--metrics-port=", "--health-port="))]
+    assert "--leader-elect" in args
     assert cp.exists(
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/beconetworks.beco.dev"
     )
@@ -114,9 +130,10 @@ def test_helm_install_and_operator_reconciles_example(
     log = open(tmp_path / "operator.log", "wb")
     op_env = {k: v for k, v in env.items() if k != "KUBECONFIG"}
     op = subprocess.Popen(
-        [sys.executable, "-m", "beco_operator.main", f"--metrics-port={metrics_port}",
+        [sys.executable, "-m", "beco_operator.main", *args, f"--metrics-port={metrics_port}",
          f"--health-port={health_port}", "--metrics-host=127.0.0.1"],
-        env={**op_env, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": release_ns},
+        env={**op_env, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": release_ns,
+             "POD_NAME": "beco-operator-local-0"},
         stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     log.close()
@@ -137,6 +154,10 @@ def test_helm_install_and_operator_reconciles_example(
                 assert time.monotonic() < deadline, f"not Ready: {status}"
                 time.sleep(1)
             assert status["quorum"] >= 2 and status["members"] >= 3
+            lease = cp.api(
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{release_ns}/leases/beco-operator"
+            )
+            assert lease["spec"]["holderIdentity"] == "beco-operator-local-0"
             text = metrics_text(metrics_port)
             assert not check_metrics(promtool, text), check_metrics(promtool, text)
             # the chart's RBAC was enough: no request was refused
