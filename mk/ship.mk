@@ -18,10 +18,10 @@ comma := ,
 # The local base: minbase bookworm + python3 + venv, rebuilt only when podman lacks it.
 base-image:  ## local Debian base image for `make image` (debootstrap, cached in podman)
 	@if podman image exists $(BASE_LOCAL); then echo "$(BASE_LOCAL) present"; else \
-	  set -e; dir=$$(mktemp -d /var/tmp/beco-base.XXXXXX); \
+	  set -e; dir=$$(mktemp -d /var/tmp/beco-base.XXXXXX); trap 'rm -rf $$dir' EXIT; \
 	  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm $$dir http://deb.debian.org/debian; \
 	  chroot $$dir apt-get clean; rm -rf $$dir/var/lib/apt/lists/*; \
-	  tar -C $$dir -c . | podman import - $(BASE_LOCAL); rm -rf $$dir; fi
+	  tar -C $$dir -c . | podman import - $(BASE_LOCAL); fi
 
 image: base-image  ## the container image (both entrypoints), built with buildah on the local base
 	@start=$$(date +%s); \

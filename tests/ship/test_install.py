@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -60,11 +61,15 @@ def test_helm_install_and_operator_reconciles_example(
 ) -> None:
     cp = control_plane
     env = {**os.environ, **cp.env()}
-    release_ns = "beco-system"
+    # unique names: the plane is shared by the session (other areas' tests may have made a
+    # beco-system namespace or a beco-operator ClusterRole of their own)
+    tag = uuid.uuid4().hex[:6]
+    release, release_ns, net_ns = f"ship{tag}", f"ship-{tag}-system", f"ship-{tag}-demo"
+    full = f"{release}-beco-operator"  # the chart's fullname
     cp.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                            "metadata": {"name": release_ns}})  # fmt: skip
     install = subprocess.run(
-        [helm, "install", "beco-operator", str(CHART), "--namespace", release_ns,
+        [helm, "install", release, str(CHART), "--namespace", release_ns,
          "--set", "image.repository=localhost/beco", "--set", "image.tag=dev",
          # two replicas: leader election with its Lease Role, and the PodDisruptionBudget
          "--set", "replicaCount=2", "--wait", "--timeout", "180s"],
@@ -72,10 +77,10 @@ def test_helm_install_and_operator_reconciles_example(
     )  # fmt: skip
     assert install.returncode == 0, install.stdout + install.stderr
     assert "kubectl get crd beconetworks.beco.dev" in install.stdout  # NOTES.txt
-    dep = cp.api("GET", f"/apis/apps/v1/namespaces/{release_ns}/deployments/beco-operator")
+    dep = cp.api("GET", f"/apis/apps/v1/namespaces/{release_ns}/deployments/{full}")
     cp.wait_for(
         lambda: (
-            cp.api("GET", f"/apis/apps/v1/namespaces/{release_ns}/deployments/beco-operator")[
+            cp.api("GET", f"/apis/apps/v1/namespaces/{release_ns}/deployments/{full}")[
                 "status"
             ].get("readyReplicas")
             == 2
@@ -83,7 +88,7 @@ def test_helm_install_and_operator_reconciles_example(
         timeout=60,
         what="two operator replicas Ready on kwok",
     )
-    assert cp.exists(f"/apis/policy/v1/namespaces/{release_ns}/poddisruptionbudgets/beco-operator")
+    assert cp.exists(f"/apis/policy/v1/namespaces/{release_ns}/poddisruptionbudgets/{full}")
     container = dep["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["beco-operator"]
     # the Deployment's own arguments, with free local ports for this machine
@@ -93,7 +98,7 @@ def test_helm_install_and_operator_reconciles_example(
         "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/beconetworks.beco.dev"
     )
 
-    token = cp.service_account_token(release_ns, "beco-operator")
+    token = cp.service_account_token(release_ns, full)
     # no more than needed: what the operator never does is denied
     for attrs in (
         {"verb": "create", "resource": "clusterrolebindings", "group": "rbac.authorization.k8s.io"},
@@ -102,7 +107,7 @@ def test_helm_install_and_operator_reconciles_example(
         {"verb": "delete", "resource": "customresourcedefinitions", "group": "apiextensions.k8s.io"},
         {"verb": "impersonate", "resource": "users"},
         {"verb": "update", "resource": "deployments", "group": "apps", "namespace": release_ns,
-         "name": "beco-operator"},
+         "name": full},
     ):  # fmt: skip
         assert not _ssar(cp, token, attrs), f"the chart's ServiceAccount may {attrs}"
     assert _ssar(cp, token, {"verb": "watch", "resource": "beconetworks", "group": "beco.dev"})
@@ -124,7 +129,6 @@ def test_helm_install_and_operator_reconciles_example(
         )
     )  # fmt: skip
     metrics_port, health_port = free_port(), free_port()
-    net_ns = "beco-demo"
     cp.api("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
                                            "metadata": {"name": net_ns}})  # fmt: skip
     log = open(tmp_path / "operator.log", "wb")
@@ -155,7 +159,7 @@ def test_helm_install_and_operator_reconciles_example(
                 time.sleep(1)
             assert status["quorum"] >= 2 and status["members"] >= 3
             lease = cp.api(
-                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{release_ns}/leases/beco-operator"
+                "GET", f"/apis/coordination.k8s.io/v1/namespaces/{release_ns}/leases/{full}"
             )
             assert lease["spec"]["holderIdentity"] == "beco-operator-local-0"
             text = metrics_text(metrics_port)
@@ -193,5 +197,5 @@ def test_helm_install_and_operator_reconciles_example(
         except subprocess.TimeoutExpired:
             op.kill()
             op.wait()
-        subprocess.run([helm, "uninstall", "beco-operator", "-n", release_ns], env=env,
+        subprocess.run([helm, "uninstall", release, "-n", release_ns], env=env,
                        capture_output=True, check=False)  # fmt: skip
