@@ -10,6 +10,7 @@ change) is recorded as a Kubernetes Event on the BecoNetwork.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import secrets as pysecrets
@@ -244,14 +245,14 @@ class Reconciler:
                 pod_monitor=caps.pod_monitor,
             )
         ]
-        wanted_names: set[tuple[str, str]] = set()
-        for obj in desired:
-            kind, oname = obj["kind"], obj["metadata"]["name"]
-            wanted_names.add((kind, oname))
-            have = await self.kube.get(path(kind, ns, oname))
+        wanted_names = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        current = await asyncio.gather(
+            *(self.kube.get(path(o["kind"], ns, o["metadata"]["name"])) for o in desired)
+        )
+        for obj, have in zip(desired, current, strict=True):
             if diff.needs_apply(obj, have):
                 await self.kube.apply(obj)
-                result.writes.append(f"{kind}/{oname}")
+                result.writes.append(f"{obj['kind']}/{obj['metadata']['name']}")
         if result.writes:
             verb = "applied"
             await self.event(

@@ -43,7 +43,11 @@ def test_standby_takes_over_when_the_leader_dies(
         # The new leader reconciles: a deleted child comes back.
         cp.api("DELETE", f"/api/v1/namespaces/{ns}/services/demo")
         wait(lambda: cp.exists(f"/api/v1/namespaces/{ns}/services/demo"), 60, "the client Service")
-        assert second.metric("beco_operator_reconciles_total") >= 1
+        wait(
+            lambda: second.metric("beco_operator_reconciles_total") >= 1,
+            30,
+            "the new leader to finish a reconcile",
+        )
     finally:
         first.stop()
         second.stop()
