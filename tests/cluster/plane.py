@@ -115,6 +115,7 @@ class ControlPlane:
         self._admin: CertPair | None = None
         self._ca: CertPair | None = None
         self._rest: RestClient | None = None
+        self._detail = ""  # why the current readiness check is still false, for timeouts
         if not self.zones or nodes_per_zone < 1:
             raise ValueError("need at least one zone and one node per zone")
 
@@ -467,6 +468,7 @@ class ControlPlane:
     ) -> None:
         """Poll ``check`` until true; fail early with the log tail if ``proc`` died."""
         delay = 0.05
+        self._detail = ""
         while True:
             code = proc.poll()
             if code is not None:
@@ -493,18 +495,23 @@ class ControlPlane:
     def _nodes_ready(self) -> bool:
         try:
             nodes = self.rest.get("/api/v1/nodes")["items"]
-        except (ApiError, OSError):
+        except (ApiError, OSError) as exc:
+            self._detail = f"listing nodes: {exc}"
             return False
         by_name = {n["metadata"]["name"]: n for n in nodes}
         for name in self.node_names:
             node = by_name.get(name)
             if node is None:
+                self._detail = f"node {name} missing"
                 return False
             conds = node.get("status", {}).get("conditions") or []
             if not any(c["type"] == "Ready" and c["status"] == "True" for c in conds):
+                self._detail = f"node {name} not Ready"
                 return False
             taints = node.get("spec", {}).get("taints") or []
-            if any(t["key"].startswith("node.kubernetes.io/") for t in taints):
+            blocking = [t["key"] for t in taints if t["key"].startswith("node.kubernetes.io/")]
+            if blocking:
+                self._detail = f"node {name} tainted {', '.join(blocking)}"
                 return False
         return True
 
