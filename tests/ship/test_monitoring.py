@@ -98,7 +98,7 @@ def _expect(alert: str, labels: dict[str, str], value: str) -> dict[str, object]
         return re.sub(r"\{\{ \$value[^}]*\}\}", value, t)
 
     ann = {"summary": render(a.summary), "description": render(a.description)}
-    ann["runbook_url"] = "https://github.com/beco/beco/blob/main/docs/operations.md#alerts"
+    ann["runbook"] = "docs/operations.md#alerts (BECO repository)"
     return {"exp_labels": full, "exp_annotations": ann}
 
 

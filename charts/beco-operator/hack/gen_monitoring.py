@@ -470,7 +470,7 @@ def rules() -> dict[str, Any]:
                         "annotations": {
                             "summary": a.summary,
                             "description": a.description,
-                            "runbook_url": "https://github.com/beco/beco/blob/main/docs/operations.md#alerts",
+                            "runbook": "docs/operations.md#alerts (BECO repository)",
                         },
                     }
                     for a in ALERTS
