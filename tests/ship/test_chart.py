@@ -235,3 +235,18 @@ def test_package_holds_the_chart_only(helm: str, tmp_path: Path) -> None:
     assert "beco-operator/crds/beconetworks.beco.dev.yaml" in names
     assert "beco-operator/files/operator-rbac.yaml" in names
     assert not [n for n in names if "/hack/" in n or n.endswith(".py")]
+
+
+def test_rendered_monitoring_is_the_checked_files(helm: str) -> None:
+    """The PrometheusRule and dashboard ConfigMaps carry exactly the files promtool checks."""
+    docs = render(helm, ["prometheusRule.enabled=true"])
+    (rule,) = [d for d in docs if d["kind"] == "PrometheusRule"]
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    cms = {
+        k: v
+        for d in docs
+        if d["kind"] == "ConfigMap" and "grafana_dashboard" in d["metadata"]["labels"]
+        for k, v in d["data"].items()
+    }
+    for f in (CHART / "dashboards").glob("*.json"):
+        assert json.loads(cms[f.name]) == json.loads(f.read_text())
