@@ -168,33 +168,38 @@ class SstStore:
 
     async def _load(self, *, verify_leaf_data: bool) -> None:
         async with self._pool.acquire() as conn:
-            hashes = await conn.fetch("SELECT leaf_hash FROM leaves ORDER BY leaf_index")
-            tree = MerkleTree(bytes(r["leaf_hash"]) for r in hashes)
-            if verify_leaf_data:
-                bad = await conn.fetchval(
-                    "SELECT min(leaf_index) FROM leaves"
-                    " WHERE leaf_hash <> sha256('\\x00'::bytea || leaf_data)"
-                )
-                if bad is not None:
-                    raise StoreIntegrityError(f"leaf {bad}: stored data do not match its hash")
-            changes = await conn.fetchval("SELECT count(*) FROM changes")
-            if changes != tree.size:
-                raise StoreIntegrityError(f"{changes} changes but {tree.size} log leaves")
-            row = await conn.fetchrow("SELECT * FROM tree_heads ORDER BY tree_size DESC LIMIT 1")
-            if row is None:
-                if tree.size:
-                    raise StoreIntegrityError(f"{tree.size} log leaves but no signed tree head")
-                sth = sign_tree_head(self._key, 0, tree.root(), self._clock())
+            if await conn.fetchval("SELECT count(*) FROM tree_heads") == 0:
+                # A new log starts with a signed empty head. Another SST starting on the
+                # same new database may be first; then its head (and key) is checked below.
+                empty = sign_tree_head(self._key, 0, MerkleTree().root(), self._clock())
                 await conn.execute(
                     "INSERT INTO tree_heads (tree_size, root_hash, timestamp_ms, signature)"
-                    " VALUES ($1, $2, $3, $4)",
-                    sth.tree_size,
-                    sth.root_hash,
-                    sth.timestamp_ms,
-                    sth.signature,
+                    " VALUES ($1, $2, $3, $4) ON CONFLICT (tree_size) DO NOTHING",
+                    empty.tree_size,
+                    empty.root_hash,
+                    empty.timestamp_ms,
+                    empty.signature,
                 )
-            else:
-                sth = _sth(row)
+            # One snapshot for leaves, changes and head, whatever commits meanwhile.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                hashes = await conn.fetch("SELECT leaf_hash FROM leaves ORDER BY leaf_index")
+                tree = MerkleTree(bytes(r["leaf_hash"]) for r in hashes)
+                if verify_leaf_data:
+                    bad = await conn.fetchval(
+                        "SELECT min(leaf_index) FROM leaves"
+                        " WHERE leaf_hash <> sha256('\\x00'::bytea || leaf_data)"
+                    )
+                    if bad is not None:
+                        raise StoreIntegrityError(f"leaf {bad}: stored data do not match its hash")
+                changes = await conn.fetchval("SELECT count(*) FROM changes")
+                if changes != tree.size:
+                    raise StoreIntegrityError(f"{changes} changes but {tree.size} log leaves")
+                row = await conn.fetchrow(
+                    "SELECT * FROM tree_heads ORDER BY tree_size DESC LIMIT 1"
+                )
+        if row is None:
+            raise StoreIntegrityError(f"{tree.size} log leaves but no signed tree head")
+        sth = _sth(row)
         self._check_head(tree, sth)
         self._tree, self._sth = tree, sth
 
@@ -218,7 +223,10 @@ class SstStore:
     async def _catch_up(self) -> None:
         """Re-read the log tail after a commit with an unknown outcome."""
         size = self._tree.size
-        async with self._pool.acquire() as conn:
+        async with (
+            self._pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
             rows = await conn.fetch(
                 "SELECT leaf_hash FROM leaves WHERE leaf_index >= $1 ORDER BY leaf_index", size
             )

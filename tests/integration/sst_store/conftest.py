@@ -2,12 +2,18 @@
 
 The server is ``beco_node.pg.EmbeddedPostgres`` (real binaries, see docs/merkle-log.md);
 if it cannot run, the tests error out rather than skip, locally and in CI alike.
+
+Data directories live in our own ``/tmp/beco-pg-*`` directories, not under pytest's
+``tmp_path``: as root the server runs as another user who must traverse the path, and
+every pytest session that starts resets ``/tmp/pytest-of-root`` to mode 0700.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -21,12 +27,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 _db_counter = itertools.count()
 
 
+def _pg_base() -> Iterator[Path]:
+    base = Path(tempfile.mkdtemp(prefix="beco-pg-"))
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
-async def pg_server(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("sst-store-pg"))
-    await server.start()
-    yield server
-    await server.stop()
+async def pg_server() -> AsyncIterator[EmbeddedPostgres]:
+    for base in _pg_base():
+        server = EmbeddedPostgres(base / "session")
+        await server.start()
+        yield server
+        await server.stop()
 
 
 def _dsn_for(server: EmbeddedPostgres, name: str) -> str:
@@ -85,5 +100,7 @@ def entry() -> Callable[..., CommitEntry]:
 
 
 @pytest.fixture
-def pg_dir(tmp_path: Path) -> Iterator[Path]:
-    yield tmp_path / "pg"
+def pg_dir() -> Iterator[Path]:
+    """A data directory for a test's own server (removed afterwards)."""
+    for base in _pg_base():
+        yield base / "pg"

@@ -322,3 +322,24 @@ async def test_two_writers_cannot_fork_the_log(
         await a.close()
         await b.close()
     assert await _counts(dsn) == {"users": 3, "changes": 3, "leaves": 3, "tree_heads": 4}
+
+
+async def test_concurrent_first_opens_agree(dsn: str, key: Ed25519PrivateKey) -> None:
+    stores = await asyncio.gather(*(SstStore.open(dsn, key) for _ in range(3)))
+    try:
+        assert len({s.tree_head() for s in stores}) == 1
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_tree_head_timestamps_never_go_backwards(dsn: str, key: Ed25519PrivateKey) -> None:
+    readings = iter([5_000, 4_000, 6_000, 1_000, 7_000] + [8_000] * 10)
+    store = await SstStore.open(dsn, key, clock=lambda: next(readings))
+    try:
+        stamps = [store.tree_head().timestamp_ms]
+        for seq in range(1, 5):
+            stamps.append((await store.commit(make_entry("alice", seq))).tree_head.timestamp_ms)
+        assert stamps == [5_000, 5_000, 6_000, 6_000, 7_000]
+    finally:
+        await store.close()

@@ -46,12 +46,12 @@ async def test_start_stop_restart_keeps_data(pg_dir: Path) -> None:
         await conn.close()
 
 
-async def test_explicit_port_taken_is_a_clear_error(pg_dir: Path, tmp_path: Path) -> None:
+async def test_explicit_port_taken_is_a_clear_error(pg_dir: Path) -> None:
     port = free_port()
     async with EmbeddedPostgres(pg_dir, port=port) as first:
         assert first.port == port
         with pytest.raises(PostgresError, match="taken"):
-            await EmbeddedPostgres(tmp_path / "other", port=port).start()
+            await EmbeddedPostgres(pg_dir.parent / "other", port=port).start()
 
 
 def test_server_dies_with_its_parent(pg_dir: Path) -> None:
@@ -92,3 +92,12 @@ async def test_a_non_cluster_directory_is_refused(pg_dir: Path) -> None:
     (pg_dir / "pgdata" / "stray").write_text("not a cluster")
     with pytest.raises(PostgresError, match="holds no PostgreSQL cluster"):
         await EmbeddedPostgres(pg_dir).start()
+
+
+async def test_second_server_on_the_same_data_is_refused(pg_dir: Path) -> None:
+    async with EmbeddedPostgres(pg_dir) as first:
+        with pytest.raises(PostgresError, match=r"postmaster\.pid"):
+            await EmbeddedPostgres(pg_dir).start()
+        conn = await asyncpg.connect(first.dsn)  # the first one is unharmed
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()

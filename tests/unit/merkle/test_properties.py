@@ -142,3 +142,19 @@ def test_out_of_range_requests_raise_value_error(tree: MerkleTree) -> None:
     ]:
         with pytest.raises(ValueError):
             call()
+
+
+@pytest.mark.parametrize("size", [127, 128, 129, 1000, 1025])
+def test_larger_trees_match_reference(size: int) -> None:
+    leaves = [leaf_hash(i.to_bytes(4, "big")) for i in range(size)]
+    t = MerkleTree(leaves)
+    root = t.root()
+    assert root == _mth(leaves)
+    for m in {0, 1, size // 3, size // 2, size - 2, size - 1}:
+        proof = t.inclusion_proof(m, size)
+        assert proof == _path(m, leaves)
+        verify_inclusion(leaves[m], m, size, proof, root)
+    for old in {1, 2, size // 3, size // 2, size - 1}:
+        proof = t.consistency_proof(old, size)
+        assert proof == _subproof(old, leaves, True)
+        verify_consistency(old, size, t.root(old), root, proof)
