@@ -52,6 +52,11 @@ def rss_mb(pid: int) -> float:
     return int(m.group(1)) / 1024 if m else float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def versions(cp: ControlPlane, namespaces: list[str]) -> dict[str, str]:
     out = {}
     for ns in namespaces:
@@ -103,10 +108,14 @@ def main() -> None:
             spaces = [f"bench-{i:02d}" for i in range(args.networks)]
             for ns in spaces:
                 make_ns(cp, ns)
+            cpu0 = cpu_seconds(op.proc.pid)
+            load0 = os.getloadavg()[0]
             t0 = time.perf_counter()
             with ThreadPoolExecutor(max_workers=args.networks) as pool:
                 each = list(pool.map(lambda ns: apply_and_wait(cp, ns), spaces))
             many = time.perf_counter() - t0
+            op_cpu = cpu_seconds(op.proc.pid) - cpu0
+            load1 = os.getloadavg()[0]
             time.sleep(10)  # let the last status writes and events settle
             all_ns = ["bench-one", *spaces]
             writes0 = op.metric("beco_operator_api_writes_total")
@@ -125,6 +134,8 @@ def main() -> None:
         "writes": writes,
         "changed": len(changed),
         "rss": rss,
+        "op_cpu": op_cpu,
+        "load": (load0, load1),
     }
     print(results)
     cpu = os.cpu_count()
@@ -139,7 +150,7 @@ real kube-apiserver/etcd/scheduler/controller-manager with kwok nodes in zones a
 | measure | result | target |
 |---|---|---|
 | apply -> Ready, one network | {one:.1f} s | |
-| apply -> Ready, {args.networks} networks in {args.networks} namespaces at once (all Ready) | {many:.1f} s (slowest single network {max(each):.1f} s) | |
+| apply -> Ready, {args.networks} networks in {args.networks} namespaces at once (all Ready) | {many:.1f} s (slowest single network {max(each):.1f} s; operator CPU {op_cpu:.1f} s; 1-min load average {load0:.1f} -> {load1:.1f}) | |
 | API writes by the idle operator over {args.idle_seconds:.0f} s ({args.networks + 1} networks) | {writes:.0f} (objects whose resourceVersion changed: {len(changed)}) | 0 |
 | operator resident memory with {args.networks + 1} networks | {rss:.0f} MB | < 150 MB |
 

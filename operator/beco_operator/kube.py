@@ -18,6 +18,7 @@ import os
 import ssl
 import tempfile
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -43,6 +44,9 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL, True),
 }
+
+
+SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
 
 class ApiError(Exception):
@@ -110,6 +114,8 @@ class Kube:
         self._headers = {"Accept": "application/json"}
         if info.token:
             self._headers["Authorization"] = f"Bearer {info.token}"
+        # The kubelet rotates a pod's projected token file: re-read it when the server says 401.
+        self._token_file = SA_TOKEN_FILE if info.token and os.path.exists(SA_TOKEN_FILE) else None
         self._ssl = ctx if self.server.startswith("https") else False
         self._session: aiohttp.ClientSession | None = None
 
@@ -147,6 +153,8 @@ class Kube:
                 async with self._sess().request(
                     method, self.server + url, data=data, headers=headers, params=params
                 ) as resp:
+                    if resp.status == 401 and attempt == 0 and await self._reload_token():
+                        continue
                     text = await resp.text()
                     try:
                         obj = json.loads(text) if text else None
@@ -160,6 +168,18 @@ class Kube:
                     raise
                 await asyncio.sleep(0.2 * 2**attempt)
         raise AssertionError("unreachable")
+
+    async def _reload_token(self) -> bool:
+        if self._token_file is None:
+            return False
+        token = (await asyncio.to_thread(Path(self._token_file).read_text)).strip()
+        if not token or self._headers.get("Authorization") == f"Bearer {token}":
+            return False
+        self._headers["Authorization"] = f"Bearer {token}"
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        return True
 
     @staticmethod
     def _raise(status: int, obj: Any) -> None:

@@ -52,6 +52,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--lease-name", default="beco-operator")
     p.add_argument(
+        "--lease-duration", type=int, default=15, help="seconds a Lease holds without renewal"
+    )
+    p.add_argument("--lease-renew", type=float, default=5.0, help="seconds between renewals")
+    p.add_argument(
         "--lease-namespace",
         default=os.environ.get("POD_NAMESPACE", "default"),
         help="namespace of the Lease (default: $POD_NAMESPACE or default)",
@@ -77,7 +81,13 @@ async def run(args: argparse.Namespace) -> int:
     if args.leader_elect:
         lease_kube = kube.Kube(kube.login())
         elector = LeaderElector(
-            lease_kube, args.lease_namespace, args.lease_name, args.identity, clock.utcnow
+            lease_kube,
+            args.lease_namespace,
+            args.lease_name,
+            args.identity,
+            clock.utcnow,
+            lease_seconds=args.lease_duration,
+            renew_seconds=args.lease_renew,
         )
         await elector.acquire()
     operator = asyncio.create_task(

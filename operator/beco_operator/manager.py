@@ -23,7 +23,11 @@ from beco_operator.reconcile import Caps, Reconciler
 log = logging.getLogger("beco_operator.manager")
 
 CAPS_TTL = 30.0
-DEBOUNCE = 0.05
+# Wait this long after an event before reconciling, to take a burst of events in one pass:
+# short for the first event after a quiet spell, longer while a network is busy.
+DEBOUNCE_IDLE = 0.05
+DEBOUNCE_BUSY = 0.5
+BUSY_WINDOW = 2.0
 
 
 @dataclass
@@ -100,12 +104,15 @@ class Manager:
         ns, name = key
         backoff = 1.0
         delay: float | None = None
+        last = 0.0
         while True:
             timeout = self.resync if delay is None else delay
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(w.wake.wait(), timeout=timeout)
-            await asyncio.sleep(DEBOUNCE)  # gather a burst of events into one reconcile
+            busy = time.monotonic() - last < BUSY_WINDOW
+            await asyncio.sleep(DEBOUNCE_BUSY if busy else DEBOUNCE_IDLE)
             w.wake.clear()
+            last = time.monotonic()
             started = time.perf_counter()
             try:
                 body = await self.kube.get(path(names.KIND, ns, name))

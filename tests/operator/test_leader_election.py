@@ -18,7 +18,13 @@ def test_standby_takes_over_when_the_leader_dies(
 ) -> None:
     cp, ns = control_plane, k8s_namespace
     lease = f"beco-operator-test-{ns}"
-    args = ("--leader-elect", f"--lease-namespace={OPERATOR_NS}", f"--lease-name={lease}")
+    args = (
+        "--leader-elect",
+        f"--lease-namespace={OPERATOR_NS}",
+        f"--lease-name={lease}",
+        "--lease-duration=6",
+        "--lease-renew=2",
+    )
     first = OperatorProcess(operator_kubeconfig, tmp_path / "first.log", *args, "--identity=first")
     second = OperatorProcess(
         operator_kubeconfig, tmp_path / "second.log", *args, "--identity=second"

@@ -280,6 +280,24 @@ def test_delete_removes_children(
         return not left
 
     wait(gone, 90, "every child to be garbage-collected")
+    # reclaimPolicy Delete: the database volume claim goes too.
+    pvcs = f"/api/v1/namespaces/{ns}/persistentvolumeclaims"
+    wait(lambda: not items(cp, pvcs), 90, "the database PVC to be deleted")
+
+
+def test_delete_keeps_the_database_volume_by_default(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    apps = f"/apis/apps/v1/namespaces/{ns}/statefulsets"
+    cp.api("DELETE", net_path(ns, "demo"))
+    wait(lambda: not items(cp, apps, SEL.format("demo")), 90, "the StatefulSets to go")
+    time.sleep(3)
+    pvcs = items(cp, f"/api/v1/namespaces/{ns}/persistentvolumeclaims")
+    assert [p["metadata"]["name"] for p in pvcs] == ["data-demo-postgres-0"]
+    assert not pvcs[0]["metadata"].get("deletionTimestamp")
 
 
 def test_operator_restart_changes_no_secret(
@@ -377,3 +395,103 @@ def test_key_rotation_on_request_keeps_quorum(
     assert all(new[n] != old[n] for n in old), "some member kept its old key"
     assert min(watch.ready_counts) >= 2, "rotation dropped below the quorum"
     assert obj["status"]["membershipGeneration"] >= 7  # one generation per rotated key
+
+
+def test_rollout_waits_when_a_restart_would_break_the_quorum(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, quorum=3)  # 3 of 3: no user node may go down
+    wait_ready(cp, ns, "demo")
+    before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in user_pods(cp, ns)}
+    merge_patch(cp, net_path(ns, "demo"), {"spec": {"image": {"tag": "0.2.0"}}})
+
+    def waiting() -> dict[str, Any] | None:
+        st = get_network(cp, ns, "demo").get("status") or {}
+        c = {c["type"]: c for c in st.get("conditions", [])}.get("RolloutWaiting")
+        return c if c and c["status"] == "True" else None
+
+    cond = wait(waiting, 60, "RolloutWaiting=True")
+    assert cond["reason"] == "WaitingForQuorum"
+    assert "quorum 3" in cond["message"]
+    wait(
+        lambda: beco_operator.metric("beco_operator_rollout_waiting", {"namespace": ns}) == 1,
+        30,
+        "the rollout-waiting metric",
+    )
+    st = get_network(cp, ns, "demo")["status"]
+    assert st["rollout"]["pending"] == 3 and st["phase"] != "Ready"
+    time.sleep(2)
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in user_pods(cp, ns)} == before
+    # Lowering the quorum to 2 of 3 lets the rollout proceed, one node at a time.
+    merge_patch(cp, net_path(ns, "demo"), {"spec": {"quorum": 2}})
+    obj = wait_ready(cp, ns, "demo")
+    assert obj["status"]["rollout"] == {"pending": 0, "reason": "", "waiting": False}
+    assert all(p["metadata"]["uid"] != before[p["metadata"]["name"]] for p in user_pods(cp, ns))
+
+
+def test_zone_without_nodes_is_degraded_with_the_reason(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, zones=["a", "b", "z"])
+
+    def degraded() -> dict[str, Any] | None:
+        st = get_network(cp, ns, "demo").get("status") or {}
+        return st if st.get("phase") == "Degraded" else None
+
+    st = wait(degraded, 90, "phase Degraded")
+    ready = {c["type"]: c for c in st["conditions"]}["Ready"]
+    assert ready["reason"] == "ZoneWithoutNodes", dump(ready)
+    assert "zone(s) z" in ready["message"]
+    assert st["readyByZone"] == {"a": 1, "b": 1, "z": 0}
+    # Two of three user nodes still make the quorum of 2.
+    assert {c["type"]: c for c in st["conditions"]}["QuorumAvailable"]["status"] == "True"
+
+
+def test_operator_killed_mid_reconcile_converges_without_churning_keys(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    first = wait(lambda: key_secrets(cp, ns), 30, "the first key Secrets")
+    beco_operator.kill()  # somewhere in the middle of the first reconciles
+    seen = {
+        n: (s["metadata"]["uid"], s["data"]["node.key"]) for n, s in key_secrets(cp, ns).items()
+    }
+    assert seen and len(first) >= 1
+    beco_operator.start()
+    wait_ready(cp, ns, "demo")
+    after = key_secrets(cp, ns)
+    assert len(after) == 6
+    for n, (uid, key) in seen.items():
+        assert (after[n]["metadata"]["uid"], after[n]["data"]["node.key"]) == (uid, key), n
+    ms = membership_of(cp, ns)
+    assert len({m.peer_id for m in ms.members}) == 6
+
+
+def test_several_networks_in_several_namespaces(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp = control_plane
+    other = f"{k8s_namespace}-b"
+    cp.rest.create(
+        "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": other}}
+    )
+    wait(lambda: cp.exists(f"/api/v1/namespaces/{other}/serviceaccounts/default"), 30, "sa")
+    try:
+        nets = [(k8s_namespace, "one"), (k8s_namespace, "two"), (other, "one")]
+        for ns, name in nets:
+            create(cp, ns, name, userNodes={"perZone": 1 if name == "one" else 2})
+        for ns, name in nets:
+            st = wait_ready(cp, ns, name)["status"]
+            assert st["members"] == (3 if name == "one" else 6)
+            ms = membership_of(cp, ns, name)
+            assert ms.network == name
+            assert all(m.address.endswith(f".{ns}.svc:9001") for m in ms.members)
+        # Same name in two namespaces: separate keys.
+        a = {m.public_key for m in membership_of(cp, k8s_namespace, "one").members}
+        b = {m.public_key for m in membership_of(cp, other, "one").members}
+        assert not a & b
+    finally:
+        cp.api("DELETE", f"/api/v1/namespaces/{other}")
