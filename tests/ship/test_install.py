@@ -32,7 +32,7 @@ from .prom import (
     substitute,
     variable_queries,
 )
-from .test_monitoring import gen
+from .test_monitoring import OPERATOR_ALERTS, gen
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(420)]
 
@@ -172,7 +172,7 @@ def test_helm_install_and_operator_reconciles_example(
             empty = [w for w, e in gen.all_exprs() if w.startswith("operator/")
                      and not prom.query(substitute(e))]  # fmt: skip
             for a in gen.ALERTS:
-                if a.name in {"BecoOperatorErrors"}:
+                if a.name in OPERATOR_ALERTS:
                     prom.query(a.expr)
                     if not prom.query(a.query):
                         empty.append(f"alert {a.name}")

@@ -39,7 +39,7 @@ def _gen() -> ModuleType:
 
 
 gen = _gen()
-OPERATOR_ALERTS = {"BecoOperatorErrors"}
+OPERATOR_ALERTS = {"BecoOperatorErrors", "BecoRolloutHeldBack"}
 
 
 def test_generated_files_are_current() -> None:
@@ -123,6 +123,10 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
             "series": 'beco_proposals_total{namespace="ns", network="n1", role="validator", outcome="failed"}',
             "values": "0+30x20",
         },
+        {
+            "series": 'beco_operator_rollout_waiting{job="op", namespace="ops", exported_namespace="ns", network="n1"}',
+            "values": "1x60",
+        },
     ]
     labels_u2 = {
         "job": "beco",
@@ -159,6 +163,18 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
                         "exp_alerts": [_expect("BecoCommitsFailing", net_labels, "33.33%")],
                     },
                     {"eval_time": "15m", "alertname": "BecoCommitLatencyHigh", "exp_alerts": []},
+                    {"eval_time": "20m", "alertname": "BecoRolloutHeldBack", "exp_alerts": []},
+                    {
+                        "eval_time": "45m",
+                        "alertname": "BecoRolloutHeldBack",
+                        "exp_alerts": [
+                            _expect(
+                                "BecoRolloutHeldBack",
+                                {"exported_namespace": "ns", "network": "n1"},
+                                "1",
+                            )
+                        ],
+                    },
                 ],
             }
         ],

@@ -301,6 +301,23 @@ OPERATOR_ROWS = [
                 kind="stat",
             ),
             Panel(
+                "Rollouts held back by the quorum guard",
+                [
+                    (
+                        f"max by (exported_namespace, network) (beco_operator_rollout_waiting{{{OPSEL}}})",
+                        "waiting {{exported_namespace}}/{{network}}",
+                    ),
+                    (
+                        f"max by (exported_namespace, network) "
+                        f"(beco_operator_rollout_pending_restarts{{{OPSEL}}})",
+                        "pending {{exported_namespace}}/{{network}}",
+                    ),
+                ],
+                description="1 while a user-node restart is due but would leave fewer ready nodes "
+                "than the quorum; pending: restarts still to do. The network's namespace is "
+                "exported_namespace (namespace is the operator's).",
+            ),
+            Panel(
                 "Operator replicas up / leader",
                 [
                     (f'sum(up{{{OPSEL}, job=~".*beco-operator.*"}})', "up"),
@@ -367,6 +384,20 @@ ALERTS = [
         "log and the BecoNetworks' conditions.",
     ),
 ]
+
+
+ALERTS.append(
+    Alert(
+        "BecoRolloutHeldBack",
+        "max by (exported_namespace, network) (beco_operator_rollout_waiting)",
+        "> 0",
+        "30m",
+        "warning",
+        "BECO network {{ $labels.exported_namespace }}/{{ $labels.network }}: rollout held back",
+        "A user-node restart has waited 30 minutes for enough ready nodes to keep the quorum; "
+        "see the BecoNetwork's conditions for the reason.",
+    )
+)
 
 
 def _panel(p: Panel, pid: int, x: int, y: int) -> dict[str, Any]:
