@@ -16,6 +16,7 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import grpc
 import pytest
 
 from .conftest import need
@@ -106,7 +107,15 @@ async def test_network_of_containers_commits_an_update(image: str, tmp_path: Pat
         }
         alice = keys.generate_private_key()
         async with Client(users[0], alice) as c:
-            await c.create_user("Alice", [], "Liddell")
+            # the validator may need a moment to find the user nodes through the rendezvous
+            for attempt in range(50):
+                try:
+                    await c.create_user("Alice", [], "Liddell")
+                    break
+                except grpc.aio.AioRpcError:
+                    if attempt == 49:
+                        raise
+                    await asyncio.sleep(0.2)
             r = await c.set_first(c.user_id, "Alicia")
             assert r.commit.tree_head.tree_size >= 2
         # another zone's container applied the committed change (it is told after the commit)
