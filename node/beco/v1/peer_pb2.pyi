@@ -272,6 +272,37 @@ class ProposalHeader(_message.Message):
 Global___ProposalHeader: _TypeAlias = ProposalHeader  # noqa: Y015
 
 @_typing.final
+class VoteRequest(_message.Message):
+    """What the validator sends to each user node (kind "vote_request")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def header(self) -> Global___ProposalHeader: ...
+    @_builtins.property
+    def previous(self) -> Global___PeerEnvelope:
+        """The SST's signed commit notice (kind "applied") of this user's previous change, when
+        the validator has it: a voter whose notice has not arrived yet applies this one
+        instead of asking the SST.
+        """
+
+    def __init__(
+        self,
+        *,
+        header: Global___ProposalHeader | None = ...,
+        previous: Global___PeerEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "previous", b"previous"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "previous", b"previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VoteRequest: _TypeAlias = VoteRequest  # noqa: Y015
+
+@_typing.final
 class Vote(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -344,6 +375,7 @@ class Outcome(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     VALID_VOTES_FIELD_NUMBER: _builtins.int
     INVALID_VOTES_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
     status: Global___OutcomeStatus.ValueType
     code: _builtins.str
     """gRPC status name for the client when not committed"""
@@ -354,6 +386,10 @@ class Outcome(_message.Message):
     invalid_votes: _builtins.int
     @_builtins.property
     def commit(self) -> _identity_pb2.CommitInfo: ...
+    @_builtins.property
+    def applied(self) -> Global___PeerEnvelope:
+        """the SST's signed commit notice (kind "applied")"""
+
     def __init__(
         self,
         *,
@@ -364,10 +400,11 @@ class Outcome(_message.Message):
         state: _builtins.bytes = ...,
         valid_votes: _builtins.int = ...,
         invalid_votes: _builtins.int = ...,
+        applied: Global___PeerEnvelope | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "commit", b"commit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "commit", b"commit", "invalid_votes", b"invalid_votes", "reason", b"reason", "state", b"state", "status", b"status", "valid_votes", b"valid_votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "code", b"code", "commit", b"commit", "invalid_votes", b"invalid_votes", "reason", b"reason", "state", b"state", "status", b"status", "valid_votes", b"valid_votes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

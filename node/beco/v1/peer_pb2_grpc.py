@@ -239,7 +239,7 @@ class UserNodeServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Vote(self, request, context):
-        """payload: ProposalHeader
+        """payload: VoteRequest
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

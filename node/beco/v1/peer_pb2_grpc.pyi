@@ -92,7 +92,7 @@ class UserNodeStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> UserNodeAsyncStub: ...
     Vote: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Vote]
-    """payload: ProposalHeader"""
+    """payload: VoteRequest"""
     Apply: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ApplyReply]
     """payload: Applied"""
 
@@ -100,7 +100,7 @@ class UserNodeStub:
 class UserNodeAsyncStub(UserNodeStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Vote: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Vote]  # type: ignore[assignment]
-    """payload: ProposalHeader"""
+    """payload: VoteRequest"""
     Apply: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ApplyReply]  # type: ignore[assignment]
     """payload: Applied"""
 
@@ -111,7 +111,7 @@ class UserNodeServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.PeerEnvelope,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.Vote, _abc.Awaitable[_peer_pb2.Vote]]:
-        """payload: ProposalHeader"""
+        """payload: VoteRequest"""
 
     @_abc_1.abstractmethod
     def Apply(

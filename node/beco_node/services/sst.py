@@ -170,14 +170,16 @@ class SstService(ppb_grpc.SstServicer):
         metrics.TREE_SIZE.set(self.store.tree_head().tree_size)
         info = self._commit_info(res, committed_ms)
         stored = self.cache.get(prop.user_id, (res.sequence, state))
-        outcome = ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=stored[1])
-        self.recent[prop.proposal_id] = outcome
-        if len(self.recent) > RECENT:
-            self.recent.popitem(last=False)
         applied = ppb.Applied(
             user_id=prop.user_id, sequence=res.sequence, state=stored[1], commit=info
         )
         env = peer.seal("applied", applied, rt.key, rt.peer_id, rt.now_ms())
+        outcome = ppb.Outcome(
+            status=ppb.OUTCOME_COMMITTED, commit=info, state=stored[1], applied=env
+        )
+        self.recent[prop.proposal_id] = outcome
+        if len(self.recent) > RECENT:
+            self.recent.popitem(last=False)
         for m in ms.user_nodes:
             if m.peer_id != prop.origin:  # the origin applies the outcome it gets back
                 rt.spawn(self._notify(m, env))

@@ -311,8 +311,9 @@ class VoterService(ppb_grpc.UserNodeServicer):
     async def Vote(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Vote:
         rt = self.rt
         peer.open_envelope(request, "vote_request", rt.membership, rt.now_ms())
-        header = peer.parse(ppb.ProposalHeader, request.payload)
-        assert isinstance(header, ppb.ProposalHeader)
+        vreq = peer.parse(ppb.VoteRequest, request.payload)
+        assert isinstance(vreq, ppb.VoteRequest)
+        header = vreq.header
         digest = peer.header_digest(header)
         prop = header.proposal
         try:
@@ -326,9 +327,12 @@ class VoterService(ppb_grpc.UserNodeServicer):
                 raise InvalidArgument("proposal id does not match the request")
             if model.target_user(prop.method, req, caller) != prop.user_id:
                 raise InvalidArgument("proposal user does not match the request")
+            want = header.sequence - 1
+            if self.node.store.sequence(prop.user_id) < want and vreq.HasField("previous"):
+                self._apply_notice(vreq.previous, prop.user_id)
             state = self.node.store.get(prop.user_id)
             have = state.sequence if state else 0
-            if have != header.sequence - 1:
+            if have != want:
                 state = await self.node.fetch(prop.user_id)
             model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
             verdict, reason, code = ppb.VERDICT_VALID, "", ""
@@ -336,6 +340,17 @@ class VoterService(ppb_grpc.UserNodeServicer):
             verdict, reason, code = ppb.VERDICT_INVALID, exc.message, exc.code
         metrics.VOTES.labels("valid" if verdict == ppb.VERDICT_VALID else "invalid").inc()
         return peer.sign_vote(digest, verdict, reason, code, rt.key, rt.peer_id)
+
+    def _apply_notice(self, env: ppb.PeerEnvelope, uid: str) -> None:
+        """Apply the SST's signed notice the validator forwarded (checked like any notice)."""
+        try:
+            peer.open_envelope(env, "applied", self.rt.membership, self.rt.now_ms())
+        except BecoError:
+            return  # not from the SST, or too old: fall back to asking the SST
+        applied = peer.parse(ppb.Applied, env.payload)
+        assert isinstance(applied, ppb.Applied)
+        if applied.user_id == uid:
+            self.node.apply_commit(applied.sequence, applied.state)
 
     @rpc_handler("user.Apply")
     async def Apply(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ApplyReply:

@@ -34,6 +34,7 @@ from beco_node.quorum import can_still_reach
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.validator")
+MAX_NOTICES = 10_000
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -43,6 +44,9 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiting: collections.Counter[str] = collections.Counter()
         self.sequences: dict[str, int] = {}
+        # The SST's signed notice of each user's last commit, forwarded with the next vote
+        # request so lagging voters need not ask the SST. Bounded: oldest dropped.
+        self.notices: collections.OrderedDict[str, ppb.PeerEnvelope] = collections.OrderedDict()
         self.seen = ReplayCache(2 * rt.settings.skew_ms + 60_000)
 
     @rpc_handler("validator.Propose")
@@ -104,7 +108,11 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             proposal=prop, sequence=current + 1, validator_ts_ms=rt.now_ms(), validator=rt.peer_id
         )
         digest = peer.header_digest(header)
-        env = peer.seal("vote_request", header, rt.key, rt.peer_id, rt.now_ms())
+        vreq = ppb.VoteRequest(header=header)
+        prev = self.notices.get(prop.user_id)
+        if prev is not None:
+            vreq.previous.CopyFrom(prev)
+        env = peer.seal("vote_request", vreq, rt.key, rt.peer_id, rt.now_ms())
         voters = ms.user_nodes
         quorum = ms.quorum
         timeout = rt.settings.vote_timeout_ms / 1000
@@ -195,6 +203,11 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             )
         if outcome.status == ppb.OUTCOME_COMMITTED:
             self.sequences[prop.user_id] = outcome.commit.sequence
+            self.notices[prop.user_id] = outcome.applied
+            self.notices.move_to_end(prop.user_id)
+            if len(self.notices) > MAX_NOTICES:
+                self.notices.popitem(last=False)
+            outcome.ClearField("applied")  # the origin does not need it
             metrics.PROPOSALS.labels("committed").inc()
         else:
             self.sequences.pop(prop.user_id, None)
