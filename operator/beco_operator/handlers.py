@@ -8,6 +8,7 @@ edited child is restored within one reconcile.
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import kopf
@@ -15,10 +16,12 @@ import kopf
 from beco_operator import clock, kube, names
 from beco_operator.manager import Manager
 from beco_operator.reconcile import Reconciler
+from beco_operator.spec import DEFAULT_IMAGE
 
 log = logging.getLogger("beco_operator")
 
 RESYNC_SECONDS = 60.0
+NODE_IMAGE = os.environ.get("BECO_OPERATOR_IMAGE") or DEFAULT_IMAGE
 
 
 class _State:
@@ -54,7 +57,7 @@ async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60
     k = kube.Kube(STATE.info or kube.login())
-    STATE.manager = Manager(k, Reconciler(k, clock.utcnow), resync=RESYNC_SECONDS)
+    STATE.manager = Manager(k, Reconciler(k, clock.utcnow, NODE_IMAGE), resync=RESYNC_SECONDS)
 
 
 @kopf.on.cleanup()

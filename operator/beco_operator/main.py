@@ -69,12 +69,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=float(os.environ.get("BECO_OPERATOR_RESYNC_SECONDS", "60")),
         help="re-check every network this often even without events (reads only)",
     )
+    p.add_argument(
+        "--node-image",
+        default=handlers.NODE_IMAGE,
+        help="image of the nodes when a network names none (default: $BECO_OPERATOR_IMAGE, "
+        "the operator's own image in the chart)",
+    )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
     handlers.RESYNC_SECONDS = args.resync_seconds
+    handlers.NODE_IMAGE = args.node_image
     stop = asyncio.Event()
     elector: LeaderElector | None = None
     lease_kube: kube.Kube | None = None

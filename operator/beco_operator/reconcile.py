@@ -35,7 +35,14 @@ from beco_operator import (
 from beco_operator.clock import Clock, stamp
 from beco_operator.kube import Kube, path
 from beco_operator.names import Obj
-from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec, SpecError, parse
+from beco_operator.spec import (
+    DEFAULT_IMAGE,
+    ExternalDatabase,
+    ManagedDatabase,
+    NetworkSpec,
+    SpecError,
+    parse,
+)
 
 log = logging.getLogger("beco_operator.reconcile")
 
@@ -84,9 +91,10 @@ def _unschedulable(pod: Mapping[str, Any]) -> bool:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, clock: Clock) -> None:
+    def __init__(self, kube: Kube, clock: Clock, default_image: str = DEFAULT_IMAGE) -> None:
         self.kube = kube
         self.clock = clock
+        self.default_image = default_image
 
     async def event(self, body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         meta = _meta(body)
@@ -143,7 +151,7 @@ class Reconciler:
         prev_status: Mapping[str, Any] = body.get("status") or {}
         now = self.clock()
         try:
-            spec = parse(body.get("spec") or {})
+            spec = parse(body.get("spec") or {}, self.default_image)
         except SpecError as exc:
             new = status.failed(generation, "InvalidSpec", str(exc), prev_status, now)
             if await self.write_status(body, new):

@@ -20,6 +20,17 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
 }
 
 
+DEFAULT_IMAGE = "ghcr.io/beco/beco:0.1.0"
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    """``repo[:tag]`` -> (repo, tag); a registry port is not a tag."""
+    repo, sep, tag = ref.rpartition(":")
+    if not sep or "/" in tag:
+        return ref, "latest"
+    return repo, tag
+
+
 class SpecError(ValueError):
     """A spec the operator cannot turn into a working network; the message says why."""
 
@@ -79,8 +90,11 @@ def _obj(value: Any, where: str) -> Mapping[str, Any]:
     return value
 
 
-def parse(raw: Mapping[str, Any]) -> NetworkSpec:
-    """Turn a BecoNetwork's ``spec`` into a :class:`NetworkSpec`, or say why it cannot work."""
+def parse(raw: Mapping[str, Any], default_image: str = DEFAULT_IMAGE) -> NetworkSpec:
+    """Turn a BecoNetwork's ``spec`` into a :class:`NetworkSpec`, or say why it cannot work.
+
+    ``default_image`` (the operator's own image) fills in an unset image repository or tag.
+    """
     zones_raw = raw.get("zones")
     if not isinstance(zones_raw, list) or not zones_raw:
         raise SpecError("spec.zones must list at least one zone")
@@ -132,8 +146,8 @@ def parse(raw: Mapping[str, Any]) -> NetworkSpec:
         per_zone=per_zone,
         quorum=quorum,
         quorum_requested=requested,
-        image=str(image.get("repository", "ghcr.io/beco/beco")),
-        image_tag=str(image.get("tag", "0.1.0")),
+        image=str(image.get("repository") or split_image(default_image)[0]),
+        image_tag=str(image.get("tag") or split_image(default_image)[1]),
         pull_policy=str(image.get("pullPolicy", "IfNotPresent")),
         pull_secrets=tuple(str(s) for s in image.get("pullSecrets") or ()),
         user_resources=user.get("resources") or DEFAULT_RESOURCES,

@@ -438,9 +438,11 @@ def test_zone_without_nodes_is_degraded_with_the_reason(
 
     def degraded() -> dict[str, Any] | None:
         st = get_network(cp, ns, "demo").get("status") or {}
-        return st if st.get("phase") == "Degraded" else None
+        ok = st.get("phase") == "Degraded" and st.get("readyByZone") == {"a": 1, "b": 1, "z": 0}
+        return st if ok else None
 
-    st = wait(degraded, 90, "phase Degraded")
+    # Degraded from the start (no node in z), and still once a and b are up.
+    st = wait(degraded, 90, "phase Degraded with zones a and b ready")
     ready = {c["type"]: c for c in st["conditions"]}["Ready"]
     assert ready["reason"] == "ZoneWithoutNodes", dump(ready)
     assert "zone(s) z" in ready["message"]

@@ -54,3 +54,11 @@ def test_specs_that_cannot_work_say_why(raw: dict[str, object], why: str) -> Non
 def test_external_database() -> None:
     s = parse({"zones": ["a"], "database": {"external": {"secretRef": {"name": "pg"}}}})
     assert s.database == ExternalDatabase("pg", "dsn")
+
+
+def test_image_defaults_to_the_operators_own_image() -> None:
+    s = parse({"zones": ["a"]}, "registry.local:5000/beco/beco:1.2.3")
+    assert (s.image, s.image_tag) == ("registry.local:5000/beco/beco", "1.2.3")
+    s = parse({"zones": ["a"], "image": {"tag": "9"}}, "registry.local:5000/beco/beco")
+    assert (s.image, s.image_tag) == ("registry.local:5000/beco/beco", "9")
+    assert parse({"zones": ["a"]}).image == "ghcr.io/beco/beco"
