@@ -20,6 +20,8 @@ CONNECTED_PEERS = Gauge("beco_connected_peers", "peers with a live record or cha
 TREE_SIZE = Gauge("beco_tree_size", "leaves in the Merkle log (sst) / last seen (others)")
 USERS = Gauge("beco_users", "users held in memory")
 MEMBERSHIP_GENERATION = Gauge("beco_membership_generation", "generation of the loaded membership")
+MEMBERSHIP_QUORUM = Gauge("beco_membership_quorum", "quorum of the loaded membership")
+MEMBERSHIP_USER_NODES = Gauge("beco_membership_user_nodes", "user nodes in the loaded membership")
 
 
 def serve(listen: str) -> int:

@@ -579,6 +579,27 @@ def _pod_monitor(network: str, namespace: str, spec: NetworkSpec, version: str) 
                     }
                 ],
             },
-            "podMetricsEndpoints": [{"port": "metrics", "interval": spec.monitoring_interval}],
+            "podMetricsEndpoints": [
+                {
+                    "port": "metrics",
+                    "interval": spec.monitoring_interval,
+                    # the target labels the chart's dashboards and alerts select on
+                    "relabelings": [
+                        {"sourceLabels": [_pod_label_meta(label)], "targetLabel": target}
+                        for label, target in (
+                            (names.NETWORK_LABEL, "network"),
+                            (names.ROLE_LABEL, "role"),
+                            (names.ZONE_LABEL, "zone"),
+                        )
+                    ],
+                }
+            ],
         },
     }
+
+
+def _pod_label_meta(label: str) -> str:
+    """Prometheus' discovery label for a pod label: every character outside [a-zA-Z0-9_] -> _."""
+    return "__meta_kubernetes_pod_label_" + "".join(
+        c if c.isascii() and (c.isalnum() or c == "_") else "_" for c in label
+    )

@@ -109,8 +109,21 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
         f'up{{job="beco", namespace="ns", network="n1", role="user", instance="u{i}"}}': v
         for i, v in enumerate(["1x20", "1x20", "0x20"])
     }
+    # n2: 4 user nodes, all up; its membership's quorum rises from 3 to 4 at minute 11
+    users |= {
+        f'up{{job="beco", namespace="ns", network="n2", role="user", instance="w{i}"}}': "1x30"
+        for i in range(4)
+    }
     series = [{"series": k, "values": v} for k, v in users.items()]
     series += [
+        {
+            "series": 'beco_membership_quorum{job="beco", namespace="ns", network="n1", role="validator", instance="v1"}',
+            "values": "2x20",
+        },
+        {
+            "series": 'beco_membership_quorum{job="beco", namespace="ns", network="n2", role="validator", instance="v2"}',
+            "values": "3x10 4x20",
+        },
         {
             "series": 'up{job="beco", namespace="ns", network="n1", role="sst", instance="s"}',
             "values": "1x20",
@@ -150,11 +163,21 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
                         "alertname": "BecoNodeDown",
                         "exp_alerts": [_expect("BecoNodeDown", labels_u2, "0")],
                     },
-                    # 3 user nodes, quorum 2, 2 up: no spare node left
+                    # n1: 3 user nodes, quorum 2, 2 up: no spare node left;
+                    # n2: 4 up, quorum 3: one spare, quiet
                     {
                         "eval_time": "5m",
                         "alertname": "BecoQuorumAtRisk",
                         "exp_alerts": [_expect("BecoQuorumAtRisk", net_labels, "0")],
+                    },
+                    # n2's quorum raised to 4 (above the default 3 for 4 nodes): no spare left
+                    {
+                        "eval_time": "15m",
+                        "alertname": "BecoQuorumAtRisk",
+                        "exp_alerts": [
+                            _expect("BecoQuorumAtRisk", net_labels, "0"),
+                            _expect("BecoQuorumAtRisk", {**net_labels, "network": "n2"}, "0"),
+                        ],
                     },
                     # a third of the proposals fail
                     {

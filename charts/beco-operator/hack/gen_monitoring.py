@@ -128,18 +128,14 @@ NETWORK_ROWS = [
                 "Quorum margin",
                 [
                     (
-                        "sum by (namespace, network) (up{"
-                        + SEL
-                        + ', role="user"}) - ceil((count by (namespace, network) (up{'
-                        + SEL
-                        + ', role="user"}) + floor((count by (namespace, network) (up{'
-                        + SEL
-                        + ', role="user"}) - 1) / 3) + 1) / 2)',
+                        f'sum by ({BY}) (up{{{SEL}, role="user"}}) - max by ({BY}) '
+                        f'(beco_membership_quorum{{{SEL}, role="validator"}})',
                         "{{network}}",
                     )
                 ],
                 kind="stat",
-                description="User nodes up beyond the default quorum (quorum: auto). 0: one more "
+                description="User nodes up beyond the quorum of the membership the validator "
+                "loaded (beco_membership_quorum). 0: one more "
                 "failure stops commits; negative: commits are impossible.",
             ),
         ],
@@ -337,7 +333,7 @@ ALERTS = [
         "2m",
         "critical",
         "BECO network {{ $labels.namespace }}/{{ $labels.network }}: one more user node down stops commits",
-        "Only {{ $value }} user nodes up beyond the quorum (default quorum assumed).",
+        "Only {{ $value }} user nodes up beyond the quorum of the loaded membership.",
     ),
     Alert(
         "BecoCommitsFailing",

@@ -38,6 +38,13 @@ CLIENT_MAX_RECEIVE = 64 * 1024 * 1024
 ERROR_CODES: dict[type[BaseException], str] = {}
 
 
+def _record_membership(ms: Membership) -> None:
+    """Export the loaded membership's generation, quorum and user-node count (load and reload)."""
+    metrics.MEMBERSHIP_GENERATION.set(ms.generation)
+    metrics.MEMBERSHIP_QUORUM.set(ms.quorum)
+    metrics.MEMBERSHIP_USER_NODES.set(len(ms.user_nodes))
+
+
 def rpc_handler(
     label: str,
 ) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
@@ -109,7 +116,7 @@ class Runtime:
         text = Path(self.settings.membership).read_text()
         ms = membership.loads(text)
         self._membership_text = text
-        metrics.MEMBERSHIP_GENERATION.set(ms.generation)
+        _record_membership(ms)
         return ms
 
     async def watch_membership(self) -> None:
@@ -131,7 +138,7 @@ class Runtime:
                 continue
             self._membership_text = text
             self.membership = ms
-            metrics.MEMBERSHIP_GENERATION.set(ms.generation)
+            _record_membership(ms)
             log.info(
                 "membership reloaded",
                 extra={"fields": {"generation": ms.generation, "members": len(ms.members)}},

@@ -331,6 +331,9 @@ async def test_metrics_health_and_reflection(network: LocalNetwork) -> None:
         ).read()
     )
     assert 'beco_proposals_total{outcome="committed"}' in vbody.decode()
+    ms = loads(network.membership_path.read_text())
+    assert await _metric(vnode.metrics_port, "beco_membership_quorum") == ms.quorum
+    assert await _metric(vnode.metrics_port, "beco_membership_user_nodes") == len(ms.user_nodes)
     async with grpc.aio.insecure_channel(node.address) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
         call = stub.ServerReflectionInfo(
@@ -418,6 +421,8 @@ async def test_membership_reload_without_restart(network: LocalNetwork) -> None:
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the validator never reloaded the membership")
+        assert await _metric(vport, "beco_membership_quorum") == 2
+        assert await _metric(vport, "beco_membership_user_nodes") == len(ms.user_nodes) - 1
         sport = network.nodes["sst"].metrics_port
         for _ in range(100):
             if await _metric(sport, "beco_membership_generation") == ms.generation + 1:

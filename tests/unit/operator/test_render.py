@@ -109,6 +109,25 @@ def test_switches() -> None:
     assert not [o for o in without_crd if o["kind"] == "PodMonitor"]
 
 
+def test_pod_monitor_sets_the_dashboards_target_labels() -> None:
+    pm = _by(_render())[("PodMonitor", "demo")]
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["relabelings"] == [
+        {
+            "sourceLabels": ["__meta_kubernetes_pod_label_beco_dev_network"],
+            "targetLabel": "network",
+        },
+        {"sourceLabels": ["__meta_kubernetes_pod_label_beco_dev_role"], "targetLabel": "role"},
+        {"sourceLabels": ["__meta_kubernetes_pod_label_beco_dev_zone"], "targetLabel": "zone"},
+    ]
+    # the pods carry the labels the relabelings read, with the values the dashboards use
+    user = _by(_render())[("StatefulSet", "demo-user-a")]["spec"]["template"]["metadata"]
+    assert user["labels"][names.NETWORK_LABEL] == "demo"
+    assert user["labels"][names.ROLE_LABEL] == "user"
+    assert user["labels"][names.ZONE_LABEL] == "a"
+
+
 def test_postgres_reclaim_policy() -> None:
     objs = _by(_render(database={"managed": {"reclaimPolicy": "Delete", "storage": "2Gi"}}))
     sts = objs[("StatefulSet", "demo-postgres")]
