@@ -310,6 +310,9 @@ async def test_sst_and_postgres_restart_keep_acknowledged_changes(network: Local
 async def test_metrics_health_and_reflection(network: LocalNetwork) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+    # Commit one change of our own, so the checks below don't rely on earlier tests.
+    async with Person().client(network, 0) as c:
+        await c.create_user("Metrics", [], "Probe")
     node = network.nodes["user-a-0"]
     body = await asyncio.to_thread(
         lambda: urllib.request.urlopen(
