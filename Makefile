@@ -11,7 +11,7 @@ VENV := $(CURDIR)/.venv
 PY := $(VENV)/bin/python
 export PATH := $(VENV)/bin:$(PATH)
 
-.PHONY: help venv lint fmt typecheck test test-unit run bench clean
+.PHONY: help venv system-packages lint fmt typecheck test test-unit run bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -30,6 +30,9 @@ $(VENV)/.ok: $(WHEELS)/.ok pyproject.toml
 
 venv: $(VENV)/.ok  ## the project's virtualenv (.venv), from cached wheels
 
+system-packages:  ## Debian packages the tests need (.ci/packages.d/*.txt), installed when missing
+	@bash -c '. .ci/system-packages.sh && ensure_system_packages'
+
 fmt: venv  ## format the code
 	$(PY) -m ruff format node operator tests e2e benchmarks
 	$(PY) -m ruff check --fix node operator tests e2e benchmarks
@@ -46,7 +49,7 @@ test-unit: venv  ## fast tests only (no processes, no control plane)
 include $(wildcard mk/*.mk)
 
 # Every area appends its checks to TEST_DEPS in its mk/*.mk.
-test: venv lint $(TEST_DEPS)  ## everything CI checks
+test: venv system-packages lint $(TEST_DEPS)  ## everything CI checks
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 bench: venv $(BENCH_DEPS)  ## run the benchmarks; results go to docs/benchmarks.md

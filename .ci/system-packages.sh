@@ -11,6 +11,10 @@ ensure_system_packages() {
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+      echo "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" >&2
+      return 1
+    fi
     echo "installing: ${missing[*]}"
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
