@@ -96,8 +96,24 @@ def verify_signature(method: str, request: Message) -> str:
         method, auth.public_key, auth.timestamp_ms, auth.nonce, body_digest(request)
     )
     if not keys.verify(auth.public_key, auth.signature, msg):
-        raise Unauthenticated("bad request signature")
+        raise Unauthenticated("bad request signature (or an unusable, small-order public key)")
     return keys.peer_id(auth.public_key)
+
+
+def check_sequenced_in_time(request: Message, validator_ts_ms: int, skew_ms: int) -> None:
+    """Refuse a request the validator sequenced long after the client signed it.
+
+    The origin checks a request's timestamp against its own clock, but a signed request
+    that was never committed could otherwise be handed to the validator much later (by a
+    faulty node) and undo what its author did since. Voters and the SST call this on the
+    proposal, so a stale request cannot gather an honest quorum.
+    """
+    ts = request.auth.timestamp_ms  # type: ignore[attr-defined]
+    if abs(validator_ts_ms - ts) > skew_ms:
+        raise Unauthenticated(
+            f"request signed {abs(validator_ts_ms - ts)} ms away from when it was sequenced "
+            f"(allowed {skew_ms} ms)"
+        )
 
 
 class ReplayCache:

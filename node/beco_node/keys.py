@@ -69,6 +69,57 @@ def public_key_from_b64(text: str) -> bytes:
     return raw
 
 
+# Ed25519 curve: -x^2 + y^2 = 1 + d x^2 y^2 over GF(P).
+_P = 2**255 - 19
+_D = (-121665 * pow(121666, _P - 2, _P)) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _decode_point(raw: bytes) -> tuple[int, int] | None:
+    """RFC 8032 section 5.1.3 decoding; None for a non-canonical or off-curve encoding."""
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    sign = raw[31] >> 7
+    if y >= _P:
+        return None
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = (u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P)) % _P
+    if (v * x * x - u) % _P != 0:
+        x = (x * _SQRT_M1) % _P
+        if (v * x * x - u) % _P != 0:
+            return None
+    if x == 0 and sign:
+        return None
+    if x & 1 != sign:
+        x = _P - x
+    return x, y
+
+
+def _double(pt: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Projective doubling on the a = -1 twisted Edwards curve (no field inversion)."""
+    x, y, z = pt
+    a, b, c = x * x % _P, y * y % _P, 2 * z * z % _P
+    e = ((x + y) * (x + y) - a - b) % _P
+    g = (b - a) % _P
+    f = (g - c) % _P
+    h = (-a - b) % _P
+    return e * f % _P, g * h % _P, f * g % _P
+
+
+def is_weak_public_key(raw: bytes) -> bool:
+    """Whether ``raw`` is unusable as an identity: not a canonical curve point, or a point
+    of small order. With such a key, signatures that nobody made verify (an all-zero key
+    accepts about one random signature in four), so no user may own one."""
+    if len(raw) != PUBLIC_KEY_SIZE:
+        return True
+    pt = _decode_point(raw)
+    if pt is None:
+        return True
+    q = (pt[0], pt[1], 1)
+    for _ in range(3):  # [8]P is the identity exactly for the small-order points
+        q = _double(q)
+    return q[0] == 0 and q[1] == q[2]
+
+
 def peer_id(public_key: bytes) -> str:
     """A peer's ID: hex of the first 16 bytes of SHA-256 over its raw public key."""
     if len(public_key) != PUBLIC_KEY_SIZE:
@@ -76,9 +127,26 @@ def peer_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).digest()[:16].hex()
 
 
+_WEAK_CACHE: set[bytes] = set()
+_STRONG_CACHE: set[bytes] = set()
+_CACHE_LIMIT = 200_000
+
+
+def _remember(public_key: bytes) -> bool:
+    """Classify a key once (the point arithmetic costs ~50 µs); True if it is weak."""
+    weak = is_weak_public_key(public_key)
+    cache = _WEAK_CACHE if weak else _STRONG_CACHE
+    if len(cache) >= _CACHE_LIMIT:
+        cache.clear()
+    cache.add(public_key)
+    return weak
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     """Whether ``signature`` is ``public_key``'s Ed25519 signature over ``message``."""
     if len(signature) != SIGNATURE_SIZE or len(public_key) != PUBLIC_KEY_SIZE:
+        return False
+    if public_key in _WEAK_CACHE or (public_key not in _STRONG_CACHE and _remember(public_key)):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)

@@ -118,6 +118,7 @@ class SstService(ppb_grpc.SstServicer):
         voters = peer.verify_quorum_certificate(qc, ms, cur_seq + 1)
         req = model.parse_mutation(prop.method, prop.request)
         caller = auth.verify_signature(prop.method, req)
+        auth.check_sequenced_in_time(req, qc.header.validator_ts_ms, rt.settings.skew_ms)
         if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
             raise InvalidArgument("proposal id does not match the request")
         if model.target_user(prop.method, req, caller) != prop.user_id:

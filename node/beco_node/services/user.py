@@ -31,7 +31,7 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 
 from beco_node import auth, limits, metrics, model, peer
 from beco_node.auth import Authenticator
-from beco_node.errors import BecoError, InvalidArgument, NotFound, Unavailable
+from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.user")
@@ -327,6 +327,11 @@ class VoterService(ppb_grpc.UserNodeServicer):
                 raise InvalidArgument("proposal id does not match the request")
             if model.target_user(prop.method, req, caller) != prop.user_id:
                 raise InvalidArgument("proposal user does not match the request")
+            # An honest quorum only votes for requests sequenced now, signed just before.
+            skew = rt.settings.skew_ms
+            if abs(rt.now_ms() - header.validator_ts_ms) > skew:
+                raise Unauthenticated("the validator's timestamp is off this node's clock")
+            auth.check_sequenced_in_time(req, header.validator_ts_ms, skew)
             want = header.sequence - 1
             if self.node.store.sequence(prop.user_id) < want and vreq.HasField("previous"):
                 self._apply_notice(vreq.previous, prop.user_id)

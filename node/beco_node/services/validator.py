@@ -30,6 +30,7 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 
 from beco_node import metrics, peer
 from beco_node.auth import ReplayCache
+from beco_node.errors import BecoError
 from beco_node.quorum import can_still_reach
 from beco_node.services.runtime import Runtime, rpc_handler
 
@@ -99,10 +100,9 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             current = await self._current_sequence(prop.user_id)
         except grpc.aio.AioRpcError as exc:
             metrics.PROPOSALS.labels("failed").inc()
+            log.warning("SST unreachable: %s %s", exc.code().name, exc.details())
             return ppb.Outcome(
-                status=ppb.OUTCOME_FAILED,
-                code="UNAVAILABLE",
-                reason=f"SST unreachable: {exc.details()}",
+                status=ppb.OUTCOME_FAILED, code="UNAVAILABLE", reason="the SST is unreachable"
             )
         header = ppb.ProposalHeader(
             proposal=prop, sequence=current + 1, validator_ts_ms=rt.now_ms(), validator=rt.peer_id
@@ -122,10 +122,15 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             try:
                 stub = ppb_grpc.UserNodeStub(rt.peer_channel(member))
                 vote = await stub.Vote(env, timeout=timeout)
-                # Cheap checks only: the SST verifies every vote signature of the
-                # certificate, so verifying here too would double the Ed25519 work.
                 if not peer.vote_is_from(vote, member, digest):
                     return f"{member.name}: vote does not match the proposal or the voter"
+                # Checked here although the SST checks again: one bad signature in the
+                # certificate would make the SST refuse it, so a single faulty voter that
+                # answers fast could otherwise fail every commit.
+                try:
+                    peer.verify_vote(vote, ms, digest)
+                except BecoError as exc:
+                    return f"{member.name}: {exc.message}"
                 return vote
             except grpc.aio.AioRpcError as exc:
                 return f"{member.name}: {exc.code().name} {exc.details()}"
@@ -161,6 +166,8 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             if not t.done():
                 rt.spawn(t)
         if len(valid) < quorum:
+            # Voters may know a newer sequence than the cached one: re-read it next time.
+            self.sequences.pop(prop.user_id, None)
             metrics.PROPOSALS.labels("failed").inc()
             code = "UNAVAILABLE"
             if invalid:
@@ -195,12 +202,16 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         except grpc.aio.AioRpcError as exc:
             self.sequences.pop(prop.user_id, None)  # unknown whether it committed: re-read
             metrics.PROPOSALS.labels("failed").inc()
+            log.warning("SST commit failed: %s %s", exc.code().name, exc.details())
             return ppb.Outcome(
                 status=ppb.OUTCOME_FAILED,
                 code="UNAVAILABLE",
-                reason=f"SST commit failed: {exc.code().name} {exc.details()}",
+                reason=f"the SST did not commit ({exc.code().name})",
                 valid_votes=len(valid),
             )
+        except BaseException:
+            self.sequences.pop(prop.user_id, None)  # cancelled mid-commit: re-read
+            raise
         if outcome.status == ppb.OUTCOME_COMMITTED:
             self.sequences[prop.user_id] = outcome.commit.sequence
             self.notices[prop.user_id] = outcome.applied
