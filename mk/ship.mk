@@ -19,7 +19,7 @@ comma := ,
 base-image:  ## local Debian base image for `make image` (debootstrap, cached in podman)
 	@if podman image exists $(BASE_LOCAL); then echo "$(BASE_LOCAL) present"; else \
 	  set -e; dir=$$(mktemp -d /var/tmp/beco-base.XXXXXX); trap 'rm -rf $$dir' EXIT; \
-	  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm $$dir http://deb.debian.org/debian; \
+	  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm $$dir; \
 	  chroot $$dir apt-get clean; rm -rf $$dir/var/lib/apt/lists/*; \
 	  tar -C $$dir -c . | podman import - $(BASE_LOCAL); fi
 
