@@ -31,7 +31,7 @@ from beco.v1 import identity_pb2_grpc as pb_grpc
 from beco_node import auth, keys
 from beco_node.client import Client
 from beco_node.clock import now_ms
-from beco_node.local.network import LocalNetwork
+from beco_node.local.network import LocalNetwork, free_base_port
 
 ROOT = Path(__file__).resolve().parent.parent
 GET = "/beco.v1.Identity/GetUser"
@@ -41,13 +41,6 @@ SET_FIRST = "/beco.v1.Identity/UpdateFirstName"
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def free_base() -> int:
-    sys.path.insert(0, str(ROOT))
-    from tests.integration.network.conftest import free_base_port
-
-    return free_base_port()
 
 
 # ---------------------------------------------------------------- load workers
@@ -211,7 +204,7 @@ async def bench_memory(state: Path, n_users: int) -> dict[str, float]:
     from beco_node.services.sst import SstStore  # the real store
     from beco_node.sst.records import CommitEntry
 
-    net = LocalNetwork(state, base_port=free_base())
+    net = LocalNetwork(state, base_port=free_base_port())
     ms = net.prepare()
     await net.start_postgres()
     sst_key = keys.private_key_from_pem(net.nodes["sst"].key_file.read_bytes())
@@ -285,7 +278,9 @@ async def main_async(ns: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
         if ns.reads or ns.commits:
             net = LocalNetwork(
-                Path(tmp) / "net", base_port=free_base(), extra_env={"BECO_LOG_LEVEL": "WARNING"}
+                Path(tmp) / "net",
+                base_port=free_base_port(),
+                extra_env={"BECO_LOG_LEVEL": "WARNING"},
             )
             await net.up()
             try:

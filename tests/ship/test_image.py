@@ -21,7 +21,6 @@ import pytest
 
 from .conftest import need
 from .prom import metrics_text
-from .test_monitoring import _free_base_port
 
 pytestmark = pytest.mark.image
 LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
@@ -70,9 +69,9 @@ def test_image_is_slim_non_root_and_has_both_entrypoints(image: str) -> None:
 async def test_network_of_containers_commits_an_update(image: str, tmp_path: Path) -> None:
     from beco_node import keys
     from beco_node.client import Client
-    from beco_node.local.network import LocalNetwork
+    from beco_node.local.network import LocalNetwork, free_base_port
 
-    net = LocalNetwork(tmp_path / "net", base_port=_free_base_port())
+    net = LocalNetwork(tmp_path / "net", base_port=free_base_port())
     ms = net.prepare()
     dsn = await net.start_postgres()
     # the containers' user (10001) reads the keys (mode 0600), as in a pod with fsGroup

@@ -12,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import json
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -212,26 +210,6 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def _free_base_port() -> int:
-    """A base port with every port beco-local derives from it free."""
-    for _ in range(50):
-        base = random.randrange(20000, 40000)
-        ports = [base + d for d in (*range(10), *range(200, 203), *range(300, 310))]
-        try:
-            socks = []
-            for p in ports:
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", p))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError("no free port range")
-
-
 async def _load(endpoints: list[str], seconds: float) -> tuple[int, list[str]]:
     """Creates, updates and reads on every user node; returns (committed, errors).
 
@@ -278,9 +256,9 @@ async def _load(endpoints: list[str], seconds: float) -> tuple[int, list[str]]:
 @pytest.mark.postgres
 @pytest.mark.timeout(240)
 async def test_live_network_every_query_returns_data(promtool: str, tmp_path: Path) -> None:
-    from beco_node.local.network import LocalNetwork
+    from beco_node.local.network import LocalNetwork, free_base_port
 
-    net = LocalNetwork(tmp_path / "net", base_port=_free_base_port())
+    net = LocalNetwork(tmp_path / "net", base_port=free_base_port())
     ms = net.prepare()
     try:
         try:

@@ -21,7 +21,9 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +35,38 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from beco_node import keys, membership
 from beco_node.quorum import default_quorum
+
+USER_PORT_OFFSET = 0
+SINGLETON_PORT_OFFSET = 200  # rendezvous, validator, sst
+METRICS_PORT_OFFSET = 300
+
+
+def ports_of(base_port: int, n_users: int) -> list[int]:
+    """Every port a network with ``n_users`` user nodes derives from ``base_port``."""
+    n_members = n_users + 3
+    return [
+        *range(base_port + USER_PORT_OFFSET, base_port + USER_PORT_OFFSET + n_users),
+        *range(base_port + SINGLETON_PORT_OFFSET, base_port + SINGLETON_PORT_OFFSET + 3),
+        *range(base_port + METRICS_PORT_OFFSET, base_port + METRICS_PORT_OFFSET + n_members),
+    ]
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_base_port(n_users: int = 3, tries: int = 200) -> int:
+    """A random base port whose whole derived range is free now (tests, benchmarks)."""
+    for _ in range(tries):
+        base = random.randrange(20_000, 40_000)
+        if all(_free(p) for p in ports_of(base, n_users)):
+            return base
+    raise RuntimeError("no free port range on 127.0.0.1")
 
 
 @dataclass
@@ -70,15 +104,16 @@ class LocalNetwork:
             ms = membership.loads(self.membership_path.read_text())
         else:
             plan: list[tuple[str, str, str, int]] = []
-            port = self.base_port
+            port = self.base_port + USER_PORT_OFFSET
             for zone in self.zones:
                 for i in range(self.nodes_per_zone):
                     plan.append((f"user-{zone}-{i}", "user", zone, port))
                     port += 1
             z0 = self.zones[0]
-            plan.append(("rendezvous", "rendezvous", z0, self.base_port + 200))
-            plan.append(("validator", "validator", z0, self.base_port + 201))
-            plan.append(("sst", "sst", z0, self.base_port + 202))
+            single = self.base_port + SINGLETON_PORT_OFFSET
+            plan.append(("rendezvous", "rendezvous", z0, single))
+            plan.append(("validator", "validator", z0, single + 1))
+            plan.append(("sst", "sst", z0, single + 2))
             members = []
             for name, role, zone, p in plan:
                 kf = self.state_dir / "keys" / f"{name}.key"
@@ -98,7 +133,7 @@ class LocalNetwork:
                 m.name,
                 m.role,
                 m.address,
-                self.base_port + 300 + i,
+                self.base_port + METRICS_PORT_OFFSET + i,
                 self.state_dir / "keys" / f"{m.name}.key",
             )
         return ms

@@ -4,9 +4,7 @@ and three user nodes (zones a, b, c; quorum 2) as separate processes on loopback
 from __future__ import annotations
 
 import asyncio
-import random
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,26 +12,7 @@ from pathlib import Path
 import pytest
 from beco_node import keys
 from beco_node.client import Client
-from beco_node.local.network import LocalNetwork
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_base_port() -> int:
-    for _ in range(200):
-        base = random.randrange(20_000, 40_000)
-        ports = [base + i for i in range(3)] + [base + 200 + i for i in range(3)]
-        ports += [base + 300 + i for i in range(6)]
-        if all(_free(p) for p in ports):
-            return base
-    raise RuntimeError("no free port range")
+from beco_node.local.network import LocalNetwork, free_base_port
 
 
 @pytest.fixture(scope="module")

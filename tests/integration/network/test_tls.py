@@ -16,12 +16,11 @@ from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 from beco_node import keys, membership, peer
 from beco_node.clock import now_ms
+from beco_node.local.network import free_base_port
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-
-from .conftest import free_base_port
 
 
 def _cert(
