@@ -236,16 +236,20 @@ class SstService(ppb_grpc.SstServicer):
         self._query(request)
         return tree_head_pb(self.store.tree_head(), self.rt.public_key)
 
+    def _size_or_latest(self, size: int, head: pb.TreeHead) -> int:
+        """0 asks for the latest tree: fill in its signed head, so the proof comes with the
+        root it verifies against."""
+        if size:
+            return size
+        sth = self.store.tree_head()
+        head.CopyFrom(tree_head_pb(sth, self.rt.public_key))
+        return sth.tree_size
+
     @rpc_handler("sst.InclusionProof")
     async def InclusionProof(self, request: ppb.PeerEnvelope, context: Ctx) -> pb.InclusionProof:
         q = self._query(request)
         out = pb.InclusionProof(leaf_index=q.leaf_index)
-        size = q.tree_size
-        if size == 0:
-            sth = self.store.tree_head()
-            size = sth.tree_size
-            out.tree_head.CopyFrom(tree_head_pb(sth, self.rt.public_key))
-        out.tree_size = size
+        size = out.tree_size = self._size_or_latest(q.tree_size, out.tree_head)
         try:
             out.hashes.extend(self.store.inclusion_proof(q.leaf_index, size))
         except ValueError as exc:
@@ -258,12 +262,7 @@ class SstService(ppb_grpc.SstServicer):
     ) -> pb.ConsistencyProof:
         q = self._query(request)
         out = pb.ConsistencyProof(old_size=q.old_size)
-        size = q.new_size
-        if size == 0:
-            sth = self.store.tree_head()
-            size = sth.tree_size
-            out.tree_head.CopyFrom(tree_head_pb(sth, self.rt.public_key))
-        out.new_size = size
+        size = out.new_size = self._size_or_latest(q.new_size, out.tree_head)
         try:
             out.hashes.extend(self.store.consistency_proof(q.old_size, size))
         except ValueError as exc:
