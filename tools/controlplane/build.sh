@@ -20,7 +20,7 @@ case "$cache" in /*) ;; *) cache="$PWD/$cache" ;; esac
 key="$K8S_VERSION-$ETCD_VERSION-$KWOK_VERSION-$HELM_VERSION"
 prefix="$cache/controlplane/$key"
 bin="$prefix/bin"
-parts=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+parts=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy kwok helm)
 
 complete() {
   [ -f "$prefix/.ok" ] || return 1
@@ -94,7 +94,8 @@ k8s_ld+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/v
 k8s_ld+=" -X k8s.io/component-base/version.gitTreeState=clean"
 build kubernetes k8s "$k8s_ld" \
   k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl
+  k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl \
+  k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy
 
 build kwok kwok "" sigs.k8s.io/kwok/cmd/kwok
 build helm helm "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm

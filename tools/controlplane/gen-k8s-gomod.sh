@@ -11,7 +11,8 @@ export GOMODCACHE="$cache/go/mod" GOCACHE="$cache/go/build" GOWORK=off GOTOOLCHA
 staging_version="v0.${K8S_VERSION#v1.}"
 mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
 {
-  echo '// Build module for kube-apiserver, kube-controller-manager, kube-scheduler and kubectl.'
+  echo '// Build module for kube-apiserver, kube-controller-manager, kube-scheduler, kubectl,'
+  echo '// kubelet and kube-proxy.'
   echo '// k8s.io/kubernetes maps its staging modules to ./staging/src (ignored in a dependency),'
   echo "// so each one is replaced here by its published $staging_version twin. Regenerate with ../gen-k8s-gomod.sh."
   echo 'module beco.local/tools/controlplane/k8s'
@@ -19,7 +20,7 @@ mod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoM
   echo 'go 1.26.0'
   echo
   echo 'tool ('
-  for t in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+  for t in kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy; do
     printf '\tk8s.io/kubernetes/cmd/%s\n' "$t"
   done
   echo ')'
