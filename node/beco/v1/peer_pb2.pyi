@@ -478,7 +478,7 @@ class SstQuery(_message.Message):
     old_size: _builtins.int
     new_size: _builtins.int
     proposal_id: _builtins.str
-    """GetOutcome"""
+    """GetOutcome (6, 7: History paging on another branch)"""
     def __init__(
         self,
         *,
