@@ -114,6 +114,7 @@ class UserNode:
         self.synced_size = 0
         self.synced_at = -math.inf
         self.known_head = 0  # the largest SST tree size heard of
+        self._sync: asyncio.Task[None] | None = None  # one catch-up loop, however often loaded
         metrics.SYNC_AGE.set_function(lambda: min(self.rt.monotonic() - self.synced_at, 1e9))
 
     def sst_stub(self) -> ppb_grpc.SstAsyncStub:
@@ -185,8 +186,8 @@ class UserNode:
                 log.info("waiting for the SST: %s", exc.code().name)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.sync_interval_s is not None:
-            self.rt.start(self.sync_loop(self.sync_interval_s))
+        if self.sync_interval_s is not None and (self._sync is None or self._sync.done()):
+            self._sync = self.rt.start(self.sync_loop(self.sync_interval_s))
 
     def _synced(self, size: int, head: int, started: float) -> None:
         self.synced_size = size

@@ -283,3 +283,27 @@ async def test_a_restarted_node_loads_then_catches_up(net: Net) -> None:
         # the new process was not served: it got no notice; the catch-up brings it
         await fresh.catch_up()
         assert fresh.store.sequence(a.user_id) == 2
+
+
+async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a, net.client(alice, "user-b") as b:
+        await a.create_user("Alice")
+        hold = asyncio.Event()
+        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", hold=hold))
+        req = signed(
+            alice, "UpdateLastName", pb.UpdateLastNameRequest(user_id=a.user_id, last_name="J")
+        )
+        first = asyncio.create_task(a.stub.UpdateLastName(req))
+        for _ in range(100):  # until the validator holds it at the SST
+            if any(m.endswith("/Commit") for _, m in net.net.calls[-3:]):
+                break
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(b.stub.UpdateLastName(req))
+        await asyncio.sleep(0.1)
+        hold.set()
+        r1, r2 = await asyncio.gather(first, second)
+        assert r1.commit.leaf_index == r2.commit.leaf_index
+        commits = [m for _, m in net.net.calls if m.endswith("/Commit")]
+        assert len(commits) == 2  # the creation, and this request once
+        assert net.store.tree_head().tree_size == 2
