@@ -155,7 +155,9 @@ class UserNode:
         if st is None or not self.fresh():
             try:
                 st = await self.fetch(uid)
-            except Unavailable as exc:
+            except BecoError as exc:
+                if exc.code not in tally.INDETERMINATE_CODES:
+                    raise
                 raise Unavailable(
                     f"this node may be behind (last caught up with the SST "
                     f"{self.rt.monotonic() - self.synced_at:.0f} s ago) and {exc.message}"
@@ -388,6 +390,8 @@ class IdentityService(pb_grpc.IdentityServicer):
     async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:
         caller = self._auth(M + "ListUsers", request)
         size = limits.page_size(request.page_size)
+        if not self.node.fresh():  # within the staleness bound, or from the SST, or not at all
+            await self.node.catch_up()
         store = self.node.store
         ids = set(store.grants.get(caller, ()))
         if caller in store.users:

@@ -307,3 +307,25 @@ async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
         commits = [m for _, m in net.net.calls if m.endswith("/Commit")]
         assert len(commits) == 2  # the creation, and this request once
         assert net.store.tree_head().tree_size == 2
+
+
+async def test_list_users_past_the_bound_catches_up_first(net: Net) -> None:
+    alice, bob = keys.generate_private_key(), keys.generate_private_key()
+    bob_id = keys.peer_id(keys.public_key_bytes(bob))
+    async with net.client(alice) as a, net.client(bob, "user-c") as b:
+        await b.create_user("Bob")
+        await a.create_user("Alice")
+        await net.settle()
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        await a.grant(a.user_id, "last", bob_id, "viewer")
+        await net.settle()
+        assert [u.user_id for u in (await b.list_users()).users] == [bob_id]  # within the bound
+        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        listed = {u.user_id for u in (await b.list_users()).users}
+        assert listed == {bob_id, a.user_id}
+        # and with the SST gone, a node past the bound answers UNAVAILABLE, never stale data
+        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        net.net.faults.append(Fault(address=ADDR["sst"], drop="request"))
+        details = await expect(grpc.StatusCode.UNAVAILABLE, b.get_user(a.user_id))
+        assert "behind" in details
