@@ -38,6 +38,7 @@ from beco_node.services.runtime import Runtime, rpc_handler
 log = logging.getLogger("beco.validator")
 MAX_NOTICES = 10_000
 COMMIT_TIMEOUT_S = 10
+COMMIT_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 RECORD_TIMEOUT_S = 5
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -247,11 +248,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             return out
         qc = ppb.QuorumCertificate(header=header, votes=valid)
         try:
-            outcome: ppb.Outcome = await self._sst().Commit(
-                peer.seal("commit", qc, rt.key, rt.peer_id, rt.now_ms()),
-                timeout=COMMIT_TIMEOUT_S,
-                wait_for_ready=True,
-            )
+            outcome = await self._commit(peer.seal("commit", qc, rt.key, rt.peer_id, rt.now_ms()))
         except grpc.aio.AioRpcError as exc:
             log.warning("SST commit failed: %s %s", exc.code().name, exc.details())
             code = exc.code().name
@@ -272,6 +269,23 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         outcome.valid_votes = count.valid
         outcome.invalid_votes = count.invalid
         return outcome
+
+    async def _commit(self, env: ppb.PeerEnvelope) -> ppb.Outcome:
+        """Send the certificate to the SST; UNAVAILABLE (e.g. PostgreSQL restarting) is
+        retried a few times: committing a proposal id is idempotent."""
+        for attempt in range(len(COMMIT_RETRY_PAUSES_S) + 1):
+            try:
+                outcome: ppb.Outcome = await self._sst().Commit(
+                    env, timeout=COMMIT_TIMEOUT_S, wait_for_ready=True
+                )
+                return outcome
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == len(
+                    COMMIT_RETRY_PAUSES_S
+                ):
+                    raise
+            await asyncio.sleep(COMMIT_RETRY_PAUSES_S[attempt])
+        raise AssertionError("unreachable")
 
 
 def _name(ms: Any, pid: str) -> str:

@@ -329,3 +329,18 @@ async def test_list_users_past_the_bound_catches_up_first(net: Net) -> None:
         net.net.faults.append(Fault(address=ADDR["sst"], drop="request"))
         details = await expect(grpc.StatusCode.UNAVAILABLE, b.get_user(a.user_id))
         assert "behind" in details
+
+
+async def test_the_validator_retries_a_commit_the_sst_could_not_take(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validator_mod, "COMMIT_RETRY_PAUSES_S", (0.01, 0.01, 0.01))
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")
+        # the certificate is lost twice on the way, then the answer once: still one commit
+        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="request", times=2))
+        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="reply", times=1))
+        r = await a.set_first(a.user_id, "Once")
+        assert r.commit.sequence == 2 and a.resends == 0
+        assert net.store.tree_head().tree_size == 2
