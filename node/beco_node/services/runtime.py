@@ -104,6 +104,22 @@ def rpc_handler(
     return deco
 
 
+def _bind(
+    server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | None, flag: str
+) -> int:
+    """Add a port; a failure is an OSError that names the address (gRPC raises RuntimeError)."""
+    try:
+        if creds is not None:
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {listen} ({flag}): {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} ({flag})")
+    return port
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -336,9 +352,7 @@ class Runtime:
             return None
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._add_health(server)
-        port = server.add_insecure_port(listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen} (--health-listen)")
+        port = _bind(server, listen, None, "--health-listen")
         await server.start()
         self._health_server = server
         log.info("health probes (plaintext)", extra={"fields": {"health_listen": listen}})
@@ -351,12 +365,7 @@ class Runtime:
         reflection.enable_server_reflection(names, server)
         listen = self.settings.listen or self.me.address
         creds = self._server_credentials()
-        if creds is not None:
-            port = server.add_secure_port(listen, creds)
-        else:
-            port = server.add_insecure_port(listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen}")
+        _bind(server, listen, creds, "--listen")
         await self.publish_health()  # NOT_SERVING until every condition is met
         await self.health.set(LIVENESS, SERVING)
         await server.start()
