@@ -69,9 +69,8 @@ async def run(s: settings.Settings) -> None:
 
         node = UserNode(rt)
         identity = identity_pb2.DESCRIPTOR.services_by_name["Identity"]
-        pb_grpc.add_IdentityServicer_to_server(
-            rt.gated(identity, lambda: IdentityService(node)), server
-        )
+        identity_service = IdentityService(node)
+        pb_grpc.add_IdentityServicer_to_server(rt.gated(identity, lambda: identity_service), server)
         ppb_grpc.add_UserNodeServicer_to_server(VoterService(node), server)
         services.append(identity.full_name)
         services.append(peer_services["UserNode"].full_name)
@@ -80,12 +79,13 @@ async def run(s: settings.Settings) -> None:
         """The role's own start-up work, after the server answers (NOT_SERVING) probes."""
         if s.role == "sst":
             from beco_node.services.sst import SstService
-            from beco_node.services.startup import open_store
+            from beco_node.services.startup import open_store, watch_database
 
             store = await open_store(rt)
             closers.append(store.close)
             sst_service.append(SstService(rt, store))
-        elif s.role == "user":
+            await watch_database(rt, store)
+        elif s.role == "user" and rt.is_member:  # else: once added (UserNode)
             node.start_loading()
 
     port = metrics.serve(s.metrics_listen)

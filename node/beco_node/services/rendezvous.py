@@ -86,6 +86,9 @@ async def register_loop(rt: Runtime) -> None:
     warned = False
     while True:
         ttl = rt.settings.peer_ttl_ms
+        if not rt.is_member:  # the rendezvous would refuse us; wait to be added
+            await asyncio.sleep(rt.settings.membership_poll_ms / 1000)
+            continue
         try:
             rdv = rt.membership.one("rendezvous")
             stub = ppb_grpc.RendezvousStub(rt.peer_channel(rdv))

@@ -128,21 +128,34 @@ class Runtime:
         self.peer_id = keys.peer_id(self.public_key)
         self._membership_text = ""
         self.membership = self._load_membership()
+        # readiness condition -> why this node cannot serve yet (empty: ready)
+        self._not_ready: dict[str, str] = {"started": "this node is starting"}
         me = self.membership.by_peer_id(self.peer_id)
-        if me is None:
-            raise membership.MembershipError(
-                f"this node's key (peer {self.peer_id}) is not in the membership"
-            )
-        if me.role != settings.role:
+        if me is not None and me.role != settings.role:
             raise membership.MembershipError(
                 f"the membership says this node is a {me.role}, not a {settings.role}"
             )
-        self.me: Member = me
-        if is_wildcard(self.advertise):
-            raise membership.MembershipError(
-                f"this node would advertise {self.advertise!r}, a wildcard address other nodes"
-                " cannot reach: fix its membership address or pass --advertise HOST:PORT"
+        if me is None:
+            # A new pod may start before its membership reaches it: with --listen it serves
+            # NOT_SERVING and waits to be added, instead of crash-looping.
+            problem = f"this node's key (peer {self.peer_id}) is not in the membership"
+            if not settings.listen:
+                raise membership.MembershipError(
+                    f"{problem} (with --listen it would start and wait to be added)"
+                )
+            log.warning("%s: waiting to be added, not serving meanwhile", problem)
+            me = Member(
+                f"{settings.role}-{self.peer_id[:8]}",
+                settings.role,
+                "",
+                settings.advertise,
+                self.public_key,
+                self.peer_id,
             )
+            self._not_ready["member"] = self._not_member(self.membership, me.name)
+        self.me: Member = me
+        if self.is_member and is_wildcard(self.advertise):
+            raise membership.MembershipError(self._wildcard_problem())
         # peer id -> address a live peer registered with the rendezvous (not used to dial:
         # the membership's address wins, see address_of)
         self.discovered: dict[str, str] = {}
@@ -151,8 +164,6 @@ class Runtime:
         self.on_membership_change: list[Callable[[Membership], None]] = []
         self.health = health_aio.HealthServicer()
         self.service_names: list[str] = []
-        # readiness condition -> why this node cannot serve yet (empty: ready)
-        self._not_ready: dict[str, str] = {"started": "this node is starting"}
         self._health_server: grpc.aio.Server | None = None
 
     @property
@@ -263,17 +274,28 @@ class Runtime:
     def is_member(self) -> bool:
         return "member" not in self._not_ready
 
+    def _not_member(self, ms: Membership, name: str) -> str:
+        return (
+            f"this node ({name}) is not a {self.settings.role} of network {ms.network!r} at"
+            f" membership generation {ms.generation}: it does not serve the network's data"
+        )
+
+    def _wildcard_problem(self) -> str:
+        return (
+            f"this node would advertise {self.advertise!r}, a wildcard address other nodes"
+            " cannot reach: fix its membership address or pass --advertise HOST:PORT"
+        )
+
     def _check_member(self, ms: Membership) -> None:
         me = ms.by_peer_id(self.peer_id)
         if me is None or me.role != self.settings.role:
-            self.set_ready(
-                "member",
-                f"this node ({self.me.name}) is not a {self.settings.role} of network"
-                f" {ms.network!r} at membership generation {ms.generation}: it does not"
-                " serve the network's data",
-            )
+            self.set_ready("member", self._not_member(ms, self.me.name))
             return
         self.me = me
+        if is_wildcard(self.advertise):
+            log.error("%s", self._wildcard_problem())
+            self.set_ready("member", self._wildcard_problem())
+            return
         self.set_ready("member", None)
 
     # ---- peers ----

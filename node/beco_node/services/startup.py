@@ -3,7 +3,9 @@
 - rendezvous: nothing beyond its own server.
 - validator: the SST reports SERVING (checked every ``--membership-poll-ms``); without
   it no proposal can commit, so the validator is not ready either.
-- sst: connected to PostgreSQL, schema migrated and the log verified. Until then its
+- sst: connected to PostgreSQL, schema migrated and the log verified; afterwards, while
+  PostgreSQL answers (pinged every ``--membership-poll-ms``, NOT_SERVING after two
+  failures in a row, so one slow answer under load does not flap). Until then its
   server runs and answers NOT_SERVING / UNAVAILABLE with the reason, and it retries
   with backoff (a database that is not up yet, or not resolvable yet, is normal on
   Kubernetes). Refused credentials are retried too (the secret may be fixed), with an
@@ -74,3 +76,19 @@ async def open_store(rt: Runtime, *, first_delay_s: float = 0.5) -> SstStore:
         rt.set_ready(DB_CONDITION, None)
         log.info("PostgreSQL connected, log verified")
         return store
+
+
+async def watch_database(rt: Runtime, store: SstStore, failures_allowed: int = 1) -> None:
+    """Keep the database condition in step with PostgreSQL answering (see module doc)."""
+    failures = 0
+    while True:
+        await asyncio.sleep(rt.settings.membership_poll_ms / 1000)
+        try:
+            await store.ping()
+        except StoreUnavailableError as exc:
+            failures += 1
+            if failures > failures_allowed:
+                rt.set_ready(DB_CONDITION, f"the SST lost PostgreSQL ({_cause(exc)})")
+            continue
+        failures = 0
+        rt.set_ready(DB_CONDITION, None)

@@ -119,7 +119,14 @@ def start_node(
     cmd = [sys.executable, "-m", "beco_node.cli.node_main", "--role", role]
     cmd += ["--membership", str(d / "membership.json"), "--key-file", str(d / f"{name}.key")]
     cmd += ["--metrics-listen", "off", "--membership-poll-ms", "200", *args]
-    with (d / f"{name}.log").open("ab") as log:
+    return spawn(cmd, d / f"{name}.log", env)
+
+
+def spawn(
+    cmd: list[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A process of its own session, its stderr appended to ``log_path``."""
+    with log_path.open("ab") as log:
         return subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=log, env=env, start_new_session=True
         )

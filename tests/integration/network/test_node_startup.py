@@ -88,6 +88,11 @@ async def test_sst_waits_for_postgres_and_names_the_cause(tmp_path: Path) -> Non
         assert "waiting for PostgreSQL" in log and "cannot connect" in log
         await pg.start()
         await wait_health(hp, SERVING, proc=sst, limit_s=30)
+        # PostgreSQL goes away and comes back: NOT_SERVING meanwhile, no restart
+        await pg.stop()
+        await wait_health(hp, NOT_SERVING, proc=sst, limit_s=30)
+        await pg.start()
+        await wait_health(hp, SERVING, proc=sst, limit_s=30)
         # a login PostgreSQL refuses: stays up, NOT_SERVING, the cause logged, no secret
         bad = {**os.environ, **env}
         bad["BECO_DATABASE_URL"] = f"postgresql://nobody:s3cret-pw@127.0.0.1:{pg_port}/beco"

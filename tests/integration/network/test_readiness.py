@@ -12,15 +12,17 @@ from pathlib import Path
 import grpc
 import pytest
 from beco_node import keys
+from beco_node.client import Client
 from beco_node.local.network import LocalNetwork
-from beco_node.membership import build, loads
+from beco_node.membership import build, loads, make_member
 from beco_node.pg.embedded import free_port
 
-from tests.integration.network.nodes import NOT_SERVING, SERVING, health, wait_health
+from tests.integration.network.nodes import NOT_SERVING, SERVING, health, spawn, stop, wait_health
 
 from .conftest import Person
 
 pytestmark = pytest.mark.postgres
+NEVER_AWAITED = "was never awaited"
 
 
 async def refused(coro: object) -> grpc.aio.AioRpcError:
@@ -102,3 +104,37 @@ async def test_a_removed_user_node_stops_serving_and_reloads_when_readded(
     await wait_health(removed.address, SERVING, limit_s=30)
     async with bob.client(network, 2) as c:  # reloaded before SERVING: it lists Bob
         assert [u.user_id for u in (await c.list_users()).users] == [bob.id]
+
+
+async def test_a_new_user_node_waits_to_be_added(network: LocalNetwork, tmp_path: Path) -> None:
+    """A pod may start before the membership that lists it reaches it: it must wait,
+    NOT_SERVING, instead of crash-looping, then load and serve once added."""
+    carol = Person()
+    async with carol.client(network, 0) as c:
+        await c.create_user("Carol")
+    key = keys.generate_private_key()
+    (tmp_path / "new.key").write_bytes(keys.private_key_to_pem(key))
+    address = f"127.0.0.1:{free_port()}"
+    cmd = [sys.executable, "-m", "beco_node.cli.node_main", "--role", "user", "--insecure"]
+    cmd += ["--membership", str(network.membership_path), "--key-file", str(tmp_path / "new.key")]
+    cmd += ["--listen", address, "--metrics-listen", "off", "--membership-poll-ms", "200"]
+    path = network.membership_path
+    original = path.read_text()
+    proc = spawn(cmd, tmp_path / "new.log")
+    try:
+        await wait_health(address, SERVING, "liveness", proc=proc)
+        assert await health(address) == NOT_SERVING
+        async with Client(address, carol.key) as c:
+            err = await refused(c.get_user(carol.id))
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
+        assert "not a user of network" in (err.details() or "")
+        ms = loads(original)
+        new = make_member("user-d-0", "user", "a", address, keys.public_key_bytes(key))
+        path.write_text(build(ms.network, ms.generation + 1, 3, [*ms.members, new]).dumps())
+        await wait_health(address, SERVING, proc=proc, limit_s=30)
+        async with Client(address, carol.key) as c:
+            assert [u.user_id for u in (await c.list_users()).users] == [carol.id]
+    finally:
+        path.write_text(original)
+        stop([proc])
+    assert NEVER_AWAITED not in (tmp_path / "new.log").read_text()
