@@ -66,6 +66,7 @@ async def test_health_listen_is_plaintext_beside_mutual_tls(tmp_path: Path) -> N
         stop(procs)
 
 
+@pytest.mark.postgres
 async def test_sst_waits_for_postgres_and_names_the_cause(tmp_path: Path) -> None:
     # Not under pytest's basetemp: PostgreSQL runs as another user (see conftest.py).
     pg_dir = Path(tempfile.mkdtemp(prefix="beco-pg-"))
