@@ -31,6 +31,20 @@ async def refused(coro: object) -> grpc.aio.AioRpcError:
     return ei.value
 
 
+async def create_eventually(network: LocalNetwork, who: Person, first: str) -> None:
+    """Create a user through node 0, retrying while a membership change propagates."""
+    for _ in range(100):
+        try:
+            async with who.client(network, 0) as c:
+                await c.create_user(first)
+            return
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.ALREADY_EXISTS:
+                return  # an earlier attempt committed
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"could not create {first}")
+
+
 def beco(*args: str) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "beco_node.cli.beco_cli", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -92,13 +106,7 @@ async def test_a_removed_user_node_stops_serving_and_reloads_when_readded(
         assert "not a user of network" in (err.details() or "")
         # meanwhile the others commit; the removed node is not told
         await network.wait_healthy(["validator", "sst"])
-        for _ in range(100):
-            try:
-                async with bob.client(network, 0) as b:
-                    await b.create_user("Bob")
-                break
-            except grpc.aio.AioRpcError:  # until every node has the new membership
-                await asyncio.sleep(0.1)
+        await create_eventually(network, bob, "Bob")
     finally:
         path.write_text(original)
     await wait_health(removed.address, SERVING, limit_s=30)
@@ -110,8 +118,7 @@ async def test_a_new_user_node_waits_to_be_added(network: LocalNetwork, tmp_path
     """A pod may start before the membership that lists it reaches it: it must wait,
     NOT_SERVING, instead of crash-looping, then load and serve once added."""
     carol = Person()
-    async with carol.client(network, 0) as c:
-        await c.create_user("Carol")
+    await create_eventually(network, carol, "Carol")
     key = keys.generate_private_key()
     (tmp_path / "new.key").write_bytes(keys.private_key_to_pem(key))
     address = f"127.0.0.1:{free_port()}"
