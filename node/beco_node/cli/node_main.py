@@ -61,7 +61,8 @@ async def run(s: settings.Settings) -> None:
         rt.set_ready(DB_CONDITION, "the SST is connecting to PostgreSQL")
         desc = peer_services["Sst"]
         ppb_grpc.add_SstServicer_to_server(
-            rt.gated(desc, lambda: sst_service[0] if sst_service else None), server
+            rt.gated(desc, lambda: sst_service[0] if sst_service else None, label_prefix="sst."),
+            server,
         )
         services.append(desc.full_name)
     elif s.role == "user":

@@ -202,14 +202,21 @@ class Runtime:
         service: ServiceDescriptor,
         target: Callable[[], object | None],
         blocked: Callable[[], str | None] | None = None,
+        label_prefix: str = "",
     ) -> Any:
         """A servicer for ``service`` that forwards to ``target()`` while ``blocked()`` is None,
-        and answers UNAVAILABLE with the reason otherwise (or while there is no target yet)."""
+        and answers UNAVAILABLE with the reason otherwise (or while there is no target yet).
+        Refusals are counted under the same method labels as ``rpc_handler``'s."""
         why = blocked or self.not_ready_reason
         methods: dict[str, Any] = {}
         for m in service.methods:
 
-            async def refuse(context: grpc.aio.ServicerContext[Any, Any], reason: str) -> None:
+            async def refuse(
+                context: grpc.aio.ServicerContext[Any, Any],
+                reason: str,
+                _label: str = label_prefix + m.name,
+            ) -> None:
+                metrics.RPC_REQUESTS.labels(_label, "UNAVAILABLE").inc()
                 await context.abort(grpc.StatusCode.UNAVAILABLE, reason, ORIGIN_TRAILER)
 
             if m.server_streaming:

@@ -63,7 +63,7 @@ async def open_store(rt: Runtime, *, first_delay_s: float = 0.5) -> SstStore:
             store = await SstStore.open(rt.settings.database_url, rt.key)
         except (*_TRANSIENT, *_FIXABLE) as exc:
             cause = _cause(exc)
-            if not cause.startswith("cannot connect"):
+            if not cause.startswith(("cannot connect", "PostgreSQL")):
                 cause = f"cannot use PostgreSQL: {cause}"
             rt.set_ready(DB_CONDITION, f"the SST is waiting for PostgreSQL ({cause})")
             if cause != last:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import asyncpg
 import grpc
 import pytest
 from beco.v1 import peer_pb2 as ppb
@@ -94,9 +95,19 @@ async def test_sst_waits_for_postgres_and_names_the_cause(tmp_path: Path) -> Non
         await wait_health(hp, NOT_SERVING, proc=sst, limit_s=30)
         await pg.start()
         await wait_health(hp, SERVING, proc=sst, limit_s=30)
-        # a login PostgreSQL refuses: stays up, NOT_SERVING, the cause logged, no secret
+        # a wrong password (as after a re-created network kept the old volume): stays up,
+        # NOT_SERVING, the cause logged at error level, never the secret
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute("ALTER ROLE beco PASSWORD 'the-right-one'")
+            (pg_dir / "pgdata" / "pg_hba.conf").write_text(
+                "local all all trust\nhost all all all scram-sha-256\n"
+            )
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close()
         bad = {**os.environ, **env}
-        bad["BECO_DATABASE_URL"] = f"postgresql://nobody:s3cret-pw@127.0.0.1:{pg_port}/beco"
+        bad["BECO_DATABASE_URL"] = f"postgresql://beco:s3cret-pw@127.0.0.1:{pg_port}/beco"
         (tmp_path / "sst2").mkdir()
         for f in ("membership.json", "sst.key"):
             shutil.copy(tmp_path / f, tmp_path / "sst2" / f)
@@ -110,10 +121,10 @@ async def test_sst_waits_for_postgres_and_names_the_cause(tmp_path: Path) -> Non
         log2 = ""
         for _ in range(100):
             log2 = (tmp_path / "sst2" / "sst.log").read_text()
-            if "refused the login" in log2:
+            if "refused the password" in log2:
                 break
             await asyncio.sleep(0.1)
-        assert "refused the login" in log2 and '"level": "error"' in log2, log2
+        assert "refused the password" in log2 and '"level": "error"' in log2, log2
         assert "s3cret-pw" not in log2
         assert sst2.poll() is None and await health(hp2) == NOT_SERVING
     finally:
