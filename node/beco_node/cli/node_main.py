@@ -104,6 +104,8 @@ async def run(s: settings.Settings) -> None:
             ]
             await stop.wait()
             log.info("stopping")
+            rt.set_ready("stopping", "this node is shutting down")
+            await rt.publish_health()
             for t in tasks:
                 t.cancel()
     finally:
