@@ -17,7 +17,7 @@ lost), or holds them until an event is set.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,15 +42,24 @@ class Fault:
         )
 
 
-def _error(code: grpc.StatusCode, details: str) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details, None)
+def _error(
+    code: grpc.StatusCode, details: str, trailers: Sequence[tuple[str, str]] = ()
+) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details, None
+    )
 
 
 class _Context:
     """What handlers use of a ``grpc.aio.ServicerContext``."""
 
-    async def abort(self, code: grpc.StatusCode, details: str = "") -> None:
-        raise _error(code, details)
+    async def abort(
+        self,
+        code: grpc.StatusCode,
+        details: str = "",
+        trailing_metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        raise _error(code, details, trailing_metadata)
 
     def invocation_metadata(self) -> tuple[()]:
         return ()
