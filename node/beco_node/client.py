@@ -91,6 +91,9 @@ class Client:
         self.timeout = timeout
         self.retry_for = retry_for
         self.resends = 0  # re-sent writes (after indeterminate answers), for callers' figures
+        # The proposal id of the last write whose outcome stayed unknown (None: every write
+        # sent got a final answer); GetOutcome / `beco outcome` resolves it.
+        self.unresolved: str | None = None
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -122,7 +125,10 @@ class Client:
                 if exc.code() not in INDETERMINATE:
                     raise
                 reached = reached or not _never_sent(exc)
-                if not reached or time.monotonic() + delay >= deadline:
+                if not reached:
+                    raise
+                if time.monotonic() + delay >= deadline:
+                    self.unresolved = proposal_id(request)
                     raise
             self.resends += 1
             await asyncio.sleep(delay)

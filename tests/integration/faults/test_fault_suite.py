@@ -11,6 +11,8 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -28,8 +30,7 @@ from beco_node.membership import loads
 from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
 from beco_node.merkle.verify import verify_inclusion
-from beco_node.pg import EmbeddedPostgres
-from beco_node.pg.binaries import PostgresError
+from beco_node.pg.embedded import free_port
 from beco_node.services.user import STALENESS_BOUND_S
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -66,12 +67,69 @@ class Writer:
     resends: int = 0
 
 
+class Postgres:
+    """PostgreSQL run by ``python -m beco_node.pg`` in its own process: (re)started from a
+    process without gRPC threads (forking this one with a preexec_fn can crash the child)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def _spawn(self) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "beco_node.pg", str(self.data_dir), "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    async def start(self) -> str:
+        self.proc = self._spawn()
+        assert self.proc.stdout is not None
+        dsn = (await asyncio.to_thread(self.proc.stdout.readline)).strip()
+        assert dsn.startswith("postgresql://"), f"PostgreSQL did not start ({dsn!r})"
+        return dsn
+
+    async def kill9(self) -> None:
+        """kill -9 of the postmaster and every backend (its process group)."""
+        text = await asyncio.to_thread((self.data_dir / "pgdata" / "postmaster.pid").read_text)
+        pgid = int(text.split()[0])
+        os.killpg(pgid, signal.SIGKILL)
+        await self.stop()  # the launcher reaps its dead server and exits
+        for _ in range(400):  # every backend gone too
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            await asyncio.to_thread(self.proc.wait, 30)
+        self.proc = None
+
+
 @pytest.fixture
-async def net() -> AsyncIterator[LocalNetwork]:
+async def pg() -> AsyncIterator[tuple[Postgres, str]]:
+    base = Path(tempfile.mkdtemp(prefix="beco-faults-pg-"))
+    p = Postgres(base / "pg")
+    try:
+        dsn = await p.start()
+        yield p, dsn
+    finally:
+        await p.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+async def net(pg: tuple[Postgres, str]) -> AsyncIterator[LocalNetwork]:
     state = Path(tempfile.mkdtemp(prefix="beco-faults-"))
     n = LocalNetwork(
         state,
         base_port=free_base_port(),
+        database_url=pg[1],
         extra_env={"BECO_VOTE_TIMEOUT_MS": "3000", "BECO_LOG_LEVEL": "INFO"},
     )
     try:
@@ -118,32 +176,9 @@ def kill9(net: LocalNetwork, name: str) -> None:
     net.nodes[name].proc = None
 
 
-async def kill9_postgres(net: LocalNetwork) -> None:
-    pg = net._pg
-    assert isinstance(pg, EmbeddedPostgres) and pg.pid is not None
-    pgid = pg.pid
-    os.killpg(pgid, signal.SIGKILL)  # the postmaster and every backend at once
-    for _ in range(400):  # until every process of the group is gone (reaped)
-        running = pg.running  # polls: reaps the postmaster
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            if not running:
-                break
-        await asyncio.sleep(0.05)
-    for attempt in range(5):
-        try:
-            await pg.start()
-            return
-        except PostgresError:
-            # The spawn forks this multi-threaded (gRPC) test process and runs a
-            # preexec_fn, which now and then dies with SIGSEGV before exec: retry.
-            if attempt == 4:
-                raise
-            await asyncio.sleep(0.5)
-
-
-async def test_writes_under_faults_keep_every_guarantee(net: LocalNetwork) -> None:
+async def test_writes_under_faults_keep_every_guarantee(
+    net: LocalNetwork, pg: tuple[Postgres, str]
+) -> None:
     writers = []
     for i in range(WRITERS):
         key = keys.generate_private_key()
@@ -169,7 +204,8 @@ async def test_writes_under_faults_keep_every_guarantee(net: LocalNetwork) -> No
     await restart("validator")
     await restart("sst")
     t0 = time.monotonic()
-    await kill9_postgres(net)
+    await pg[0].kill9()
+    await pg[0].start()
     faults.append(("kill -9 postgres", t0, time.monotonic()))
     await asyncio.sleep(3)
     stopped = net.nodes["user-b-0"].proc

@@ -389,6 +389,11 @@ def test_cli_demo_flow(network: LocalNetwork, tmp_path: Path) -> None:
     ok = beco("--key", b, "--output", "json", "set", "first", "--user", alice, "Alicia")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["user"]["first_name"]["values"] == ["Alicia"]
+    # the outcome of a write by its proposal id: committed (0), unknown (1)
+    pid = json.loads(ok.stdout)["commit"]["proposal_id"]
+    found = beco("--key", b, "outcome", pid)
+    assert found.returncode == 0 and "committed: sequence 3" in found.stdout, found.stderr
+    assert beco("--key", b, "outcome", "ab" * 32).returncode == 1
     proof = beco("--key", a, "--output", "json", "proof", "inclusion")
     assert proof.returncode == 0, proof.stderr
     assert json.loads(proof.stdout)["verified"] is True
