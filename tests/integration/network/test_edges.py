@@ -20,11 +20,15 @@ from .conftest import Person
 pytestmark = pytest.mark.postgres
 
 
-def _metric(net: LocalNetwork, node: str, line_prefix: str) -> float:
+def _metrics_text(net: LocalNetwork, node: str) -> str:
     url = f"http://127.0.0.1:{net.nodes[node].metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    for line in text.splitlines():
+        text: str = r.read().decode()
+    return text
+
+
+def _metric(net: LocalNetwork, node: str, line_prefix: str) -> float:
+    for line in _metrics_text(net, node).splitlines():
         if line.startswith(line_prefix):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -92,6 +96,11 @@ async def test_history_pages(network: LocalNetwork) -> None:
         assert [e.sequence for e in page.entries] == [3, 4]
         whole = await c.history(alice.id, page_size=2)
         assert [e.sequence for e in whole.entries] == [1, 2, 3, 4, 5]
+        # every node measures its peers' clocks from their signed messages
+        offset = 'beco_peer_clock_offset_seconds{peer="validator"}'
+        assert abs(await asyncio.to_thread(_metric, network, "user-b-0", offset)) < 5
+        text = await asyncio.to_thread(_metrics_text, network, "user-b-0")
+        assert offset in text
         for size, token in ((5000, ""), (2, "not-a-token")):
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await c.history_page(alice.id, size, token)

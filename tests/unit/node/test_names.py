@@ -1,5 +1,6 @@
 """Names go through PRECIS (RFC 8266 nickname, case preserved): one rule, every path."""
 
+import random
 import unicodedata
 
 import pytest
@@ -89,3 +90,20 @@ def test_clients_canonicalise_before_signing() -> None:
     bad = pb.UpdateFirstNameRequest(user_id=ME, first_name="\u200b")
     model.canonicalise_names(bad)
     assert bad.first_name == "\u200b"
+
+
+def test_the_canonical_form_is_stable() -> None:
+    # Accepting only canonical names relies on canonical(canonical(x)) == canonical(x).
+    rng = random.Random(8266)
+    pool = [chr(c) for c in [*range(0x20, 0x250), *range(0x300, 0x370), *range(0x2000, 0x2070)]]
+    pool += ["\uff21", "\u2126", "\u212b", "\ufb01", "\u0345", "\u1e9b", "\u0387", "\U0001d538"]
+    checked = 0
+    for _ in range(5000):
+        raw = "".join(rng.choice(pool) for _ in range(rng.randint(1, 8)))
+        try:
+            canonical = limits.canonical_name("n", raw)
+        except InvalidArgument:
+            continue
+        assert limits.canonical_name("n", canonical) == canonical, repr(raw)
+        checked += 1
+    assert checked > 1000
