@@ -37,13 +37,25 @@ class Client:
         channel: grpc.aio.Channel | None = None,
         timeout: float = 30.0,
         tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
+        """TLS is on when any of ``tls_ca`` (trusted CAs; default the system's), ``tls_cert``
+        + ``tls_key`` (a client certificate, for mutual TLS) or ``tls_server_name`` (the
+        name to check the server's certificate against, e.g. through a port-forward to
+        127.0.0.1) is given."""
         self.key = key
         self.user_id = keys.peer_id(keys.public_key_bytes(key))
-        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.endpoint = endpoint
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+        opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if channel is None:
-            if tls_ca is not None:
-                creds = grpc.ssl_channel_credentials(tls_ca)
+            if tls_ca is not None or tls_cert is not None or tls_server_name:
+                creds = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+                if tls_server_name:
+                    opts.append(("grpc.ssl_target_name_override", tls_server_name))
                 channel = grpc.aio.secure_channel(endpoint, creds, options=opts)
             else:
                 channel = grpc.aio.insecure_channel(endpoint, options=opts)

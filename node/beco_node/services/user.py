@@ -5,6 +5,10 @@ Reads are served from memory: every user's state is kept as serialised bytes
 SST. At start the node streams all users from the SST. An index
 ``grantee -> users`` answers ListUsers without scanning everyone.
 
+Readiness: the Identity API answers (and health reports SERVING) only once the
+users are loaded. A node removed from the membership drops its users and
+answers UNAVAILABLE ("not a member"); re-added, it loads them again first.
+
 A mutation is authenticated (signature, skew, replay), checked against the
 limits and the node's copy of the user (``model.apply``), then proposed to the
 validator; the node answers the client when the outcome comes back (COMMITTED
@@ -99,6 +103,9 @@ class UserNode:
         self.store = UserStore()
         self.authn = Authenticator(rt.settings.skew_ms)
         self.loaded = asyncio.Event()
+        self._loader: asyncio.Task[None] | None = None
+        rt.set_ready("loaded", "this user node is loading the users from the SST")
+        rt.on_membership_change.append(self._membership_changed)
         # proposals this node originated and is waiting on: id -> (request digest, caller);
         # its own vote then skips re-verifying the client signature it already checked.
         self.own: dict[str, tuple[bytes, str]] = {}
@@ -134,6 +141,32 @@ class UserNode:
             st = await self.fetch(uid)
         return st
 
+    def start_loading(self) -> None:
+        """(Re)load every user from the SST in the background; readiness follows."""
+        if self._loader is not None and not self._loader.done():
+            return
+        self._loader = asyncio.ensure_future(self.load_all())
+
+    def _membership_changed(self, ms: Any) -> None:
+        del ms
+        if not self.rt.is_member:
+            if self.loaded.is_set() or self._loader is not None:
+                self._drop()
+        elif not self.loaded.is_set():
+            self.start_loading()
+
+    def _drop(self) -> None:
+        """Removed from the membership: forget the network's data until re-added."""
+        if self._loader is not None:
+            self._loader.cancel()
+            self._loader = None
+        if self.loaded.is_set() or self.store.users:
+            log.info("not a member any more: dropping %d users", len(self.store.users))
+        self.loaded.clear()
+        self.store = UserStore()
+        metrics.USERS.set(0)
+        self.rt.set_ready("loaded", "this user node must reload the users from the SST")
+
     async def load_all(self) -> None:
         """Stream every user from the SST at start; retried until the SST answers."""
         delay = 0.2
@@ -146,6 +179,7 @@ class UserNode:
                 metrics.USERS.set(len(self.store.users))
                 log.info("users loaded from the SST", extra={"fields": {"users": n}})
                 self.loaded.set()
+                self.rt.set_ready("loaded", None)
                 return
             except grpc.aio.AioRpcError as exc:
                 log.info("waiting for the SST: %s", exc.code().name)

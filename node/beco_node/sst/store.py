@@ -159,6 +159,14 @@ class SstStore:
         store._writer = asyncio.create_task(store._write_loop(), name="sst-store-writer")
         return store
 
+    async def ping(self, timeout_s: float = 5.0) -> None:
+        """Raise ``StoreUnavailableError`` unless PostgreSQL answers now (readiness)."""
+        try:
+            async with self._pool.acquire(timeout=timeout_s) as conn:
+                await conn.fetchval("SELECT 1", timeout=timeout_s)
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailableError(f"PostgreSQL does not answer: {exc}") from exc
+
     async def close(self) -> None:
         """Finish the commits already queued, then close the connections."""
         if self._writer is not None and not self._writer.done():
