@@ -47,15 +47,24 @@ def _decode(deserializer: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         raise _Malformed(str(exc) or type(exc).__name__) from None
 
 
-async def _refuse(method: str, reason: str, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+async def _refuse(
+    method: str,
+    reason: str,
+    context: grpc.aio.ServicerContext[Any, Any],
+    trailer: tuple[tuple[str, str], ...],
+) -> None:
     label = method_label(method)
     metrics.RPC_REQUESTS.labels(label, "INVALID_ARGUMENT").inc()
     log.warning("malformed request to %s: %s", method, reason)
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {reason}")
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed request: {reason}", trailer)
 
 
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    """Decode unary requests inside the call, so a bad request becomes INVALID_ARGUMENT."""
+    """Decode unary requests inside the call, so a bad request becomes INVALID_ARGUMENT.
+    ``trailer``: the trailing metadata every status of this node carries."""
+
+    def __init__(self, trailer: tuple[tuple[str, str], ...] = ()) -> None:
+        self.trailer = trailer
 
     async def intercept_service(
         self,
@@ -77,7 +86,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     request = _decode(deserializer, raw)
                 except _Malformed as exc:
-                    await _refuse(method, str(exc), context)
+                    await _refuse(method, str(exc), context, self.trailer)
                     return None
                 return await inner_uu(request, context)
 
@@ -93,7 +102,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     request = _decode(deserializer, raw)
                 except _Malformed as exc:
-                    await _refuse(method, str(exc), context)
+                    await _refuse(method, str(exc), context, self.trailer)
                     return
                 async for item in inner_us(request, context):
                     yield item

@@ -363,7 +363,7 @@ class Runtime:
     # ---- server ----
     def make_server(self) -> grpc.aio.Server:
         return grpc.aio.server(
-            interceptors=[DecodeGuard()],
+            interceptors=[DecodeGuard(ORIGIN_TRAILER)],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", CLIENT_MAX_RECEIVE),

@@ -51,6 +51,7 @@ async def test_malformed_bytes_are_invalid_argument_counted_and_logged_once(
     garbage = await _raw_call(network, "/beco.v1.Identity/GetUser", b"\xff\xff\xff\xff")
     assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT, garbage.details()
     assert "malformed request" in (garbage.details() or "")
+    assert "beco-origin" in garbage.trailing_metadata()  # the node answered, not the transport
     # user_id (field 2, a string) holding invalid UTF-8
     bad_utf8 = await _raw_call(network, "/beco.v1.Identity/GetUser", b"\x12\x02\xff\xfe")
     assert bad_utf8.code() == grpc.StatusCode.INVALID_ARGUMENT, bad_utf8.details()

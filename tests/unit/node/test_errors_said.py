@@ -94,3 +94,15 @@ def test_peer_clock_offset_is_exported() -> None:
     late = peer.seal("applied", b"x", ks["s"], sst, NOW - 90_000)
     with pytest.raises(Unauthenticated, match="clock skew between nodes"):
         peer.open_envelope(late, "applied", ms, NOW)
+
+
+def test_an_unavailable_peer_that_answered_passes_its_reason_on() -> None:
+    said = grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("beco-origin", "node")),
+        "waiting for PostgreSQL",
+    )
+    assert relayed(said, "the SST").message == "the SST is unavailable: waiting for PostgreSQL"
+    transport = _rpc_error(grpc.StatusCode.UNAVAILABLE)  # no trailer: the connection failed
+    assert relayed(transport, "the SST").message == "the SST is unavailable"
