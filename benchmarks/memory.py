@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import platform
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -67,6 +68,7 @@ async def run(ns: argparse.Namespace) -> str:
             await c.close()
     finally:
         await net.down()
+        shutil.rmtree(state, ignore_errors=True)
     names = list(samples[0][1])
     lines = [
         "# Node memory vs commits",
