@@ -10,6 +10,7 @@ import signal
 import time
 import unicodedata
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -106,6 +107,47 @@ async def test_history_pages(network: LocalNetwork) -> None:
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await c.history_page(alice.id, size, token)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_validator_with_a_skewed_clock_is_named_not_the_client(
+    network: LocalNetwork,
+) -> None:
+    alice = Person()
+    async with alice.client(network) as c:
+        await c.create_user("Alice")
+    skewed = Path(__file__).parent / "skewed_clock"
+    saved = dict(network.extra_env)
+    network.stop_node("validator")
+    try:
+        network.extra_env.update(
+            {
+                "PYTHONPATH": os.pathsep.join([str(skewed), os.environ.get("PYTHONPATH", "")]),
+                "BECO_TEST_SKEW_MS": "35000",  # beyond --skew-ms (30 s), within the peer 60 s
+            }
+        )
+        network.start_node("validator")
+        network.extra_env = saved
+        await network.wait_healthy(["validator"])
+        async with alice.client(network) as c:
+            deadline = time.monotonic() + 30
+            while True:
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await c.set_first(alice.id, "Alicia")
+                if "validator clock skew" in (err.value.details() or ""):
+                    break
+                # the user node may still be reconnecting to the restarted validator
+                assert err.value.code() == grpc.StatusCode.UNAVAILABLE, err.value.details()
+                assert time.monotonic() < deadline, err.value.details()
+                await asyncio.sleep(0.3)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        # and every voter's gauge says whose clock it is
+        offset = 'beco_peer_clock_offset_seconds{peer="validator"}'
+        assert 30 < await asyncio.to_thread(_metric, network, "user-a-0", offset) < 40
+    finally:
+        network.extra_env = saved
+        network.stop_node("validator")
+        network.start_node("validator")
+        await network.wait_healthy(["validator"])
 
 
 async def test_a_postgres_killed_with_sigkill_is_restarted_and_writes_resume(
