@@ -105,6 +105,7 @@ class Client:
         await self.close()
 
     async def call(self, name: str, request: Any) -> Any:
+        model.canonicalise_names(request)
         auth.sign_request(M + name, request, self.key, now_ms())
         if M + name in model.MUTATIONS:
             return await self.send_write(name, request)
@@ -157,6 +158,17 @@ class Client:
         r: pb.ListUsersResponse = await self.call("ListUsers", req)
         return r
 
+    async def list_all_users(self, page_size: int = 0) -> pb.ListUsersResponse:
+        """Every user visible to the caller, page after page."""
+        out = pb.ListUsersResponse()
+        token = ""
+        while True:
+            page = await self.list_users(page_size, token)
+            out.users.extend(page.users)
+            token = page.next_page_token
+            if not token:
+                return out
+
     async def set_first(self, user_id: str, value: str, expected: int = 0) -> pb.MutationResponse:
         req = pb.UpdateFirstNameRequest(
             user_id=user_id, first_name=value, expected_sequence=expected
@@ -196,11 +208,23 @@ class Client:
         r: pb.MutationResponse = await self.call("RevokeAccess", req)
         return r
 
-    async def history(self, user_id: str) -> pb.GetHistoryResponse:
-        r: pb.GetHistoryResponse = await self.call(
-            "GetHistory", pb.GetHistoryRequest(user_id=user_id)
-        )
+    async def history_page(
+        self, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> pb.GetHistoryResponse:
+        req = pb.GetHistoryRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+        r: pb.GetHistoryResponse = await self.call("GetHistory", req)
         return r
+
+    async def history(self, user_id: str, page_size: int = 0) -> pb.GetHistoryResponse:
+        """The whole history, page after page."""
+        out = pb.GetHistoryResponse()
+        token = ""
+        while True:
+            page = await self.history_page(user_id, page_size, token)
+            out.entries.extend(page.entries)
+            token = page.next_page_token
+            if not token:
+                return out
 
     async def tree_head(self) -> pb.TreeHead:
         r: pb.TreeHead = await self.call("GetTreeHead", pb.GetTreeHeadRequest())

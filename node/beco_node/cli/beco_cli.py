@@ -106,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("user_id", nargs="?")
     lst = user.add_parser("list")
     lst.add_argument("--page-size", type=int, default=0)
-    lst.add_argument("--page-token", default="")
+    lst.add_argument("--page-token", default="", help="only the page after this token")
     h = user.add_parser("history")
     h.add_argument("user_id", nargs="?")
 
@@ -311,7 +311,10 @@ async def _run(ns: argparse.Namespace) -> int:
             u = await cl.get_user(ns.user_id or me)
             _emit(ns, u, _user_text(u))
         elif cmd == "user" and sub == "list":
-            lr = await cl.list_users(ns.page_size, ns.page_token)
+            if ns.page_token:  # one page; otherwise every page
+                lr = await cl.list_users(ns.page_size, ns.page_token)
+            else:
+                lr = await cl.list_all_users(ns.page_size)
             text = "\n".join(_user_text(u) for u in lr.users) or "(no users visible to you)"
             if lr.next_page_token:
                 text += f"\nmore: --page-token {lr.next_page_token}"

@@ -36,10 +36,11 @@ from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from beco_node import keys, membership, metrics
+from beco_node import keys, membership, metrics, peer
 from beco_node.clock import Clock
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
+from beco_node.services.malformed import DecodeGuard
 from beco_node.settings import Settings, is_wildcard
 
 log = logging.getLogger("beco.runtime")
@@ -59,6 +60,14 @@ def _record_membership(ms: Membership) -> None:
     metrics.MEMBERSHIP_GENERATION.set(ms.generation)
     metrics.MEMBERSHIP_QUORUM.set(ms.quorum)
     metrics.MEMBERSHIP_USER_NODES.set(len(ms.user_nodes))
+
+
+def _observe_peer_clock(name: str, offset_ms: int) -> None:
+    metrics.PEER_CLOCK_OFFSET.labels(name).set(offset_ms / 1000)
+
+
+if _observe_peer_clock not in peer.CLOCK_OFFSET_OBSERVERS:
+    peer.CLOCK_OFFSET_OBSERVERS.append(_observe_peer_clock)
 
 
 def rpc_handler(
@@ -380,11 +389,12 @@ class Runtime:
     # ---- server ----
     def make_server(self) -> grpc.aio.Server:
         return grpc.aio.server(
+            interceptors=[DecodeGuard(ORIGIN_TRAILER)],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", CLIENT_MAX_RECEIVE),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:

@@ -44,6 +44,7 @@ from beco_node.errors import (
     NotFound,
     Unavailable,
 )
+from beco_node.lru import BoundedLru
 from beco_node.merkle.sth import SignedTreeHead
 from beco_node.services.runtime import ERROR_CODES, Runtime, rpc_handler
 from beco_node.sst.records import (
@@ -61,6 +62,11 @@ from beco_node.sst.store import SstStore
 log = logging.getLogger("beco.sst")
 ERROR_CODES[StoreUnavailableError] = "UNAVAILABLE"
 Ctx = grpc.aio.ServicerContext[Any, Any]
+# Bounds (docs/architecture.md, "Memory bounds"): current states, and the commit info of
+# recent proposals (a re-delivered certificate is answered without a transaction).
+STATE_CACHE_ENTRIES = 100_000
+STATE_CACHE_BYTES = 64 * 1024 * 1024
+RECENT = 50_000
 # Pauses between the tries of a commit notice (the last try is followed by no pause).
 NOTICE_RETRY_PAUSES_S = (0.25, 1.0, 2.0, 0.0)
 
@@ -83,7 +89,11 @@ class SstService(ppb_grpc.SstServicer):
     def __init__(self, rt: Runtime, store: SstStore) -> None:
         self.rt = rt
         self.store = store
-        self.cache: dict[str, tuple[int, bytes]] = {}
+        self.cache: BoundedLru[str, tuple[int, bytes]] = BoundedLru(
+            STATE_CACHE_ENTRIES, STATE_CACHE_BYTES, lambda v: len(v[1])
+        )
+        # proposal id -> serialised CommitInfo (compact: no state)
+        self.recent: BoundedLru[str, bytes] = BoundedLru(RECENT, RECENT * 1024, len)
         metrics.TREE_SIZE.set(store.tree_head().tree_size)
 
     def _query(self, env: ppb.PeerEnvelope) -> ppb.SstQuery:
@@ -97,7 +107,7 @@ class SstService(ppb_grpc.SstServicer):
         if hit is None:
             hit = await self.store.get_user(uid)
             if hit is not None:
-                self.cache[uid] = hit
+                self.cache.put(uid, hit)
         return hit
 
     def _commit_info(self, res: CommitResult, committed_ms: int) -> pb.CommitInfo:
@@ -118,6 +128,9 @@ class SstService(ppb_grpc.SstServicer):
         qc = peer.parse(ppb.QuorumCertificate, request.payload)
         assert isinstance(qc, ppb.QuorumCertificate)
         prop = qc.header.proposal
+        done = self.recent.get(prop.proposal_id)
+        if done is not None:  # a re-delivered certificate: no transaction needed
+            return await self._duplicate(prop.user_id, done)
         try:
             entry = await self._verified_entry(qc)
         except BecoError:
@@ -185,7 +198,7 @@ class SstService(ppb_grpc.SstServicer):
         try:
             res = await self.store.commit(entry)
         except SequenceError as exc:
-            self.cache.pop(uid, None)
+            self.cache.pop(uid)
             known = await self._known(entry.proposal_id)
             if known is not None:
                 return known
@@ -201,7 +214,7 @@ class SstService(ppb_grpc.SstServicer):
         except StoreUnavailableError as exc:
             raise Unavailable(str(exc)) from None
         except StoreError as exc:
-            self.cache.pop(uid, None)
+            self.cache.pop(uid)
             raise BecoError(str(exc), "ABORTED") from None
         if not res.duplicate:
             self._cache_put(uid, res.sequence, entry.state)
@@ -212,6 +225,7 @@ class SstService(ppb_grpc.SstServicer):
             return await self._committed_outcome(info, uid)
         applied = ppb.Applied(user_id=uid, sequence=res.sequence, state=entry.state, commit=info)
         env = peer.seal("applied", applied, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+        self.recent.put(res.proposal_id, info.SerializeToString())
         for m in self.rt.membership.user_nodes:
             if m.peer_id != origin:  # the origin applies the outcome it gets back
                 self.rt.spawn(self._notify(m, env))
@@ -223,7 +237,7 @@ class SstService(ppb_grpc.SstServicer):
     def _cache_put(self, uid: str, seq: int, state: bytes) -> None:
         hit = self.cache.get(uid)
         if hit is None or hit[0] < seq:
-            self.cache[uid] = (seq, state)
+            self.cache.put(uid, (seq, state))
 
     async def _committed_outcome(self, info: pb.CommitInfo, uid: str) -> ppb.Outcome:
         """A commit found again (a retry): its place in the log, and the user's state now,
@@ -256,6 +270,18 @@ class SstService(ppb_grpc.SstServicer):
         return await self._committed_outcome(
             self._commit_info(found.result, found.committed_ms), found.result.user_id
         )
+
+    async def _duplicate(self, uid: str, info_bytes: bytes) -> ppb.Outcome:
+        """The outcome of a proposal committed before, rebuilt from its commit info and the
+        user's current state (with its notice, as after a first delivery)."""
+        info = pb.CommitInfo.FromString(info_bytes)
+        info.duplicate = True
+        current = await self._state(uid)
+        if current is None:  # pragma: no cover - a committed user always has a state
+            raise Unavailable(f"user {uid} has a commit but no state")
+        applied = ppb.Applied(user_id=uid, sequence=current[0], state=current[1], commit=info)
+        env = peer.seal("applied", applied, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+        return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=current[1], applied=env)
 
     async def _notify(self, member: Any, env: ppb.PeerEnvelope) -> None:
         """Deliver a commit notice, retried a few times; the nodes' catch-up covers the rest."""
@@ -328,7 +354,13 @@ class SstService(ppb_grpc.SstServicer):
         if await self._state(q.user_id) is None:
             raise NotFound(f"no user {q.user_id}")
         out = pb.GetHistoryResponse()
-        for rec in await self.store.history(q.user_id):
+        # page_size 0: everything (a user node from before paging)
+        limit = q.page_size + 1 if q.page_size else None
+        records = await self.store.history(q.user_id, after_sequence=q.after_sequence, limit=limit)
+        if q.page_size and len(records) > q.page_size:
+            records = records[: q.page_size]
+            out.next_page_token = str(records[-1].sequence)
+        for rec in records:
             out.entries.add(
                 proposal_id=rec.proposal_id,
                 sequence=rec.sequence,

@@ -35,8 +35,9 @@ from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
 from beco_node import auth, limits, metrics, model, peer, tally
-from beco_node.auth import Authenticator
+from beco_node.auth import Authenticator, check_validator_clock
 from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.user")
@@ -136,9 +137,7 @@ class UserNode:
                 self.query(q), timeout=10, wait_for_ready=True
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                raise BecoError(exc.details() or "", exc.code().name) from None
-            raise Unavailable(f"the SST is unavailable: {exc.code().name}") from None
+            raise relayed(exc, "the SST", QUERY_PASSED_ON) from None
 
     async def fetch(self, uid: str) -> pb.UserState | None:
         """The user from the SST (a miss, or a lagging copy)."""
@@ -348,9 +347,8 @@ class IdentityService(pb_grpc.IdentityServicer):
         try:
             outcome: ppb.Outcome = await stub.Propose(env, timeout=60, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            outcome = await self._lookup_after(
-                pid, f"the validator is unavailable: {exc.code().name}"
-            )
+            err = relayed(exc, "the validator", PROPOSE_PASSED_ON)
+            outcome = await self._lookup_after(pid, err.message)
         finally:
             node.own.pop(pid, None)
         return self._answer(outcome, caller)
@@ -447,14 +445,17 @@ class IdentityService(pb_grpc.IdentityServicer):
     ) -> pb.GetHistoryResponse:
         self._auth(M + "GetHistory", request)
         limits.check_user_id("user_id", request.user_id)
+        q = ppb.SstQuery(
+            user_id=request.user_id,
+            page_size=limits.page_size(request.page_size),
+            after_sequence=limits.sequence_token(request.page_token),
+        )
         st = await self.node.user(request.user_id)
         if st is None:
             raise NotFound(f"no user {request.user_id}")
         # The log leaves hold digests only, so anyone who may see the user exists
         # may see its change history (kinds, sequences, leaf indexes).
-        reply: pb.GetHistoryResponse = await self.node.sst_call(
-            "History", ppb.SstQuery(user_id=request.user_id)
-        )
+        reply: pb.GetHistoryResponse = await self.node.sst_call("History", q)
         return reply
 
     @rpc_handler("GetTreeHead")
@@ -533,10 +534,7 @@ class VoterService(ppb_grpc.UserNodeServicer):
             if model.target_user(prop.method, req, caller) != prop.user_id:
                 raise InvalidArgument("proposal user does not match the request")
             # An honest quorum only votes for requests sequenced now, signed just before.
-            skew = rt.settings.skew_ms
-            if abs(rt.now_ms() - header.validator_ts_ms) > skew:
-                raise Unauthenticated("the validator's timestamp is off this node's clock")
-            auth.check_sequenced_in_time(req, header.validator_ts_ms, skew)
+            check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
             want = header.sequence - 1
             if self.node.store.sequence(prop.user_id) < want and vreq.HasField("previous"):
                 self._apply_notice(vreq.previous, prop.user_id)

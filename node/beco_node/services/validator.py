@@ -33,10 +33,15 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 
 from beco_node import metrics, peer, tally
 from beco_node.errors import BecoError
+from beco_node.lru import BoundedLru
+from beco_node.services.relay import relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.validator")
+# Bounds (docs/architecture.md, "Memory bounds"); a miss costs one SST query.
 MAX_NOTICES = 10_000
+NOTICE_BYTES = 16 * 1024 * 1024
+MAX_SEQUENCES = 100_000
 COMMIT_TIMEOUT_S = 10
 COMMIT_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 RECORD_TIMEOUT_S = 5
@@ -48,10 +53,12 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         self.rt = rt
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiting: collections.Counter[str] = collections.Counter()
-        self.sequences: dict[str, int] = {}
+        self.sequences: BoundedLru[str, int] = BoundedLru(MAX_SEQUENCES, MAX_SEQUENCES * 1024)
         # The SST's signed notice of each user's last commit, forwarded with the next vote
         # request so lagging voters need not ask the SST. Bounded: oldest dropped.
-        self.notices: collections.OrderedDict[str, ppb.PeerEnvelope] = collections.OrderedDict()
+        self.notices: BoundedLru[str, ppb.PeerEnvelope] = BoundedLru(
+            MAX_NOTICES, NOTICE_BYTES, lambda env: env.ByteSize()
+        )
         # Proposals being decided, by id: a re-sent request joins its first attempt.
         self.inflight: dict[str, asyncio.Task[ppb.Outcome]] = {}
 
@@ -104,7 +111,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             )
             reply = await self._sst().GetUserState(env, timeout=5, wait_for_ready=True)
             seq = reply.sequence if reply.found else 0
-            self.sequences[uid] = seq
+            self.sequences.put(uid, seq)
         return seq
 
     def _committed(self, prop: ppb.Proposal, outcome: ppb.Outcome) -> ppb.Outcome:
@@ -112,13 +119,10 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         applied = peer.parse(ppb.Applied, outcome.applied.payload)
         assert isinstance(applied, ppb.Applied)
         if outcome.HasField("applied") and applied.user_id == prop.user_id:
-            self.sequences[prop.user_id] = applied.sequence
-            self.notices[prop.user_id] = outcome.applied
-            self.notices.move_to_end(prop.user_id)
-            if len(self.notices) > MAX_NOTICES:
-                self.notices.popitem(last=False)
+            self.sequences.put(prop.user_id, applied.sequence)
+            self.notices.put(prop.user_id, outcome.applied)
         else:
-            self.sequences.pop(prop.user_id, None)
+            self.sequences.pop(prop.user_id)
         outcome.ClearField("applied")  # the origin does not need it
         metrics.PROPOSALS.labels("committed").inc()
         return outcome
@@ -126,7 +130,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
     async def _fail(self, prop: ppb.Proposal, code: str, reason: str) -> ppb.Outcome:
         """Answer a definitive failure only once the SST recorded it (then the request can
         never commit later); if it committed first, answer that commit."""
-        self.sequences.pop(prop.user_id, None)  # voters may know a newer sequence: re-read
+        self.sequences.pop(prop.user_id)  # voters may know a newer sequence: re-read
         rec = ppb.FailureRecord(
             proposal_id=prop.proposal_id, code=tally.definitive_code(code), reason=reason
         )
@@ -157,10 +161,11 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         except grpc.aio.AioRpcError as exc:
             metrics.PROPOSALS.labels("indeterminate").inc()
             log.warning("SST unreachable: %s %s", exc.code().name, exc.details())
+            err = relayed(exc, "the SST")
             return ppb.Outcome(
                 status=ppb.OUTCOME_FAILED,
-                code="UNAVAILABLE",
-                reason="the SST is unreachable: outcome unknown, re-send the same signed request",
+                code="UNAVAILABLE",  # nothing proposed by this attempt; an earlier one may be
+                reason=f"{err.message}: outcome unknown, re-send the same signed request",
             )
         header = ppb.ProposalHeader(
             proposal=prop, sequence=current + 1, validator_ts_ms=rt.now_ms(), validator=rt.peer_id
@@ -251,20 +256,20 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             outcome = await self._commit(peer.seal("commit", qc, rt.key, rt.peer_id, rt.now_ms()))
         except grpc.aio.AioRpcError as exc:
             log.warning("SST commit failed: %s %s", exc.code().name, exc.details())
-            code = exc.code().name
-            if code in tally.INDETERMINATE_CODES or code == "INTERNAL":
-                out = await self._fail(prop, "ABORTED", f"the SST did not commit it ({code})")
+            err = relayed(exc, "the SST")
+            if err.code in tally.INDETERMINATE_CODES:
+                out = await self._fail(prop, "ABORTED", f"{err.message} (not committed)")
             else:
-                out = await self._fail(prop, code, exc.details() or code)
+                out = await self._fail(prop, err.code, err.message)
             out.valid_votes = count.valid
             return out
         except BaseException:
-            self.sequences.pop(prop.user_id, None)  # cancelled mid-commit: re-read
+            self.sequences.pop(prop.user_id)  # cancelled mid-commit: re-read
             raise
         if outcome.status == ppb.OUTCOME_COMMITTED:
             self._committed(prop, outcome)
         else:  # recorded failed at the SST already
-            self.sequences.pop(prop.user_id, None)
+            self.sequences.pop(prop.user_id)
             metrics.PROPOSALS.labels("failed").inc()
         outcome.valid_votes = count.valid
         outcome.invalid_votes = count.invalid
