@@ -54,6 +54,7 @@ from beco_node.sst.records import (
     ProposalConflictError,
     ProposalFailedError,
     SequenceError,
+    StoredCommit,
     StoreError,
     StoreUnavailableError,
 )
@@ -308,16 +309,19 @@ class SstService(ppb_grpc.SstServicer):
         assert isinstance(rec, ppb.FailureRecord)
         if not rec.proposal_id or not rec.code:
             raise InvalidArgument("a failure record needs a proposal id and a code")
-        task = self.rt.start(self.store.record_failure(rec.proposal_id, rec.code, rec.reason))
-        try:
-            found = await asyncio.shield(task)
-        except StoreUnavailableError as exc:
-            raise Unavailable(str(exc)) from None
+        task = self.rt.start(self._record(rec))
+        found = await asyncio.shield(task)
         if isinstance(found, FailedRecord):
             return _failed_outcome(found)
         return await self._committed_outcome(
             self._commit_info(found.result, found.committed_ms), found.result.user_id
         )
+
+    async def _record(self, rec: ppb.FailureRecord) -> StoredCommit | FailedRecord:
+        try:
+            return await self.store.record_failure(rec.proposal_id, rec.code, rec.reason)
+        except StoreUnavailableError as exc:
+            raise Unavailable(str(exc)) from None  # a status, not a crash of the task
 
     @rpc_handler("sst.Changes")
     async def Changes(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ChangesReply:
