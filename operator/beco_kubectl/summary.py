@@ -7,7 +7,7 @@ operator's status, so the summary also tells when the status lags behind.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from beco_operator import names
@@ -168,11 +168,7 @@ def summarize(net: Obj, pods: Sequence[Obj], key_secrets: Sequence[Obj]) -> Summ
         rotation=rotation,
         membership_generation=_int(st.get("membershipGeneration"), 0),
     )
-    return Summary(**{**_fields(s), "advice": advice(s)})
-
-
-def _fields(s: Summary) -> dict[str, Any]:
-    return {f: getattr(s, f) for f in s.__slots__}
+    return replace(s, advice=advice(s))
 
 
 def advice(s: Summary) -> list[str]:
