@@ -29,7 +29,8 @@ SEL = "app.kubernetes.io/managed-by=beco-operator,beco.dev/network={}"
 def kubectl_beco(
     cp: ControlPlane, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
-    env = cp.env()
+    # HOME: kubectl keeps its discovery cache there (the plane's own dir, not the repo or ~)
+    env = {**os.environ, **cp.env(), "HOME": str(cp.workdir)}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return subprocess.run(
         ["kubectl", "beco", *args],
