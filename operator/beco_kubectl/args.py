@@ -180,7 +180,7 @@ def beco_args(
     args = ["--endpoint", f"127.0.0.1:{port}", "--membership", files.membership]
     if files.ca:
         args += ["--tls-ca", files.ca]
-        if client_cert:
+        if client_cert and files.cert:
             args += [
                 "--tls-cert",
                 files.cert,

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from beco_kubectl import main as plugin
 from beco_node import keys
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(240)]
+UNAVAILABLE = 10 + 14  # beco: 10 + gRPC status UNAVAILABLE
 
 
 class FakeCluster:
@@ -109,3 +111,75 @@ async def test_connect_and_verify_log_through_the_real_cli(
         assert await asyncio.to_thread(connect, "user", "get", "z" * 43) >= 10
     finally:
         await net.down()
+
+
+def test_connect_over_mutual_tls_with_the_client_certificate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A TLS network (the operator's default): the session passes the CA, the client
+    certificate and the server name, as connect does with the network's client-tls Secret."""
+    from beco_node.local.network import LocalNetwork, free_base_port
+
+    from tests.integration.network.nodes import SERVING, make_pki, wait_health
+
+    pki = make_pki(tmp_path / "pki", ["beco.test"])
+    env = {"BECO_TLS_CERT": str(pki.cert), "BECO_TLS_KEY": str(pki.key), "BECO_TLS_CA": str(pki.ca)}
+    net = LocalNetwork(tmp_path / "net", base_port=free_base_port(), extra_env=env)
+    net.prepare()
+    port = int(net.user_endpoints()[0].rsplit(":", 1)[1])
+    session = cli.ClientFiles(
+        membership=str(net.membership_path),
+        ca=str(pki.ca),
+        cert=str(pki.client_cert),
+        key=str(pki.client_key),
+        server_name="beco.test",
+    )
+
+    @contextmanager
+    def files(_c: Any, _n: Any) -> Iterator[tuple[Path, cli.ClientFiles]]:
+        yield tmp_path, session
+
+    @contextmanager
+    def forward(_c: Any, _s: str, _p: int, _t: float) -> Iterator[int]:
+        yield port
+
+    monkeypatch.setattr(plugin, "client_files", files)
+    monkeypatch.setattr(plugin, "port_forward", forward)
+    fake: Any = FakeCluster()
+    key = tmp_path / "alice.key"
+    key.write_bytes(keys.private_key_to_pem(keys.generate_private_key()))
+
+    async def up() -> None:
+        await net.start_postgres()
+        creds = pki.client_credentials()
+        for name in net.order():
+            net.start_node(name)
+        for n in net.nodes.values():
+            await wait_health(n.address, SERVING, creds=creds, proc=n.proc)
+
+    try:
+        asyncio.run(up())
+        for _ in range(50):
+            rc = plugin.connect(fake, _ns(), ["--key", str(key), "user", "create", "--first", "A"])
+            if rc == 0:
+                break
+            time.sleep(0.3)
+        assert rc == 0
+        h1 = tmp_path / "h1.json"
+        assert (
+            plugin.connect(fake, _ns(), ["--key", str(key), "tree", "head", "--save", str(h1)]) == 0
+        )
+        capsys.readouterr()
+        assert plugin.verify_log(fake, _ns(old_head=str(h1))) == cli.OK
+        assert "extends the saved head" in capsys.readouterr().out
+        # the same session without the client certificate is refused by the network
+        no_cert = cli.ClientFiles(membership=session.membership, ca=session.ca)
+        monkeypatch.setattr(plugin, "client_files", lambda _c, _n: _yield(tmp_path, no_cert))
+        assert plugin.connect(fake, _ns(), ["--key", str(key), "user", "get"]) == UNAVAILABLE
+    finally:
+        asyncio.run(net.down())
+
+
+@contextmanager
+def _yield(d: Path, f: cli.ClientFiles) -> Iterator[tuple[Path, cli.ClientFiles]]:
+    yield d, f

@@ -80,6 +80,8 @@ def test_beco_args_plaintext_and_tls() -> None:
     ]
     ca_only = cli.beco_args(1, files, ["tree", "head"], client_cert=False)
     assert ca_only[4:] == ["--tls-ca", "/t/ca", "tree", "head"]
+    no_cert = cli.beco_args(1, cli.ClientFiles("/t/m.json", "/t/ca"), ["tree", "head"])
+    assert no_cert[4:] == ["--tls-ca", "/t/ca", "tree", "head"]
 
 
 def test_client_cert_detection_matches_the_beco_cli() -> None:
