@@ -166,6 +166,15 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
             "series": 'beco_operator_rollout_waiting{job="op", namespace="ops", exported_namespace="ns", network="n1"}',
             "values": "1x60",
         },
+        # u0 catches up with the SST every second; u1 stopped catching up at minute 0
+        {
+            "series": 'beco_sync_age_seconds{job="beco", namespace="ns", network="n1", role="user", instance="u0"}',
+            "values": "1x20",
+        },
+        {
+            "series": 'beco_sync_age_seconds{job="beco", namespace="ns", network="n1", role="user", instance="u1"}',
+            "values": "0+60x20",
+        },
     ]
     labels_u2 = {
         "job": "beco",
@@ -212,6 +221,14 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
                         "exp_alerts": [_expect("BecoCommitsFailing", net_labels, "33.33%")],
                     },
                     {"eval_time": "15m", "alertname": "BecoCommitLatencyHigh", "exp_alerts": []},
+                    {"eval_time": "1m", "alertname": "BecoUserNodeBehind", "exp_alerts": []},
+                    {
+                        "eval_time": "5m",
+                        "alertname": "BecoUserNodeBehind",
+                        "exp_alerts": [
+                            _expect("BecoUserNodeBehind", {**net_labels, "instance": "u1"}, "5m 0s")
+                        ],
+                    },
                     {"eval_time": "20m", "alertname": "BecoRolloutHeldBack", "exp_alerts": []},
                     {
                         "eval_time": "45m",

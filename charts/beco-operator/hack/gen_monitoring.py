@@ -542,6 +542,21 @@ ALERTS = [
 
 ALERTS.append(
     Alert(
+        "BecoUserNodeBehind",
+        f'max by ({BY}, instance) (beco_sync_age_seconds{{role="user"}})',
+        "> 15",
+        "2m",
+        "warning",
+        "BECO user node {{ $labels.instance }} is not catching up with the SST",
+        "Its last catch-up with the SST is {{ $value | humanizeDuration }} old (staleness "
+        "bound 5 s): it answers each read from the SST, or UNAVAILABLE; see "
+        "docs/reliability.md.",
+    )
+)
+
+
+ALERTS.append(
+    Alert(
         "BecoRolloutHeldBack",
         "max by (exported_namespace, network) (beco_operator_rollout_waiting)",
         "> 0",
