@@ -22,6 +22,9 @@ MANAGED_BY = "beco-operator"
 
 PORT = 9001
 METRICS_PORT = 9100
+# Plaintext grpc.health.v1 only (the kubelet's probes), even when PORT is mutual TLS.
+HEALTH_PORT = 9002
+LIVENESS_SERVICE = "liveness"
 PG_PORT = 5432
 
 MEMBERSHIP_KEY = "membership.json"

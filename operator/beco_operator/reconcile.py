@@ -193,15 +193,9 @@ class Reconciler:
             if created is not None:
                 key_secrets[str(created["metadata"]["name"])] = created
 
-        # 2. Managed database credentials: created once.
+        # 2. Managed database credentials: created once, kept as long as the data volume.
         if isinstance(spec.database, ManagedDatabase):
-            pg = render.postgres_secret(name, ns, spec.image_tag, pysecrets.token_urlsafe(24))
-            pg["metadata"]["ownerReferences"] = [owner]
-            if await self.kube.get(path("Secret", ns, pg["metadata"]["name"])) is None:
-                if await self.kube.create(pg) is not None:
-                    await self.event(
-                        body, "Normal", "DatabaseCredentials", "generated the Postgres password"
-                    )
+            await self._database_secret(body, ns, name, owner, spec, spec.database)
 
         # 3. Membership.
         public_keys: dict[str, bytes] = {}
@@ -258,6 +252,11 @@ class Reconciler:
             *(self.kube.get(path(o["kind"], ns, o["metadata"]["name"])) for o in desired)
         )
         for obj, have in zip(desired, current, strict=True):
+            if diff.must_recreate(obj, have):
+                assert have is not None
+                hm = _meta(have)
+                await self.kube.delete(obj["kind"], ns, str(hm["name"]), uid=str(hm.get("uid")))
+                have = None
             if diff.needs_apply(obj, have):
                 await self.kube.apply(obj)
                 result.writes.append(f"{obj['kind']}/{obj['metadata']['name']}")
@@ -505,21 +504,83 @@ class Reconciler:
             )
         return cert, key
 
+    async def _database_secret(
+        self,
+        body: Mapping[str, Any],
+        ns: str,
+        network: str,
+        owner: Obj,
+        spec: NetworkSpec,
+        db: ManagedDatabase,
+    ) -> None:
+        """The Postgres password, created once; owned by the network only if its volume is.
+
+        A retained data volume keeps the password it was initialised with, so a network
+        re-created with the same name must find that password again: with
+        ``reclaimPolicy: Retain`` the Secret is not owned and survives the network, like the
+        volume claim; with ``Delete`` both go with the network.
+        """
+        owners = render.postgres_secret_owners(db, owner)
+        sec_name = names.postgres(network)
+        have = await self.kube.get(path("Secret", ns, sec_name))
+        if have is None:
+            pg = render.postgres_secret(network, ns, spec.image_tag, pysecrets.token_urlsafe(24))
+            if owners:
+                pg["metadata"]["ownerReferences"] = owners
+            if await self.kube.create(pg) is not None:
+                await self.event(
+                    body, "Normal", "DatabaseCredentials", "generated the Postgres password"
+                )
+            return
+        if (_meta(have).get("ownerReferences") or []) != owners:
+            # Only the ownership changes (the reclaim policy changed, or a retained Secret is
+            # found again): the password itself is never rewritten.
+            replaced = {**have, "apiVersion": "v1", "kind": "Secret"}
+            replaced["metadata"] = {**_meta(have), "ownerReferences": owners}
+            await self.kube.replace(replaced)
+            if not owners:
+                await self.event(
+                    body,
+                    "Normal",
+                    "DatabaseCredentials",
+                    f"the Postgres password Secret {sec_name} is kept with the retained volume",
+                )
+            else:
+                await self.event(
+                    body,
+                    "Normal",
+                    "DatabaseCredentials",
+                    f"the Postgres password Secret {sec_name} now goes with the network",
+                )
+
     async def _database(
         self, ns: str, network: str, spec: NetworkSpec, pods: Sequence[Mapping[str, Any]]
     ) -> tuple[bool, str]:
+        sst_ready = any(
+            _pod_ready(p) and (_meta(p).get("labels") or {}).get(names.ROLE_LABEL) == "sst"
+            for p in pods
+        )
         if isinstance(spec.database, ExternalDatabase):
             ref = spec.database
             sec = await self.kube.get(path("Secret", ns, ref.secret_name))
+            problem = ""
             if sec is None:
-                return False, f"the database Secret {ref.secret_name} does not exist"
-            if ref.secret_key not in (sec.get("data") or {}):
-                return False, f"the database Secret {ref.secret_name} has no key {ref.secret_key!r}"
-            return True, f"external database DSN in Secret {ref.secret_name}"
+                problem = f"the database Secret {ref.secret_name} does not exist"
+            elif ref.secret_key not in (sec.get("data") or {}):
+                problem = f"the database Secret {ref.secret_name} has no key {ref.secret_key!r}"
+            return status.database(
+                managed=False,
+                where=ref.secret_name,
+                problem=problem,
+                postgres_ready=None,
+                sst_ready=sst_ready,
+            )
         pg = f"{names.postgres(network)}-0"
-        for p in pods:
-            if _meta(p).get("name") == pg:
-                if _pod_ready(p):
-                    return True, f"managed Postgres {pg} is ready"
-                return False, f"managed Postgres {pg} is not ready"
-        return False, f"managed Postgres {pg} has no pod yet"
+        pg_pod = next((p for p in pods if _meta(p).get("name") == pg), None)
+        return status.database(
+            managed=True,
+            where=pg,
+            problem="",
+            postgres_ready=None if pg_pod is None else _pod_ready(pg_pod),
+            sst_ready=sst_ready,
+        )

@@ -28,7 +28,7 @@ from typing import Any
 
 from beco_operator import names
 from beco_operator.names import Obj
-from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec
+from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec, split_image
 
 PG_USER = "beco"
 PG_DB = "beco"
@@ -69,6 +69,7 @@ def node_args(role: str, spec: NetworkSpec) -> list[str]:
         f"--key-file={names.KEY_DIR}/$(BECO_NODE_NAME).key",
         f"--listen=0.0.0.0:{names.PORT}",
         f"--metrics-listen=0.0.0.0:{names.METRICS_PORT}",
+        f"--health-listen=0.0.0.0:{names.HEALTH_PORT}",
     ]
     if spec.insecure:
         args.append("--insecure")
@@ -104,10 +105,18 @@ def _container(
         "ports": [
             {"name": "grpc", "containerPort": names.PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": names.HEALTH_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": {"grpc": {"port": names.PORT}, "periodSeconds": 5},
+        # The health port is plaintext even with TLS on: the kubelet's probe cannot do mutual TLS.
+        # Service "" is readiness (loaded and connected); "liveness" is the process's loop.
+        "startupProbe": {
+            "grpc": {"port": names.HEALTH_PORT, "service": names.LIVENESS_SERVICE},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "readinessProbe": {"grpc": {"port": names.HEALTH_PORT}, "periodSeconds": 5},
         "livenessProbe": {
-            "grpc": {"port": names.PORT},
+            "grpc": {"port": names.HEALTH_PORT, "service": names.LIVENESS_SERVICE},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
@@ -321,7 +330,10 @@ def render(
                 },
             }
         out.append(workload)
-        out.append(_service(name, namespace, labels, selector))
+        # A StatefulSet's serviceName must name a headless Service (its pods' DNS records);
+        # not-ready addresses are published so that peers can reach a node while it starts.
+        headless = workload["kind"] == "StatefulSet"
+        out.append(_service(name, namespace, labels, selector, headless=headless))
 
     for zone in spec.zones:
         name = names.user_sts(network, zone)
@@ -371,7 +383,7 @@ def render(
         }
     )
     if isinstance(spec.database, ManagedDatabase):
-        out.extend(_postgres(network, namespace, spec.database, version))
+        out.extend(_postgres(network, namespace, spec.database))
     if spec.network_policy:
         out.extend(_network_policies(network, namespace, spec, version))
     if spec.monitoring and pod_monitor:
@@ -381,9 +393,10 @@ def render(
     return out
 
 
-def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -> list[Obj]:
+def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
+    """Postgres' objects depend on its own image, never on the nodes' (no restart on upgrade)."""
     name = names.postgres(network)
-    labels = names.labels(network, "postgres", version)
+    labels = names.labels(network, "postgres", split_image(db.image)[1])
     selector = names.selector_labels(network, "postgres")
     claim: Obj = {
         "metadata": {"name": "data", "labels": dict(selector)},
@@ -395,6 +408,7 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -
     if db.storage_class:
         claim["spec"]["storageClassName"] = db.storage_class
     secret = {"name": name}
+    pg_isready = ["pg_isready", "-h", "127.0.0.1", "-U", PG_USER, "-d", PG_DB]
     sts: Obj = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -439,19 +453,36 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -
                                     "protocol": "TCP",
                                 }
                             ],
-                            "readinessProbe": {
-                                "exec": {"command": ["pg_isready", "-U", PG_USER, "-d", PG_DB]},
-                                "periodSeconds": 5,
+                            # exec probes: Postgres' port stays closed to all but the SST
+                            "startupProbe": {
+                                "exec": {"command": pg_isready},
+                                "periodSeconds": 2,
+                                "failureThreshold": 300,  # initdb or a long crash recovery
+                            },
+                            "readinessProbe": {"exec": {"command": pg_isready}, "periodSeconds": 5},
+                            "livenessProbe": {
+                                "exec": {"command": pg_isready},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 5,
+                                "failureThreshold": 6,
                             },
                             "resources": dict(db.resources),
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
                             "volumeMounts": [
-                                {"name": "data", "mountPath": "/var/lib/postgresql/data"}
+                                {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                                # the only other places Postgres writes: its socket and temp files
+                                {"name": "run", "mountPath": "/var/run/postgresql"},
+                                {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }
+                    ],
+                    "volumes": [
+                        {"name": "run", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                     ],
                 },
             },
@@ -478,6 +509,11 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -
     return [sts, svc]
 
 
+def postgres_secret_owners(db: ManagedDatabase, owner: Obj) -> list[Obj]:
+    """The owners of the Postgres password Secret: the network's only when the volume goes too."""
+    return [owner] if db.reclaim_policy == "Delete" else []
+
+
 def postgres_secret(network: str, namespace: str, version: str, password: str) -> Obj:
     """The managed database's credentials; created once, never rewritten."""
     name = names.postgres(network)
@@ -500,6 +536,8 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
     labels = names.labels(network, "network-policy", version)
     grpc = {"port": names.PORT, "protocol": "TCP"}
     metrics = {"port": names.METRICS_PORT, "protocol": "TCP"}
+    # The kubelet probes the health port from the node's address, which no pod selector matches.
+    health = {"port": names.HEALTH_PORT, "protocol": "TCP"}
     from_members = [{"podSelector": {"matchLabels": member_pods}}]
     policies: list[Obj] = [
         {
@@ -519,7 +557,7 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
                     ],
                 },
                 "policyTypes": ["Ingress"],
-                "ingress": [{"from": from_members, "ports": [grpc]}, {"ports": [metrics]}],
+                "ingress": [{"from": from_members, "ports": [grpc]}, {"ports": [metrics, health]}],
             },
         },
         {
@@ -530,7 +568,7 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
             "spec": {
                 "podSelector": {"matchLabels": names.selector_labels(network, names.ROLE_USER)},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"ports": [grpc, metrics]}],
+                "ingress": [{"ports": [grpc, metrics, health]}],
             },
         },
     ]

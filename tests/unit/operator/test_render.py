@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from beco_operator import diff, names, render
 from beco_operator.names import Obj
+from beco_operator.spec import ManagedDatabase
 
 from .conftest import make_spec
 
@@ -178,3 +180,194 @@ def test_diff_ignores_server_defaults_and_catches_edits() -> None:
         "metadata": {**have["metadata"], "annotations": {names.APPLIED_HASH_ANNOTATION: "old"}},
     }
     assert diff.needs_apply(want, stale)
+
+
+def _workloads(objs: list[Obj]) -> list[Obj]:
+    return [o for o in objs if o["kind"] in ("StatefulSet", "Deployment")]
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_probes_use_the_plaintext_health_port_whatever_the_transport(insecure: bool) -> None:
+    """With mutual TLS on the main port a kubelet probe there can only fail (issue 8, item 1)."""
+    objs = _render(transport={"insecure": insecure})
+    beco = [w for w in _workloads(objs) if w["metadata"]["name"] != "demo-postgres"]
+    assert len(beco) == 6
+    for w in beco:
+        (c,) = w["spec"]["template"]["spec"]["containers"]
+        assert f"--health-listen=0.0.0.0:{names.HEALTH_PORT}" in c["args"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["health"] == names.HEALTH_PORT
+        assert c["readinessProbe"]["grpc"] == {"port": names.HEALTH_PORT}
+        liveness = {"port": names.HEALTH_PORT, "service": "liveness"}
+        assert c["livenessProbe"]["grpc"] == liveness
+        assert c["startupProbe"]["grpc"] == liveness
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert c[probe]["grpc"]["port"] != names.PORT, (w["metadata"]["name"], probe)
+
+
+def test_every_statefulset_names_a_headless_service() -> None:
+    objs = _by(_render(userNodes={"perZone": 2}))
+    sts = [o for o in objs.values() if o["kind"] == "StatefulSet"]
+    assert len(sts) == 6
+    for s in sts:
+        svc = objs.get(("Service", s["spec"]["serviceName"]))
+        assert svc is not None, f"{s['metadata']['name']} names no rendered Service"
+        assert svc["spec"].get("clusterIP") == "None", f"{svc['metadata']['name']} is not headless"
+        assert svc["spec"]["selector"] == s["spec"]["selector"]["matchLabels"]
+
+
+def test_postgres_does_not_change_with_the_node_image() -> None:
+    """A node upgrade must not restart Postgres (issue 8, item 6): byte-identical objects."""
+
+    def pg(tag: str) -> tuple[str, str]:
+        objs = _by(_render(image={"tag": tag}))
+        sts = objs[("StatefulSet", "demo-postgres")]
+        return (
+            json.dumps(sts["spec"]["template"], sort_keys=True),
+            json.dumps([sts, objs[("Service", "demo-postgres")]], sort_keys=True),
+        )
+
+    assert pg("0.1.0") == pg("0.2.0")
+    sts = _by(_render())[("StatefulSet", "demo-postgres")]
+    assert sts["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "15"
+
+
+def test_postgres_runs_as_the_postgres_user_not_root() -> None:
+    pod = _by(_render())[("StatefulSet", "demo-postgres")]["spec"]["template"]["spec"]
+    sc = pod["securityContext"]
+    assert (sc["runAsNonRoot"], sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (
+        True,
+        999,
+        999,
+        999,
+    )
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"} <= mounts
+
+
+def _allows(policy: Obj, port: int, peer: dict[str, str] | None) -> bool:
+    """Whether ``policy`` admits TCP ``port`` from a pod labelled ``peer`` (None: the node)."""
+    for rule in policy["spec"]["ingress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        sources = rule.get("from")
+        if not sources:
+            return True
+        for src in sources:
+            sel = src.get("podSelector", {}).get("matchLabels")
+            if peer is not None and sel is not None and sel.items() <= peer.items():
+                return True
+    return False
+
+
+def _policies_for(objs: list[Obj], pod_labels: dict[str, str]) -> list[Obj]:
+    out = []
+    for o in objs:
+        if o["kind"] != "NetworkPolicy":
+            continue
+        sel = o["spec"]["podSelector"]
+        if not sel.get("matchLabels", {}).items() <= pod_labels.items():
+            continue
+        if all(pod_labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", [])):
+            out.append(o)
+    return out
+
+
+def test_network_policies_admit_the_kubelet_probes_and_the_members() -> None:
+    objs = _render()
+    member = _by(objs)[("StatefulSet", "demo-user-a")]["spec"]["template"]["metadata"]["labels"]
+    sst = _by(objs)[("StatefulSet", "demo-sst")]["spec"]["template"]["metadata"]["labels"]
+    stranger = {"app": "other"}
+    for w in _workloads(objs):
+        tmpl = w["spec"]["template"]
+        policies = _policies_for(objs, tmpl["metadata"]["labels"])
+        assert policies, f"{w['metadata']['name']} is selected by no NetworkPolicy"
+        (c,) = tmpl["spec"]["containers"]
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            port = c[probe].get("grpc", {}).get("port")
+            if port is not None:  # network probes come from the node, not from a pod
+                assert any(_allows(p, port, None) for p in policies), (w["metadata"], probe)
+        if w["metadata"]["name"] == "demo-postgres":
+            assert any(_allows(p, names.PG_PORT, sst) for p in policies)
+            assert not any(_allows(p, names.PG_PORT, member) for p in policies)
+            assert not any(_allows(p, names.PG_PORT, None) for p in policies)
+        else:
+            assert any(_allows(p, names.PORT, member) for p in policies), w["metadata"]["name"]
+            assert any(_allows(p, names.PORT, sst) for p in policies), w["metadata"]["name"]
+    for role in ("validator", "sst", "rendezvous"):
+        tmpl = next(w for w in _workloads(objs) if w["metadata"]["name"] == f"demo-{role}")
+        policies = _policies_for(objs, tmpl["spec"]["template"]["metadata"]["labels"])
+        assert not any(_allows(p, names.PORT, stranger) for p in policies), role
+
+
+def _lint(obj: Obj) -> list[str]:
+    """The checks of kube-linter's and kube-score's defaults that apply to our workloads."""
+    if obj["kind"] not in ("StatefulSet", "Deployment"):
+        return []
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    pod = obj["spec"]["template"]["spec"]
+    found = []
+    psc = pod.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True or not psc.get("runAsUser"):
+        found.append(f"{where}: run-as-non-root")
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        found.append(f"{where}: seccomp")
+    if pod.get("automountServiceAccountToken") is not False:
+        found.append(f"{where}: service account token mounted")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        found.append(f"{where}: host namespaces")
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: privilege-escalation-container")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{where}: no-read-only-root-fs")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append(f"{where}: drop-all-capabilities")
+        if sc.get("privileged"):
+            found.append(f"{where}: privileged-container")
+        res = c.get("resources", {})
+        for kind in ("cpu", "memory"):
+            if kind not in res.get("requests", {}):
+                found.append(f"{where}: unset-{kind}-requirements")
+        if "memory" not in res.get("limits", {}):
+            found.append(f"{where}: unset-memory-limit")
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe not in c:
+                found.append(f"{where}: no-{probe}")
+        image = c["image"]
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            found.append(f"{where}: latest-tag")
+        if c.get("ports") and any("hostPort" in p for p in c["ports"]):
+            found.append(f"{where}: host-port")
+    return found
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"userNodes": {"perZone": 2}}, {"database": {"external": {"secretRef": {"name": "pg"}}}}],
+)
+def test_rendered_workloads_pass_the_best_practice_checks(overrides: dict[str, Any]) -> None:
+    problems = [p for o in _render(**overrides) for p in _lint(o)]
+    assert not problems, problems
+
+
+def test_the_postgres_password_lives_as_long_as_its_volume() -> None:
+    owner = render.owner_reference("demo", "uid-1")
+    retain = make_spec().database
+    delete = make_spec(database={"managed": {"reclaimPolicy": "Delete"}}).database
+    assert isinstance(retain, ManagedDatabase) and isinstance(delete, ManagedDatabase)
+    assert render.postgres_secret_owners(retain, owner) == []  # survives the network, as the PVC
+    assert render.postgres_secret_owners(delete, owner) == [owner]
+
+
+def test_a_service_that_must_become_headless_is_recreated() -> None:
+    want = diff.with_hash(_by(_render())[("Service", "demo-validator")])
+    had_ip: Obj = {**want, "spec": {**want["spec"], "clusterIP": "10.0.0.7"}}
+    assert diff.must_recreate(want, had_ip)
+    assert not diff.must_recreate(want, {**want, "spec": {**want["spec"]}})
+    assert not diff.must_recreate(want, None)
+    client = diff.with_hash(_by(_render())[("Service", "demo")])
+    assert not diff.must_recreate(client, {**client, "spec": {**client["spec"], "clusterIP": "1"}})
