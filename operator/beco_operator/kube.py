@@ -24,27 +24,8 @@ from typing import Any
 import aiohttp
 import kopf
 
-from beco_operator import metrics, names
+from beco_operator import kinds, metrics, names
 from beco_operator.names import Obj
-
-# kind -> (API prefix, plural, namespaced)
-KINDS: dict[str, tuple[str, str, bool]] = {
-    "Pod": ("/api/v1", "pods", True),
-    "Service": ("/api/v1", "services", True),
-    "ConfigMap": ("/api/v1", "configmaps", True),
-    "Secret": ("/api/v1", "secrets", True),
-    "Event": ("/api/v1", "events", True),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
-    "Node": ("/api/v1", "nodes", False),
-    "Deployment": ("/apis/apps/v1", "deployments", True),
-    "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
-    "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
-    "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
-    names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL, True),
-}
-
 
 SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
 
@@ -57,11 +38,11 @@ class ApiError(Exception):
 
 
 def path(kind: str, namespace: str | None = None, name: str | None = None) -> str:
-    prefix, plural, namespaced = KINDS[kind]
-    p = prefix
-    if namespaced and namespace:
+    k = kinds.BY_KIND[kind]
+    p = k.prefix
+    if k.namespaced and namespace:
         p += f"/namespaces/{namespace}"
-    p += f"/{plural}"
+    p += f"/{k.plural}"
     if name:
         p += f"/{name}"
     return p

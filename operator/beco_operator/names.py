@@ -43,6 +43,7 @@ PEER_ID_ANNOTATION = f"{GROUP}/peer-id"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"  # on pod templates: what a restart must follow
 APPLIED_HASH_ANNOTATION = f"{GROUP}/applied-hash"  # on children: the desired state last applied
 KEY_HASH_ANNOTATION = f"{GROUP}/key-hash"  # on singleton pod templates: their key's version
+PUBLISHED_AT_ANNOTATION = f"{GROUP}/published-at"  # on the membership: when its text last changed
 
 NETWORK_LABEL = f"{GROUP}/network"
 ZONE_LABEL = f"{GROUP}/zone"

@@ -191,23 +191,27 @@ def _pod_spec(
     return pod
 
 
-def config_hash(
-    network: str, role: str, spec: NetworkSpec, zone: str, resources: Mapping[str, Any]
-) -> str:
-    """What a running node must be restarted for: image, flags, resources, pod extras."""
-    return digest(
-        {
-            "image": f"{spec.image}:{spec.image_tag}",
-            "pull": spec.pull_policy,
-            "args": node_args(role, spec),
-            "resources": resources,
-            "labels": spec.pod_labels,
-            "annotations": spec.pod_annotations,
-            "tolerations": list(spec.tolerations),
-            "priority": spec.priority_class,
-            "db": _dsn_ref(network, spec) if role == "sst" else None,
-        }
-    )
+# Parts of a pod template a running node need not restart for: the list of key Secrets
+# projected into a user node's volume grows and shrinks with the zone's replica count, and a
+# pod reads only its own key from it (its key's own change is a rotation, handled apart).
+HASH_EXCLUDED = ("spec.volumes[name=key].projected.sources",)
+
+
+def config_hash(template: Obj) -> str:
+    """What a running node must be restarted for: the whole rendered template but the hash
+    annotation itself and :data:`HASH_EXCLUDED`, so a new pod field can never be forgotten."""
+    meta = dict(template.get("metadata") or {})
+    ann = dict(meta.get("annotations") or {})
+    ann.pop(names.CONFIG_HASH_ANNOTATION, None)
+    meta["annotations"] = ann
+    spec = dict(template["spec"])
+    spec["volumes"] = [
+        {**v, "projected": {k: x for k, x in v["projected"].items() if k != "sources"}}
+        if v.get("name") == "key" and "projected" in v
+        else v
+        for v in spec.get("volumes") or []
+    ]
+    return digest({"metadata": meta, "spec": spec})
 
 
 def _template(
@@ -223,12 +227,13 @@ def _template(
     labels = names.labels(network, role, spec.image_tag, zone or None)
     labels.update(spec.pod_labels)
     annotations = dict(spec.pod_annotations)
-    annotations[names.CONFIG_HASH_ANNOTATION] = config_hash(network, role, spec, zone, resources)
     annotations.update(extra_annotations)
-    return {
+    template: Obj = {
         "metadata": {"labels": labels, "annotations": annotations},
         "spec": _pod_spec(network, role, spec, zone, members, resources, member_env),
     }
+    annotations[names.CONFIG_HASH_ANNOTATION] = config_hash(template)
+    return template
 
 
 def _service(
@@ -283,8 +288,13 @@ def render(
     *,
     singleton_key_hashes: Mapping[str, str],
     pod_monitor: bool,
+    user_replicas: Mapping[str, int] | None = None,
 ) -> list[Obj]:
-    """Every child except key Secrets, the membership ConfigMap and the Postgres password."""
+    """Every child except key Secrets, the membership ConfigMap and the Postgres password.
+
+    ``user_replicas`` (pods per zone) may exceed the spec's while departing members wait for
+    the smaller membership to reach every pod (see propagation.py).
+    """
     version = spec.image_tag
     out: list[Obj] = []
 
@@ -339,7 +349,8 @@ def render(
         name = names.user_sts(network, zone)
         labels = names.labels(network, names.ROLE_USER, version, zone)
         selector = names.selector_labels(network, names.ROLE_USER, zone)
-        members = [names.user_member(network, zone, i) for i in range(spec.per_zone)]
+        replicas = max(spec.per_zone, (user_replicas or {}).get(zone, 0))
+        members = [names.user_member(network, zone, i) for i in range(replicas)]
         template = _template(
             network, names.ROLE_USER, spec, zone, members, spec.user_resources, POD_NAME_ENV, {}
         )
@@ -349,7 +360,7 @@ def render(
                 "kind": "StatefulSet",
                 "metadata": _meta(name, namespace, labels),
                 "spec": {
-                    "replicas": spec.per_zone,
+                    "replicas": replicas,
                     "serviceName": name,
                     "selector": {"matchLabels": selector},
                     "podManagementPolicy": "Parallel",

@@ -42,6 +42,8 @@ class Observed:
     rollout_pending: int = 0
     rollout_waiting: bool = False
     rollout_reason: str = ""
+    membership_settled: bool = True  # every pod runs the published membership (or may)
+    membership_message: str = ""
     extra_problems: Sequence[str] = field(default_factory=tuple)
 
 
@@ -142,6 +144,8 @@ def compute(generation: int, obs: Observed, previous: Mapping[str, Any], now: da
             f"{obs.rollout_pending} user node(s) to restart"
             + (f"; waiting: {obs.rollout_reason}" if obs.rollout_waiting else "")
         )
+    if not obs.membership_settled:
+        problems.append(obs.membership_message or "the membership is propagating")
     problems.extend(obs.extra_problems)
     ready = not problems
 
@@ -160,6 +164,8 @@ def compute(generation: int, obs: Observed, previous: Mapping[str, Any], now: da
             reason = "KeysPending"
         elif not obs.database_ready:
             reason = "DatabaseNotReady"
+        elif not obs.membership_settled:
+            reason = "MembershipPropagating"
         else:
             reason = "PodsNotReady"
         ready_cond = condition(
@@ -214,7 +220,7 @@ def compute(generation: int, obs: Observed, previous: Mapping[str, Any], now: da
         or (not quorum_ok and prev_phase in ("Ready", "Degraded"))
     ):
         phase = "Degraded"
-    elif prev_phase in ("Ready", "Degraded") and not obs.rollout_pending:
+    elif prev_phase in ("Ready", "Degraded") and not obs.rollout_pending and obs.membership_settled:
         phase = "Degraded"
     else:
         phase = "Progressing"

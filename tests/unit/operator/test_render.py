@@ -371,3 +371,89 @@ def test_a_service_that_must_become_headless_is_recreated() -> None:
     assert not diff.must_recreate(want, None)
     client = diff.with_hash(_by(_render())[("Service", "demo")])
     assert not diff.must_recreate(client, {**client, "spec": {**client["spec"], "clusterIP": "1"}})
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaves(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))]
+    return [path]
+
+
+def _perturbed(template: Obj, path: tuple[Any, ...]) -> Obj:
+    out = json.loads(json.dumps(template))
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    old = node[path[-1]]
+    node[path[-1]] = (not old) if isinstance(old, bool) else f"{old}-changed"
+    return dict(out)
+
+
+def _excluded(template: Obj, path: tuple[Any, ...]) -> bool:
+    """The one part a restart need not follow: the key Secrets projected into the volume."""
+    if path[:1] == ("metadata",) and path[1:3] == ("annotations", names.CONFIG_HASH_ANNOTATION):
+        return True
+    if path[:2] == ("spec", "volumes") and len(path) > 4:
+        vol = template["spec"]["volumes"][path[2]]
+        return bool(vol["name"] == "key" and path[3:5] == ("projected", "sources"))
+    return False
+
+
+@pytest.mark.parametrize("workload", ["demo-user-a", "demo-sst", "demo-rendezvous"])
+def test_the_config_hash_covers_every_field_of_the_pod_template(workload: str) -> None:
+    """A field added to the template restarts pods when it changes: nothing to remember."""
+    objs = _by(_render(podTemplate={"labels": {"team": "x"}, "priorityClassName": "high"}))
+    kind = "Deployment" if workload.endswith("rendezvous") else "StatefulSet"
+    template = objs[(kind, workload)]["spec"]["template"]
+    base = render.config_hash(template)
+    assert template["metadata"]["annotations"][names.CONFIG_HASH_ANNOTATION] == base
+    leaves = _leaves(template)
+    assert len(leaves) > 40
+    for path in leaves:
+        changed = render.config_hash(_perturbed(template, path)) != base
+        assert changed != _excluded(template, path), path
+
+
+def test_scaling_up_changes_the_statefulset_but_not_the_config_hash() -> None:
+    one = _by(_render())[("StatefulSet", "demo-user-a")]
+    two = _by(
+        render.render(
+            "demo",
+            "ns",
+            "uid-1",
+            make_spec(),
+            singleton_key_hashes={},
+            pod_monitor=True,
+            user_replicas={"a": 2},
+        )
+    )[("StatefulSet", "demo-user-a")]
+    assert two["spec"]["replicas"] == 2 and one["spec"]["replicas"] == 1
+    ann = names.CONFIG_HASH_ANNOTATION
+    assert (
+        one["spec"]["template"]["metadata"]["annotations"][ann]
+        == two["spec"]["template"]["metadata"]["annotations"][ann]
+    )
+
+
+def test_one_table_of_kinds_covers_every_rendered_child() -> None:
+    from beco_operator import handlers, kinds, kube
+
+    rendered = {o["kind"] for o in _render(userNodes={"perZone": 2})}
+    assert rendered <= set(kinds.prunable(optional_served=True))
+    assert "PodMonitor" not in kinds.prunable(optional_served=False)
+    for k in rendered:
+        assert kube.path(k, "ns", "x").endswith(f"/namespaces/ns/{kinds.BY_KIND[k].plural}/x")
+    assert not [k for k in kinds.watched() if k.optional]
+    # kopf watches exactly the table's watched kinds
+    ids = {h.id for h in kopf_registry_handlers() if str(h.id).startswith("child-")}
+    assert ids == {f"child-{k.plural}" for k in kinds.watched()}
+    assert not hasattr(handlers, "STATE") and not hasattr(handlers, "NODE_IMAGE")
+
+
+def kopf_registry_handlers() -> list[Any]:
+    import kopf
+
+    reg = kopf.get_default_registry()
+    return list(reg._watching.get_all_handlers())

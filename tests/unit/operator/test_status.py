@@ -136,3 +136,18 @@ def test_database_condition_false_while_the_sst_is_not_connected() -> None:
     cond = {c["type"]: c for c in st["conditions"]}["DatabaseReady"]
     assert cond["status"] == "False" and "the SST is not" in cond["message"]
     assert st["phase"] != "Ready"
+
+
+def test_a_propagating_membership_holds_ready_and_says_why() -> None:
+    prev = status.compute(1, obs(), {}, NOW)
+    assert prev["phase"] == "Ready"
+    st = status.compute(
+        1,
+        obs(membership_settled=False, membership_message="generation 2 reached 2 of 3 pods"),
+        prev,
+        NOW,
+    )
+    ready = {c["type"]: c for c in st["conditions"]}["Ready"]
+    assert ready["reason"] == "MembershipPropagating"
+    assert "2 of 3 pods" in ready["message"]
+    assert st["phase"] == "Progressing"  # a change under way, not a fault
