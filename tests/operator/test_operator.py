@@ -178,9 +178,9 @@ def test_scale_down_keeps_departing_pods_until_the_membership_settled(
     shrunk = sorted(
         e["lastTimestamp"]
         for e in events
-        if e["reason"] == "ChildrenApplied"
-        and "StatefulSet/demo-user-a" in e["message"]
-        and e["lastTimestamp"] >= published
+        if e.get("reason") == "ChildrenApplied"
+        and "StatefulSet/demo-user-a" in e.get("message", "")
+        and (e.get("lastTimestamp") or "") >= published
     )
     assert shrunk, dump([e["message"] for e in events])
 

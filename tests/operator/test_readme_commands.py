@@ -69,8 +69,9 @@ def test_readme_operator_commands_run_verbatim(
             elif cmd == "kubectl apply -f examples/network.yaml":
                 wait_ready(cp, ns, "demo")
             elif cmd.startswith("kubectl get bnet demo"):
-                assert out.split()[:6] == ["NAME", "ZONES", "MEMBERS", "QUORUM", "READY", "PHASE"]
-                assert out.split()[6:11] == ["demo", "a,b,c", "3", "2", "3/3"], out
+                header, row = (ln.split() for ln in out.splitlines()[:2])
+                assert header == ["NAME", "ZONES", "MEMBERS", "QUORUM", "READY", "PHASE", "AGE"]
+                assert row[:6] == ["demo", "a,b,c", "3", "2", "3/3", "Ready"], out
             elif cmd.startswith("kubectl scale bnet demo"):
                 obj = wait_ready(cp, ns, "demo", timeout=180)
                 assert (obj["status"]["members"], obj["status"]["quorum"]) == (6, 4)
