@@ -123,6 +123,7 @@ class Pass:
         default_factory=lambda: propagation.Propagation(True, "")
     )
     user_replicas: dict[str, int] = field(default_factory=dict)
+    keep_departing: bool = False
     wanted: set[tuple[str, str]] = field(default_factory=set)
     want_hash: dict[str, str] = field(default_factory=dict)
     decision: rollout.Decision = field(default_factory=lambda: rollout.Decision(None, False, "", 0))
@@ -346,11 +347,15 @@ class Reconciler:
         p.membership_gen = gen
         # Has every member's pod loaded it? Only pods of an older generation can lag.
         published = _load(text)
-        members = {m.name for m in published.members} if published is not None else set()
+        members = {m.name for m in published.user_nodes} if published is not None else set()
         pods = [
             x
             for n, x in p.by_name.items()
-            if n in members and not _meta(x).get("deletionTimestamp")
+            if not _meta(x).get("deletionTimestamp")
+            and (
+                n in members  # a user node's pod is named as its member
+                or (_meta(x).get("labels") or {}).get(names.ROLE_LABEL) in names.SINGLETON_ROLES
+            )
         ]
         loaded = await self.pod_metrics.generations(pods) if old is not None else {}
         p.spread = propagation.propagation(
@@ -386,9 +391,9 @@ class Reconciler:
             for z, sts in zip(p.spec.zones, live_users, strict=True)
             if sts is not None
         }
-        keep_departing = not p.spread.settled or bool(p.publish_hold)
+        p.keep_departing = not p.spread.settled or bool(p.publish_hold)
         p.user_replicas = propagation.user_replicas(
-            p.spec.per_zone, live_replicas, p.spec.zones, settled=not keep_departing
+            p.spec.per_zone, live_replicas, p.spec.zones, settled=not p.keep_departing
         )
         desired = [
             diff.with_hash(o)
@@ -443,6 +448,9 @@ class Reconciler:
                 om = _meta(obj)
                 if (kind, om.get("name")) in p.wanted:
                     continue
+                role = (om.get("labels") or {}).get(names.ROLE_LABEL)
+                if kind == "StatefulSet" and role == names.ROLE_USER and p.keep_departing:
+                    continue  # a removed zone's members leave once the membership settled
                 if not any(o.get("uid") == p.uid for o in om.get("ownerReferences") or []):
                     continue
                 if await self.kube.delete(kind, p.ns, str(om["name"]), uid=str(om.get("uid"))):

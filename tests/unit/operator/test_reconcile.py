@@ -213,9 +213,15 @@ async def test_scale_down_waits_for_every_pod_to_load_the_smaller_membership() -
     assert "demo-user-a-0" in ready["message"]
     assert st["phase"] == "Progressing"
 
-    # Two of them loaded it: still waiting for the third.
-    gens.value.update({"demo-user-a-0": g + 1, "demo-user-b-0": g + 1})
-    gens.value.update({"demo-validator-0": g + 1, "demo-sst-0": g + 1, "demo-rendezvous-x": g + 1})
+    # Every user node loaded it, but the validator has not: still waiting.
+    gens.value.update({n: g + 1 for n in ("demo-user-a-0", "demo-user-b-0", "demo-user-c-0")})
+    gens.value.update({"demo-sst-0": g + 1, "demo-rendezvous-x": g + 1})
+    st = (await converge(r, kube, clock, rounds=2))["status"]
+    assert [replicas(kube, z) for z in "abc"] == [2, 2, 2]
+    assert "demo-validator-0" in {c["type"]: c for c in st["conditions"]}["Ready"]["message"]
+
+    # Two of the user nodes loaded it: still waiting for the third.
+    gens.value.update({"demo-validator-0": g + 1, "demo-user-c-0": g})
     await converge(r, kube, clock, rounds=2)
     assert [replicas(kube, z) for z in "abc"] == [2, 2, 2]
 
@@ -242,3 +248,22 @@ async def test_unreadable_pods_fall_back_to_the_bounded_wait() -> None:
     st = (await converge(r, kube, clock, rounds=10))["status"]  # past the 10 s bound
     assert [replicas(kube, z) for z in "abc"] == [1, 1, 1]
     assert st["phase"] == "Ready"
+
+
+async def test_a_removed_zone_leaves_only_once_the_membership_settled() -> None:
+    clock = Clock()
+    kube = FakeKube(clock)
+    gens = Generations()
+    r = Reconciler(kube, clock, OperatorConfig(membership_wait=60), gens)  # type: ignore[arg-type]
+    kube.objs[path(names.KIND, NS, "demo")] = network(1)
+    await converge(r, kube, clock)
+    g = generation(kube)
+    kube.objs[path(names.KIND, NS, "demo")]["spec"]["zones"] = ["a", "b"]
+    await converge(r, kube, clock, rounds=3)
+    assert generation(kube) == g + 1
+    assert path("StatefulSet", NS, "demo-user-c") in kube.objs
+    gens.value = {n: g + 1 for n in ("demo-user-a-0", "demo-user-b-0")}
+    gens.value.update({"demo-validator-0": g + 1, "demo-sst-0": g + 1, "demo-rendezvous-x": g + 1})
+    st = (await converge(r, kube, clock, rounds=3))["status"]
+    assert path("StatefulSet", NS, "demo-user-c") not in kube.objs
+    assert (st["members"], st["quorum"]) == (2, 2)
