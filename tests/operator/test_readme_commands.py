@@ -8,6 +8,7 @@ operator process (the same console script, under the RBAC file's ServiceAccount)
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -48,7 +49,9 @@ def test_readme_operator_commands_run_verbatim(
     for ctx in kubeconfig["contexts"]:
         ctx["context"]["namespace"] = ns
     (tmp_path / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
-    env = {**cp.env(), "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    # HOME: kubectl's discovery cache goes to the test's directory, not the user's
+    env = {**os.environ, **cp.env(), "KUBECONFIG": str(tmp_path / "kubeconfig")}
+    env["HOME"] = str(tmp_path)
     rbac = [d for d in yaml.safe_load_all((ROOT / "deploy/rbac/operator-rbac.yaml").read_text())]
     ns_doc = next(d for d in rbac if d["kind"] == "Namespace")
     system_ns = ns_doc["metadata"]["name"]
