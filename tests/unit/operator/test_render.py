@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import kubernetes_validate
@@ -457,3 +458,24 @@ def kopf_registry_handlers() -> list[Any]:
 
     reg = kopf.get_default_registry()
     return list(reg._watching.get_all_handlers())
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_the_node_accepts_the_rendered_command_line(
+    insecure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags the operator passes are the node's own (beco_node.settings parses them)."""
+    from beco_node import settings
+
+    for key in [k for k in os.environ if k.startswith("BECO_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("BECO_DATABASE_URL", "postgresql://x@db/beco")  # the SST's, from a Secret
+    for w in _workloads(_render(transport={"insecure": insecure})):
+        if w["metadata"]["name"] == "demo-postgres":
+            continue
+        (c,) = w["spec"]["template"]["spec"]["containers"]
+        argv = [a.replace("$(BECO_NODE_NAME)", "demo-user-a-0") for a in c["args"]]
+        s = settings.parse(argv)
+        assert s.health_listen == f"0.0.0.0:{names.HEALTH_PORT}"
+        assert s.insecure is insecure
+        assert not s.advertise  # the node registers its membership address
