@@ -579,7 +579,6 @@ def test_a_converged_network_costs_no_writes(
     cp, ns = control_plane, k8s_namespace
     create(cp, ns)
     wait_ready(cp, ns, "demo")
-    time.sleep(2)  # the last events of the rollout to Ready
     kinds = (
         f"/apis/apps/v1/namespaces/{ns}/statefulsets",
         f"/apis/apps/v1/namespaces/{ns}/deployments",
@@ -597,8 +596,16 @@ def test_a_converged_network_costs_no_writes(
             for o in items(cp, k)
         }
 
+    # Settled: the rollout's last writes (events, status) are over when nothing moves for 3 s.
+    before, settled_at = versions(), time.monotonic()
+    deadline = settled_at + 60
+    while time.monotonic() - settled_at < 3:
+        assert time.monotonic() < deadline, "the network's objects never settled after Ready"
+        time.sleep(0.5)
+        now = versions()
+        if now != before:
+            before, settled_at = now, time.monotonic()
     reconciles = beco_operator.metric("beco_operator_reconciles_total")
-    before = versions()
     # Wake the network's worker twice without changing anything it owns.
     merge_patch(cp, net_path(ns, "demo"), {"metadata": {"labels": {"team": "identity"}}})
     wait(
