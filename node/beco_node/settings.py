@@ -14,6 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 ROLES = ("rendezvous", "validator", "user", "sst")
+# The grpc.health.v1 service a liveness probe asks for ("" is readiness); the operator's
+# probes name it too.
+LIVENESS_SERVICE = "liveness"
 
 
 @dataclass(frozen=True)

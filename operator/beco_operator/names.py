@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from beco_node import settings
+
 Obj = dict[str, Any]
 
 GROUP = "beco.dev"
@@ -24,7 +26,7 @@ PORT = 9001
 METRICS_PORT = 9100
 # Plaintext grpc.health.v1 only (the kubelet's probes), even when PORT is mutual TLS.
 HEALTH_PORT = 9002
-LIVENESS_SERVICE = "liveness"
+LIVENESS_SERVICE = settings.LIVENESS_SERVICE  # the node defines it
 PG_PORT = 5432
 
 MEMBERSHIP_KEY = "membership.json"

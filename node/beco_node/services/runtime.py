@@ -41,7 +41,7 @@ from beco_node.clock import Clock
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
 from beco_node.services.malformed import DecodeGuard
-from beco_node.settings import Settings, is_wildcard
+from beco_node.settings import LIVENESS_SERVICE, Settings, is_wildcard
 
 log = logging.getLogger("beco.runtime")
 T = TypeVar("T")
@@ -50,7 +50,6 @@ CLIENT_MAX_RECEIVE = 64 * 1024 * 1024
 ERROR_CODES: dict[type[BaseException], str] = {}
 # Trailer on every status a node returns: the client then knows the network answered.
 ORIGIN_TRAILER = (("beco-origin", "node"),)
-LIVENESS = "liveness"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -432,7 +431,7 @@ class Runtime:
         creds = self._server_credentials()
         _bind(server, listen, creds, "--listen")
         await self.publish_health()  # NOT_SERVING until every condition is met
-        await self.health.set(LIVENESS, SERVING)
+        await self.health.set(LIVENESS_SERVICE, SERVING)
         await server.start()
         await self.serve_health()
         log.info(
