@@ -134,7 +134,9 @@ class Cluster:
             self.namespace,
         )
         data = sec.data or {}
-        missing = [k for k in ("tls.crt", "tls.key", names.CA_CERT_KEY) if k not in data]
+        missing = [
+            k for k in (names.TLS_CERT_KEY, names.TLS_KEY_KEY, names.CA_CERT_KEY) if k not in data
+        ]
         if missing:
             raise ClusterError(f"Secret {sec_name} lacks {', '.join(missing)}")
         return {k: base64.b64decode(v) for k, v in data.items()}

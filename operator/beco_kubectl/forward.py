@@ -110,8 +110,8 @@ def client_files(cluster: Cluster, net: dict[str, Any]) -> Iterator[tuple[Path, 
             tls = cluster.client_tls(name)
             for fname, key in (
                 ("ca.crt", names.CA_CERT_KEY),
-                ("tls.crt", "tls.crt"),
-                ("tls.key", "tls.key"),
+                ("tls.crt", names.TLS_CERT_KEY),
+                ("tls.key", names.TLS_KEY_KEY),
             ):
                 (d / fname).write_bytes(tls[key])
                 (d / fname).chmod(0o600)

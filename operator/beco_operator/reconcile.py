@@ -661,8 +661,8 @@ class Reconciler:
                         "ownerReferences": [owner],
                     },
                     "data": {
-                        "tls.crt": _b64(ccert),
-                        "tls.key": _b64(ckey),
+                        names.TLS_CERT_KEY: _b64(ccert),
+                        names.TLS_KEY_KEY: _b64(ckey),
                         names.CA_CERT_KEY: _b64(cert),
                     },
                 }
