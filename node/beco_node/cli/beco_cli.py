@@ -43,6 +43,7 @@ from beco_node.client import ACCESS, Client
 from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
 from beco_node.merkle.verify import ProofError, verify_consistency, verify_inclusion
+from beco_node.origin import answered_by_node
 
 DEFAULT_MEMBERSHIP = Path(".state/local/membership.json")
 
@@ -62,9 +63,7 @@ def _uses_tls(ns: argparse.Namespace) -> bool:
 def _rpc_error_text(ns: argparse.Namespace, exc: grpc.aio.AioRpcError) -> str:
     """Name the real cause: a status the network returned, or no connection at all."""
     code, details = exc.code(), exc.details() or ""
-    trailers: object = exc.trailing_metadata()
-    from_node = isinstance(trailers, grpc.aio.Metadata) and "beco-origin" in trailers
-    if from_node:
+    if answered_by_node(exc):
         return f"{ns.endpoint} answered {code.name}: {details}"
     if code == grpc.StatusCode.UNAVAILABLE:
         if _uses_tls(ns):

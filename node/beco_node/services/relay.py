@@ -12,6 +12,7 @@ from __future__ import annotations
 import grpc
 
 from beco_node.errors import BecoError, Unavailable
+from beco_node.origin import answered_by_node
 
 # Statuses that say what happened to the request itself: passed on as they are. The SST
 # raises them from the same checks the voters ran (``model.apply``, the client signature).
@@ -52,15 +53,9 @@ def relayed(
     if code == "DEADLINE_EXCEEDED":
         return BecoError(f"{peer} did not answer in time: {details}", code)
     if exc.code() == grpc.StatusCode.UNAVAILABLE:
-        if _answered(exc):  # the peer said why (e.g. still starting): pass its reason on
+        if answered_by_node(exc):  # the peer said why (e.g. still starting): pass its reason on
             return Unavailable(f"{peer} is unavailable: {details}")
         return Unavailable(f"{peer} is unavailable")
     if code == "UNAVAILABLE":  # this node's or the peer's own problem, in the peer's words
         return Unavailable(f"{peer} failed this node's call ({exc.code().name}: {details})")
     return BecoError(f"{peer} refused: {details}", code)
-
-
-def _answered(exc: grpc.aio.AioRpcError) -> bool:
-    """Whether the status came from a BECO node (its origin trailer), not from the transport."""
-    trailers = exc.trailing_metadata()
-    return isinstance(trailers, grpc.aio.Metadata) and "beco-origin" in trailers

@@ -40,6 +40,7 @@ from beco_node import keys, membership, metrics, peer
 from beco_node.clock import Clock
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
+from beco_node.origin import ORIGIN_TRAILER
 from beco_node.services.malformed import DecodeGuard
 from beco_node.settings import LIVENESS_SERVICE, Settings, is_wildcard
 
@@ -48,8 +49,6 @@ T = TypeVar("T")
 CLIENT_MAX_RECEIVE = 64 * 1024 * 1024
 # Exceptions of lower layers that map to a status (the SST registers its store's errors).
 ERROR_CODES: dict[type[BaseException], str] = {}
-# Trailer on every status a node returns: the client then knows the network answered.
-ORIGIN_TRAILER = (("beco-origin", "node"),)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
