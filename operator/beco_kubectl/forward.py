@@ -32,6 +32,10 @@ class ForwardError(Exception):
     pass
 
 
+class ForwardTimeout(ForwardError):
+    """The port-forward did not come up within the timeout."""
+
+
 def kubectl_binary() -> str:
     found = os.environ.get("KUBECTL") or shutil.which("kubectl")
     if not found:
@@ -63,7 +67,7 @@ def port_forward(cluster: Cluster, service: str, port: int, timeout: float) -> I
         while not local:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ForwardError(
+                raise ForwardTimeout(
                     f"kubectl port-forward to service/{service} not ready in {timeout:.0f}s"
                 )
             if not sel.select(min(left, 0.5)):

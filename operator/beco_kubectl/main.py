@@ -20,6 +20,7 @@ from beco_kubectl import summary
 from beco_kubectl.cluster import Cluster, ClusterError, NotFound
 from beco_kubectl.forward import (
     ForwardError,
+    ForwardTimeout,
     client_files,
     port_forward,
     run_beco,
@@ -195,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code
     except ForwardError as exc:
         print(f"kubectl beco: {exc}", file=sys.stderr)
-        return cli.TIMEOUT if "not ready in" in str(exc) else cli.ERROR
+        return cli.TIMEOUT if isinstance(exc, ForwardTimeout) else cli.ERROR
     except ClusterError as exc:
         print(f"kubectl beco: {exc}", file=sys.stderr)
         return cli.ERROR
