@@ -264,8 +264,9 @@ class SstService(ppb_grpc.SstServicer):
             found = await self.store.outcome(proposal_id)
         except StoreUnavailableError as exc:
             raise Unavailable(str(exc)) from None
-        if found is None:
-            return None
+        return None if found is None else await self._outcome_of(found)
+
+    async def _outcome_of(self, found: StoredCommit | FailedRecord) -> ppb.Outcome:
         if isinstance(found, FailedRecord):
             return _failed_outcome(found)
         return await self._committed_outcome(
@@ -273,16 +274,10 @@ class SstService(ppb_grpc.SstServicer):
         )
 
     async def _duplicate(self, uid: str, info_bytes: bytes) -> ppb.Outcome:
-        """The outcome of a proposal committed before, rebuilt from its commit info and the
-        user's current state (with its notice, as after a first delivery)."""
-        info = pb.CommitInfo.FromString(info_bytes)
-        info.duplicate = True
-        current = await self._state(uid)
-        if current is None:  # pragma: no cover - a committed user always has a state
-            raise Unavailable(f"user {uid} has a commit but no state")
-        applied = ppb.Applied(user_id=uid, sequence=current[0], state=current[1], commit=info)
-        env = peer.seal("applied", applied, self.rt.key, self.rt.peer_id, self.rt.now_ms())
-        return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=current[1], applied=env)
+        """The outcome of a proposal committed before, rebuilt from its compact commit info
+        (``recent``) and the user's current state (with its notice, as after a first
+        delivery)."""
+        return await self._committed_outcome(pb.CommitInfo.FromString(info_bytes), uid)
 
     async def _notify(self, member: Any, env: ppb.PeerEnvelope) -> None:
         """Deliver a commit notice, retried a few times; the nodes' catch-up covers the rest."""
@@ -310,12 +305,7 @@ class SstService(ppb_grpc.SstServicer):
         if not rec.proposal_id or not rec.code:
             raise InvalidArgument("a failure record needs a proposal id and a code")
         task = self.rt.start(self._record(rec))
-        found = await asyncio.shield(task)
-        if isinstance(found, FailedRecord):
-            return _failed_outcome(found)
-        return await self._committed_outcome(
-            self._commit_info(found.result, found.committed_ms), found.result.user_id
-        )
+        return await self._outcome_of(await asyncio.shield(task))
 
     async def _record(self, rec: ppb.FailureRecord) -> StoredCommit | FailedRecord:
         try:
