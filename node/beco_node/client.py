@@ -38,8 +38,8 @@ ACCESS = {"viewer": pb.ACCESS_VIEWER, "editor": pb.ACCESS_EDITOR}
 # Answers that leave a write's outcome unknown: re-send the same signed request.
 INDETERMINATE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # Longer than the nodes' skew window (30 s by default): a re-send then always gets a
-# definitive answer (the request can no longer commit, or it did).
-DEFAULT_RETRY_FOR_S = 45.0
+# definitive answer (the request can no longer commit, or it did). 45 s.
+DEFAULT_RETRY_FOR_S = 1.5 * auth.DEFAULT_SKEW_MS / 1000
 
 
 def proposal_id(request: Any) -> str:

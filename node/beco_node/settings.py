@@ -13,6 +13,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from beco_node.auth import DEFAULT_SKEW_MS
+from beco_node.limits import MAX_MESSAGE_BYTES
+
 ROLES = ("rendezvous", "validator", "user", "sst")
 # The grpc.health.v1 service a liveness probe asks for ("" is readiness); the operator's
 # probes name it too.
@@ -71,12 +74,17 @@ _SPEC: list[tuple[str, str, object, str]] = [
     ("tls-key", "str", "", "PEM private key for --tls-cert"),
     ("tls-ca", "str", "", "PEM CA bundle: verify peers (and require client certificates)"),
     ("database-url", "str", "", "PostgreSQL DSN (sst only)"),
-    ("skew-ms", "int", 30_000, "allowed client clock skew for signed requests"),
+    ("skew-ms", "int", DEFAULT_SKEW_MS, "allowed client clock skew for signed requests"),
     ("vote-timeout-ms", "int", 5_000, "validator: deadline for a proposal's votes"),
     ("peer-ttl-ms", "int", 30_000, "rendezvous: lifetime of a peer record"),
     ("membership-poll-ms", "int", 1_000, "how often to check the membership file for changes"),
     ("log-level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
-    ("max-message-bytes", "int", 64 * 1024, "largest gRPC message accepted on the public API"),
+    (
+        "max-message-bytes",
+        "int",
+        MAX_MESSAGE_BYTES,
+        "largest gRPC message accepted on the public API",
+    ),
 ]
 
 
