@@ -41,7 +41,7 @@ from typing import Any
 import yaml
 
 from . import netns as ns
-from .binaries import check_bin_dir, default_bin_dir, stages_dir
+from .binaries import REQUIRED, check_bin_dir, default_bin_dir, stages_dir
 from .kubeconfig import write_kubeconfig
 from .pki import CertificateAuthority, CertPair, service_account_keys
 from .process import Process, forget, pid_alive, stop_pids
@@ -243,7 +243,7 @@ class ControlPlane:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        check_bin_dir(self.bin_dir)
+        check_bin_dir(self.bin_dir, REQUIRED if self.kwok else REQUIRED[:-1])
         stages = stages_dir(self.bin_dir)
         missing = [s for s in KWOK_STAGES if not (stages / s).is_file()] if self.kwok else []
         if missing:

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,9 @@ REGION = "beco-test"
 CLUSTER_VERSIONS = REPO_ROOT / "tools" / "cluster" / "versions.env"
 #: Host paths the kubelet uses whatever its --root-dir says.
 KUBELET_HOST_PATHS = (Path("/var/log/containers"), Path("/var/lib/kubelet"))
+#: Fixed paths of containerd 1.6 (shim sockets in /run/containerd/s) and libcni (its cache).
+RUNTIME_HOST_PATHS = (Path("/run/containerd"), Path("/var/lib/cni"))
+CNI_NETWORK = "beco"
 #: Host sysctls the kubelet sets at start (pkg/kubelet/cm: setupKernelTunables).
 KUBELET_SYSCTLS = (
     "vm.overcommit_memory",
@@ -159,6 +163,8 @@ class RealCluster:
         self.processes: list[Process] = []
         self.timings: dict[str, float] = {}
         self._state: dict[str, Any] = {}
+        self._lock = threading.Lock()  # nodes start in parallel threads
+        self._detail = ""
 
     # ---- public ------------------------------------------------------------------------------
 
@@ -282,8 +288,9 @@ class RealCluster:
             "nodes": [],
             "pids": [],
             "sysctls": {k: _sysctl_get(k) for k in KUBELET_SYSCTLS},
-            "host_paths": {str(p): p.exists() for p in KUBELET_HOST_PATHS},
+            "host_paths": {str(p): p.exists() for p in KUBELET_HOST_PATHS + RUNTIME_HOST_PATHS},
             "run_netns_mounted": _is_mountpoint(ns.NETNS_DIR),
+            "run_netns_existed": ns.NETNS_DIR.exists(),
         }
         self._save()
         t = time.monotonic()
@@ -305,6 +312,8 @@ class RealCluster:
         t = time.monotonic()
         self._wait(self._nodes_ready, "nodes Ready")
         self.timings["nodes_ready"] = time.monotonic() - t
+        for node in self.nodes:
+            self._start_router(node)
         t = time.monotonic()
         self._addons()
         self._wait(self._addons_ready, "CoreDNS and the storage provisioner Ready")
@@ -364,9 +373,7 @@ class RealCluster:
     def _start_runtime(self, node: NodeSpec, archives: Sequence[images.Archive]) -> None:
         """containerd of one node (state fresh, image store kept), then its images."""
         d = node.dir
-        st = self._state
-        st["nodes"].append({"name": node.name, "dir": str(d), "cgroup": node.cgroup_name})
-        self._save()
+        self._record("nodes", {"name": node.name, "dir": str(d), "cgroup": node.cgroup_name})
         for sub in ("containerd/state", "kubelet", "pod-logs", "cni/net.d", "cni/ipam", "logs"):
             shutil.rmtree(d / sub, ignore_errors=True)
             (d / sub).mkdir(parents=True)
@@ -403,7 +410,7 @@ class RealCluster:
         kc = self.plane._kubeconfig
         kubelet_cfg = kc(d / "kubelet.kubeconfig", node.name, kubelet_cert, url)
         proxy_cfg = kc(d / "kube-proxy.kubeconfig", "kube-proxy", proxy_cert, url)
-        router_cfg = kc(d / "kube-router.kubeconfig", "kube-router", router_cert, url)
+        kc(d / "kube-router.kubeconfig", "kube-router", router_cert, url)
         (d / "kubelet.yaml").write_text(
             yaml.safe_dump(_kubelet_config(node, ca_file, server.cert, server.key))
         )
@@ -428,6 +435,10 @@ class RealCluster:
         self._spawn(
             node, "kube-proxy", [str(b / "kube-proxy"), f"--config={d / 'kube-proxy.yaml'}"]
         )
+
+    def _start_router(self, node: NodeSpec) -> None:
+        """kube-router finds its node by name: started once the kubelet registered it."""
+        router_cfg = node.dir / "kube-router.kubeconfig"
         self._spawn(
             node,
             "kube-router",
@@ -457,8 +468,7 @@ class RealCluster:
         )
         proc.start()
         self.processes.append(proc)
-        self._state["pids"].append(proc.pid)
-        self._save()
+        self._record("pids", proc.pid)
         return proc
 
     def _wait(self, check: Any, what: str, proc: Process | None = None) -> None:
@@ -573,6 +583,16 @@ class RealCluster:
         return True
 
     def _save(self) -> None:
+        with self._lock:
+            self._save_locked()
+
+    def _record(self, key: str, value: Any) -> None:
+        """Append to a list in the state and save it (before the thing is created/used)."""
+        with self._lock:
+            self._state[key].append(value)
+            self._save_locked()
+
+    def _save_locked(self) -> None:
         if self._state:
             path = self.workdir / "state.json"
             tmp = path.with_suffix(".tmp")
@@ -631,13 +651,16 @@ def teardown(state: dict[str, Any]) -> None:
 
     with ThreadPoolExecutor(max(1, len(nodes))) as pool:
         list(pool.map(stop_node, nodes))
-    stop_pids([p for p in node_pids if pid_alive(p) and _comm(p) != "etcd"])
+    stop_pids([p for p in node_pids if pid_alive(p)])
     for name in state.get("netns", []):
         ns.delete(name)
 
 
 def _finish_teardown(workdir: Path, state: dict[str, Any]) -> None:
     """After the control plane is gone: host paths, sysctls, /run/netns, state and owner."""
+    with contextlib.suppress(OSError):
+        if OWNER_FILE.read_text().strip() == str(workdir):
+            OWNER_FILE.unlink()
     if not state:
         return
     nodes = [Path(n["dir"]) for n in state.get("nodes", [])]
@@ -658,17 +681,34 @@ def _finish_teardown(workdir: Path, state: dict[str, Any]) -> None:
     elif kubelet_dir.exists():
         with contextlib.suppress(OSError):
             (kubelet_dir / "device-plugins" / "kubelet.sock").unlink()
+    for f in Path("/var/lib/cni/results").glob(f"{CNI_NETWORK}-*"):
+        f.unlink(missing_ok=True)
+    for path in RUNTIME_HOST_PATHS:
+        if not existed.get(str(path), True):
+            _prune_empty_dirs(path)
     for key, value in state.get("sysctls", {}).items():
         if value is not None and _sysctl_get(key) != value:
             with contextlib.suppress(OSError):
                 Path("/proc/sys", key.replace(".", "/")).write_text(value)
-    if not state.get("run_netns_mounted", True) and ns.NETNS_DIR.is_dir():
-        if not any(ns.NETNS_DIR.iterdir()) and _is_mountpoint(ns.NETNS_DIR):
+    # `ip netns add` bind-mounts /run/netns onto itself (and creates it): undo when unused.
+    if ns.NETNS_DIR.is_dir() and not any(ns.NETNS_DIR.iterdir()):
+        if not state.get("run_netns_mounted", True) and _is_mountpoint(ns.NETNS_DIR):
             subprocess.run(["umount", str(ns.NETNS_DIR)], capture_output=True)
+        if not state.get("run_netns_existed", True):
+            with contextlib.suppress(OSError):
+                ns.NETNS_DIR.rmdir()
     (workdir / "state.json").unlink(missing_ok=True)
+
+
+def _prune_empty_dirs(top: Path) -> None:
+    """Remove ``top`` and directories under it that are empty (bottom-up); keep any file."""
+    if not top.is_dir():
+        return
+    for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+        with contextlib.suppress(OSError):
+            d.rmdir()
     with contextlib.suppress(OSError):
-        if OWNER_FILE.read_text().strip() == str(workdir):
-            OWNER_FILE.unlink()
+        top.rmdir()
 
 
 def _claim_owner(workdir: Path) -> None:
@@ -846,7 +886,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 def _cni_config(node: NodeSpec) -> dict[str, Any]:
     return {
         "cniVersion": "1.0.0",
-        "name": "beco",
+        "name": CNI_NETWORK,
         "plugins": [
             {
                 "type": "bridge",

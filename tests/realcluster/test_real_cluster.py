@@ -36,6 +36,13 @@ from tests.cluster.real import (
 pytestmark = [pytest.mark.realcluster, pytest.mark.slow, real_cluster_only]
 
 NS = "rc-test"
+#: Default paths of containerd and CNI that our per-node settings must keep them away from.
+OTHER_HOST_PATHS = (
+    Path("/run/netns"),
+    Path("/var/lib/containerd"),
+    Path("/run/containerd/runc"),
+    Path("/opt/containerd"),
+)
 SERVER = "import http.server, socket; http.server.HTTPServer(('', 8080), type('H', (http.server.BaseHTTPRequestHandler,), {'do_GET': lambda s: (s.send_response(200), s.end_headers(), s.wfile.write(socket.gethostname().encode()))})).serve_forever()"
 
 
@@ -43,7 +50,8 @@ def host_snapshot() -> dict[str, Any]:
     """What the cluster may touch on the host, to compare before/after."""
     return {
         "sysctls": {k: Path("/proc/sys", k.replace(".", "/")).read_text() for k in KUBELET_SYSCTLS},
-        "paths": {str(p): p.exists() for p in KUBELET_HOST_PATHS},
+        "paths": {str(p): p.exists() for p in (*KUBELET_HOST_PATHS, *OTHER_HOST_PATHS)},
+        "run_netns_mounted": str(ns.NETNS_DIR) in Path("/proc/self/mountinfo").read_text(),
         "netns": sorted(p.name for p in ns.NETNS_DIR.glob(f"{PREFIX}-*"))
         if ns.NETNS_DIR.is_dir()
         else [],
@@ -187,6 +195,9 @@ def test_a_pvc_binds_on_the_default_storage_class(
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "10Mi"}}},
     }
     pod = _pod("disk", "node-b")
+    # Through the scheduler: WaitForFirstConsumer binds once it picked the node.
+    del pod["spec"]["nodeName"]
+    pod["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "node-b"}
     pod["spec"]["containers"][0]["volumeMounts"] = [{"name": "data", "mountPath": "/data"}]
     pod["spec"]["volumes"] = [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]
     _apply(rc, pvc, pod)
@@ -236,5 +247,6 @@ def test_stop_leaves_nothing_behind(cluster: tuple[RealCluster, dict[str, Any]])
     after = host_snapshot()
     assert after["netns"] == []
     assert after == before
+    assert list(Path("/var/lib/cni/results").glob("beco-*")) == []  # (podman shares the dir)
     assert not (workdir / "state.json").exists()
     assert cluster_bin_dir().exists()
