@@ -25,5 +25,8 @@ run: venv  ## start the local network (beco-local up); Ctrl-C stops it
 bench-network: venv  ## network benchmarks -> docs/benchmarks.md (section network)
 	$(PY) -m benchmarks.network $(BENCH_ARGS)
 
+bench-memory: venv  ## node RSS vs commits on the local network -> docs/benchmarks-memory.md
+	$(PY) -m benchmarks.memory $(BENCH_MEMORY_ARGS)
+
 TEST_DEPS += proto-check
 BENCH_DEPS += bench-network

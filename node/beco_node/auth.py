@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
 from beco_node import keys
-from beco_node.errors import Unauthenticated
+from beco_node.errors import Unauthenticated, Unavailable
 
 DOMAIN = b"beco-request-v1\x00"
 DEFAULT_SKEW_MS = 30_000
@@ -116,10 +116,40 @@ def check_sequenced_in_time(request: Message, validator_ts_ms: int, skew_ms: int
         )
 
 
+def check_validator_clock(
+    request: Message, validator_ts_ms: int, now_ms: int, skew_ms: int
+) -> None:
+    """A voter's time checks on a proposal, blaming the clock that is off.
+
+    The validator's timestamp must be within ``skew_ms`` of the voter's clock, and the
+    request signed within ``skew_ms`` of when it was sequenced. When the second check
+    fails but the request's timestamp agrees with the voter's clock, the client is fine
+    and the validator's clock is the odd one: UNAVAILABLE naming the validator's clock,
+    not UNAUTHENTICATED blaming the client.
+    """
+    off = validator_ts_ms - now_ms
+    if abs(off) > skew_ms:
+        raise Unavailable(
+            f"validator clock skew: the validator's clock is {off} ms off this voter's "
+            f"(allowed {skew_ms} ms); the request was not refused for the client's fault"
+        )
+    try:
+        check_sequenced_in_time(request, validator_ts_ms, skew_ms)
+    except Unauthenticated:
+        signed = request.auth.timestamp_ms  # type: ignore[attr-defined]
+        if abs(now_ms - signed) <= skew_ms:
+            raise Unavailable(
+                f"validator clock skew: the request was signed {signed - now_ms} ms from "
+                f"this voter's clock but sequenced {validator_ts_ms - signed} ms after it "
+                f"by the validator (allowed {skew_ms} ms)"
+            ) from None
+        raise
+
+
 class ReplayCache:
     """Remembers (public key, nonce) pairs for ``window_ms``; bounded in size."""
 
-    def __init__(self, window_ms: int, max_entries: int = 1_000_000) -> None:
+    def __init__(self, window_ms: int, max_entries: int = 200_000) -> None:
         self.window_ms = window_ms
         self.max_entries = max_entries
         self._seen: set[bytes] = set()
@@ -134,8 +164,9 @@ class ReplayCache:
         if key in self._seen:
             return False
         if len(self._seen) >= self.max_entries:
-            # Full: refuse rather than forget (forgetting would allow replays).
-            raise Unauthenticated("replay cache full, retry shortly")
+            # Full: refuse rather than forget (forgetting would allow replays). The node is
+            # overloaded, not the client at fault.
+            raise Unavailable("this node's replay cache is full (overloaded), retry shortly")
         self._seen.add(key)
         self._order.append((now_ms + self.window_ms, key))
         return True

@@ -37,13 +37,25 @@ class Client:
         channel: grpc.aio.Channel | None = None,
         timeout: float = 30.0,
         tls_ca: bytes | None = None,
+        tls_cert: bytes | None = None,
+        tls_key: bytes | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
+        """TLS is on when any of ``tls_ca`` (trusted CAs; default the system's), ``tls_cert``
+        + ``tls_key`` (a client certificate, for mutual TLS) or ``tls_server_name`` (the
+        name to check the server's certificate against, e.g. through a port-forward to
+        127.0.0.1) is given."""
         self.key = key
         self.user_id = keys.peer_id(keys.public_key_bytes(key))
-        opts = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+        self.endpoint = endpoint
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("a client certificate needs its key, and a key its certificate")
+        opts: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
         if channel is None:
-            if tls_ca is not None:
-                creds = grpc.ssl_channel_credentials(tls_ca)
+            if tls_ca is not None or tls_cert is not None or tls_server_name:
+                creds = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+                if tls_server_name:
+                    opts.append(("grpc.ssl_target_name_override", tls_server_name))
                 channel = grpc.aio.secure_channel(endpoint, creds, options=opts)
             else:
                 channel = grpc.aio.insecure_channel(endpoint, options=opts)
@@ -61,6 +73,7 @@ class Client:
         await self.close()
 
     async def call(self, name: str, request: Any) -> Any:
+        model.canonicalise_names(request)
         auth.sign_request(M + name, request, self.key, now_ms())
         return await getattr(self.stub, name)(request, timeout=self.timeout)
 
@@ -79,6 +92,17 @@ class Client:
         req = pb.ListUsersRequest(page_size=page_size, page_token=page_token)
         r: pb.ListUsersResponse = await self.call("ListUsers", req)
         return r
+
+    async def list_all_users(self, page_size: int = 0) -> pb.ListUsersResponse:
+        """Every user visible to the caller, page after page."""
+        out = pb.ListUsersResponse()
+        token = ""
+        while True:
+            page = await self.list_users(page_size, token)
+            out.users.extend(page.users)
+            token = page.next_page_token
+            if not token:
+                return out
 
     async def set_first(self, user_id: str, value: str, expected: int = 0) -> pb.MutationResponse:
         req = pb.UpdateFirstNameRequest(
@@ -119,11 +143,23 @@ class Client:
         r: pb.MutationResponse = await self.call("RevokeAccess", req)
         return r
 
-    async def history(self, user_id: str) -> pb.GetHistoryResponse:
-        r: pb.GetHistoryResponse = await self.call(
-            "GetHistory", pb.GetHistoryRequest(user_id=user_id)
-        )
+    async def history_page(
+        self, user_id: str, page_size: int = 0, page_token: str = ""
+    ) -> pb.GetHistoryResponse:
+        req = pb.GetHistoryRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+        r: pb.GetHistoryResponse = await self.call("GetHistory", req)
         return r
+
+    async def history(self, user_id: str, page_size: int = 0) -> pb.GetHistoryResponse:
+        """The whole history, page after page."""
+        out = pb.GetHistoryResponse()
+        token = ""
+        while True:
+            page = await self.history_page(user_id, page_size, token)
+            out.entries.extend(page.entries)
+            token = page.next_page_token
+            if not token:
+                return out
 
     async def tree_head(self) -> pb.TreeHead:
         r: pb.TreeHead = await self.call("GetTreeHead", pb.GetTreeHeadRequest())

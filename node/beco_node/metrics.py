@@ -21,6 +21,11 @@ TREE_SIZE = Gauge("beco_tree_size", "leaves in the Merkle log (sst) / last seen 
 USERS = Gauge("beco_users", "users held in memory")
 MEMBERSHIP_GENERATION = Gauge("beco_membership_generation", "generation of the loaded membership")
 MEMBERSHIP_QUORUM = Gauge("beco_membership_quorum", "quorum of the loaded membership")
+PEER_CLOCK_OFFSET = Gauge(
+    "beco_peer_clock_offset_seconds",
+    "the peer's clock minus this node's, from its last signed message (transit included)",
+    ["peer"],
+)
 MEMBERSHIP_USER_NODES = Gauge("beco_membership_user_nodes", "user nodes in the loaded membership")
 
 

@@ -28,6 +28,7 @@ from google.protobuf.message import Message
 from beco_node import limits
 from beco_node.errors import (
     AlreadyExists,
+    BecoError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -140,6 +141,28 @@ def target_user(method: str, request: Message, caller: str) -> str:
     return uid
 
 
+def canonicalise_names(request: Message) -> None:
+    """Put the names of a request in their PRECIS canonical form, in place (clients, before
+    signing). A name with no canonical form is left as is: the node refuses it with the reason."""
+    for attr in ("first_name", "last_name"):
+        value = getattr(request, attr, None)
+        if value:
+            try:
+                setattr(request, attr, limits.canonical_name(attr, value))
+            except InvalidArgument:
+                pass
+    middle = getattr(request, "middle_names", None)
+    if middle is not None:
+        out = []
+        for v in middle:
+            try:
+                out.append(limits.canonical_name("middle name", v) if v else v)
+            except InvalidArgument:
+                out.append(v)
+        del middle[:]
+        middle.extend(out)
+
+
 def check_limits(method: str, request: Message) -> None:
     """Input validation that does not need the user's state."""
     if method == CREATE_USER:
@@ -218,6 +241,13 @@ def apply(
         if method == GRANT:
             if request.grantee in lst:
                 raise FailedPrecondition(f"{request.grantee} is already {role}")
+            granted = len(fs.editors) + len(fs.viewers)
+            if granted >= limits.MAX_GRANTEES_PER_FIELD:
+                raise BecoError(
+                    f"{FIELD_ATTR[request.field]} of user {uid} already has {granted} editors "
+                    f"and viewers, at most {limits.MAX_GRANTEES_PER_FIELD}: revoke one first",
+                    "RESOURCE_EXHAUSTED",
+                )
             lst.append(request.grantee)
         else:
             if request.grantee not in lst:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from beco.v1 import peer_pb2 as ppb
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,6 +44,10 @@ ENVELOPE_DOMAIN = b"beco-peer-v1\x00"
 VOTE_DOMAIN = b"beco-vote-v1\x00"
 PROPOSAL_DOMAIN = b"beco-proposal-v1\x00"
 DEFAULT_PEER_SKEW_MS = 60_000
+
+# Called with (sender name, sender's clock minus ours in ms, transit included) for every
+# envelope that verified: the runtime exports it as beco_peer_clock_offset_seconds.
+CLOCK_OFFSET_OBSERVERS: list[Callable[[str, int], None]] = []
 
 # Which roles may send which kind of message.
 ALLOWED_SENDERS: dict[str, frozenset[str]] = {
@@ -97,10 +101,16 @@ def open_envelope(
     if member.role not in ALLOWED_SENDERS.get(kind, frozenset()):
         raise PermissionDenied(f"a {member.role} node may not send {kind!r} messages")
     if abs(now_ms - env.timestamp_ms) > skew_ms:
-        raise Unauthenticated(f"peer message timestamp is off by {now_ms - env.timestamp_ms} ms")
+        raise Unauthenticated(
+            f"clock skew between nodes: the timestamp of {member.name}'s message is "
+            f"{env.timestamp_ms - now_ms} ms "
+            f"off this node's clock (allowed {skew_ms} ms)"
+        )
     msg = envelope_signing_bytes(kind, env.sender, env.timestamp_ms, env.payload)
     if not keys.verify(member.public_key, env.signature, msg):
         raise Unauthenticated(f"bad signature from peer {member.name}")
+    for observe in CLOCK_OFFSET_OBSERVERS:
+        observe(member.name, env.timestamp_ms - now_ms)
     return member
 
 

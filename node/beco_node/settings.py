@@ -8,6 +8,7 @@ their defaults.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ class Settings:
     membership: str
     key_file: str
     listen: str
+    advertise: str
+    health_listen: str
     metrics_listen: str
     insecure: bool
     tls_cert: str
@@ -42,6 +45,19 @@ _SPEC: list[tuple[str, str, object, str]] = [
     ("key-file", "str", "node.key", "this node's Ed25519 private key (PEM, PKCS#8)"),
     ("listen", "str", "", "host:port to serve gRPC on (default: this node's membership address)"),
     (
+        "advertise",
+        "str",
+        "",
+        "host:port registered with the rendezvous (default: this node's membership address;"
+        " never a wildcard)",
+    ),
+    (
+        "health-listen",
+        "str",
+        "off",
+        "host:port of a plaintext gRPC server with grpc.health.v1 only, for probes ('off': none)",
+    ),
+    (
         "metrics-listen",
         "str",
         "127.0.0.1:0",
@@ -59,6 +75,18 @@ _SPEC: list[tuple[str, str, object, str]] = [
     ("log-level", "str", "INFO", "DEBUG | INFO | WARNING | ERROR"),
     ("max-message-bytes", "int", 64 * 1024, "largest gRPC message accepted on the public API"),
 ]
+
+
+def is_wildcard(address: str) -> bool:
+    """True for a host:port whose host is empty or unspecified (0.0.0.0, ::): not reachable."""
+    host = address.rpartition(":")[0] if ":" in address else address
+    host = host.strip("[]")
+    if not host:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False  # a DNS name
 
 
 def _env_name(flag: str) -> str:
@@ -97,4 +125,9 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         p.error("refusing plaintext gRPC: pass --tls-cert/--tls-key, or --insecure for local use")
     if ns.role == "sst" and not ns.database_url:
         p.error("the sst needs --database-url (BECO_DATABASE_URL)")
+    if ns.advertise and is_wildcard(ns.advertise):
+        p.error(
+            f"--advertise {ns.advertise!r} is a wildcard address other nodes cannot reach:"
+            " pass this node's own host:port (or leave it unset to use the membership's)"
+        )
     return Settings(**{k.replace("-", "_"): v for k, v in vars(ns).items()})

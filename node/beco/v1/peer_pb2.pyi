@@ -471,11 +471,17 @@ class SstQuery(_message.Message):
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     OLD_SIZE_FIELD_NUMBER: _builtins.int
     NEW_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     leaf_index: _builtins.int
     tree_size: _builtins.int
     old_size: _builtins.int
     new_size: _builtins.int
+    page_size: _builtins.int
+    """History: at most this many entries (1..limits.MAX_PAGE_SIZE)"""
+    after_sequence: _builtins.int
+    """History: entries with a greater sequence"""
     def __init__(
         self,
         *,
@@ -484,10 +490,12 @@ class SstQuery(_message.Message):
         tree_size: _builtins.int = ...,
         old_size: _builtins.int = ...,
         new_size: _builtins.int = ...,
+        page_size: _builtins.int = ...,
+        after_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaf_index", b"leaf_index", "new_size", b"new_size", "old_size", b"old_size", "tree_size", b"tree_size", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "leaf_index", b"leaf_index", "new_size", b"new_size", "old_size", b"old_size", "page_size", b"page_size", "tree_size", b"tree_size", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

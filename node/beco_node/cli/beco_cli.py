@@ -9,9 +9,16 @@ from ``--membership`` (env ``BECO_MEMBERSHIP``; ``./.state/local/membership.json
 when it exists) or ``--sst-key``; if neither is given the key the node reports
 is used and a warning says so.
 
+TLS: ``--tls-ca`` (trusted CA bundle), ``--tls-cert``/``--tls-key`` (your client
+certificate, for a mutual-TLS network) and ``--tls-server-name`` (the name to check
+the server's certificate against, e.g. through a port-forward to 127.0.0.1); any of
+them switches to TLS. Env ``BECO_TLS_CA``/``_CERT``/``_KEY``/``_SERVER_NAME``.
+
 Exit codes: 0 success; 1 a local error (file, key, proof that does not verify);
 2 usage; ``10 + gRPC status code`` when the network refused the request
-(e.g. 17 PERMISSION_DENIED, 26 UNAUTHENTICATED, 15 NOT_FOUND, 13 INVALID_ARGUMENT).
+(e.g. 17 PERMISSION_DENIED, 26 UNAUTHENTICATED, 15 NOT_FOUND, 13 INVALID_ARGUMENT),
+or 24 (UNAVAILABLE) when no connection to the endpoint could be made. The message
+says which: "could not connect to ENDPOINT" or "ENDPOINT answered CODE: ...".
 """
 
 from __future__ import annotations
@@ -44,6 +51,39 @@ class CliError(Exception):
     """A local error with a message for the user (exit 1)."""
 
 
+class UsageError(Exception):
+    """Options that do not fit together (exit 2, like argparse)."""
+
+
+def _uses_tls(ns: argparse.Namespace) -> bool:
+    return bool(ns.tls_ca or ns.tls_cert or ns.tls_server_name)
+
+
+def _rpc_error_text(ns: argparse.Namespace, exc: grpc.aio.AioRpcError) -> str:
+    """Name the real cause: a status the network returned, or no connection at all."""
+    code, details = exc.code(), exc.details() or ""
+    trailers: object = exc.trailing_metadata()
+    from_node = isinstance(trailers, grpc.aio.Metadata) and "beco-origin" in trailers
+    if from_node:
+        return f"{ns.endpoint} answered {code.name}: {details}"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if _uses_tls(ns):
+            hint = (
+                "check --tls-ca (the network's CA), --tls-cert/--tls-key (your client"
+                " certificate) and --tls-server-name (when the address is not a name in the"
+                " server's certificate, e.g. a port-forward)"
+            )
+        else:
+            hint = (
+                "is the network up (`make run`, or your port-forward)? a TLS network needs"
+                " --tls-ca, and --tls-cert/--tls-key for mutual TLS"
+            )
+        return f"could not connect to {ns.endpoint}: {details} ({hint})"
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"no answer from {ns.endpoint} within {ns.timeout:g} s (--timeout)"
+    return f"{ns.endpoint}: {code.name}: {details}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="beco", description="BECO command-line client")
     _common(p, real_defaults=True)
@@ -66,7 +106,7 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("user_id", nargs="?")
     lst = user.add_parser("list")
     lst.add_argument("--page-size", type=int, default=0)
-    lst.add_argument("--page-token", default="")
+    lst.add_argument("--page-token", default="", help="only the page after this token")
     h = user.add_parser("history")
     h.add_argument("user_id", nargs="?")
 
@@ -138,6 +178,22 @@ def _common(p: argparse.ArgumentParser, *, real_defaults: bool) -> None:
         "--tls-ca",
         default=d(os.environ.get("BECO_TLS_CA")),
         help="use TLS, trusting this CA bundle (PEM) [BECO_TLS_CA]; default plaintext",
+    )
+    p.add_argument(
+        "--tls-cert",
+        default=d(os.environ.get("BECO_TLS_CERT")),
+        help="your client certificate (PEM) for a mutual-TLS network [BECO_TLS_CERT]",
+    )
+    p.add_argument(
+        "--tls-key",
+        default=d(os.environ.get("BECO_TLS_KEY")),
+        help="the private key (PEM) of --tls-cert [BECO_TLS_KEY]",
+    )
+    p.add_argument(
+        "--tls-server-name",
+        default=d(os.environ.get("BECO_TLS_SERVER_NAME")),
+        help="check the server certificate for this name, e.g. through a port-forward"
+        " to 127.0.0.1 [BECO_TLS_SERVER_NAME]",
     )
 
 
@@ -231,8 +287,18 @@ def _commit_text(r: pb.MutationResponse) -> str:
 
 async def _run(ns: argparse.Namespace) -> int:
     key = _load_key(ns.key)
-    ca = _read_bytes(ns.tls_ca) if ns.tls_ca else None
-    async with Client(ns.endpoint, key, timeout=ns.timeout, tls_ca=ca) as cl:
+    if bool(ns.tls_cert) != bool(ns.tls_key):
+        raise UsageError("--tls-cert and --tls-key go together (your client certificate and key)")
+    client = Client(
+        ns.endpoint,
+        key,
+        timeout=ns.timeout,
+        tls_ca=_read_bytes(ns.tls_ca) if ns.tls_ca else None,
+        tls_cert=_read_bytes(ns.tls_cert) if ns.tls_cert else None,
+        tls_key=_read_bytes(ns.tls_key) if ns.tls_key else None,
+        tls_server_name=ns.tls_server_name or None,
+    )
+    async with client as cl:
         me = cl.user_id
         cmd, sub = ns.cmd, getattr(ns, "sub", None)
         if cmd == "user" and sub == "create":
@@ -242,7 +308,10 @@ async def _run(ns: argparse.Namespace) -> int:
             u = await cl.get_user(ns.user_id or me)
             _emit(ns, u, _user_text(u))
         elif cmd == "user" and sub == "list":
-            lr = await cl.list_users(ns.page_size, ns.page_token)
+            if ns.page_token:  # one page; otherwise every page
+                lr = await cl.list_users(ns.page_size, ns.page_token)
+            else:
+                lr = await cl.list_all_users(ns.page_size)
             text = "\n".join(_user_text(u) for u in lr.users) or "(no users visible to you)"
             if lr.next_page_token:
                 text += f"\nmore: --page-token {lr.next_page_token}"
@@ -381,14 +450,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ProofError as exc:
         print(f"beco: verification FAILED: {exc}", file=sys.stderr)
         return 1
+    except UsageError as exc:
+        print(f"beco: {exc}", file=sys.stderr)
+        return 2
     except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        if code == grpc.StatusCode.UNAVAILABLE and "connect" in (exc.details() or "").lower():
-            msg = f"cannot reach {ns.endpoint} (is the network up? try `make run`)"
-        else:
-            msg = exc.details() or ""
-        print(f"beco: {code.name}: {msg}", file=sys.stderr)
-        return 10 + int(code.value[0])
+        print(f"beco: {_rpc_error_text(ns, exc)}", file=sys.stderr)
+        return 10 + int(exc.code().value[0])
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Settings come from flags or ``BECO_*`` environment variables (``--help``).
 SIGTERM / SIGINT stop the node gracefully (in-flight RPCs get a short grace).
+The server starts first and reports NOT_SERVING until the role is ready
+(see ``beco_node.services.startup``); background loops run in one TaskGroup,
+so a failing loop stops the node instead of dying unseen.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from beco_node import logs, metrics, settings
 from beco_node.membership import MembershipError
@@ -30,9 +34,11 @@ async def run(s: settings.Settings) -> None:
     logs.setup(rt.me.name, s.log_level)
     server = rt.make_server()
     services: list[str] = []
-    closers = []
-    background = [rt.watch_membership()]
+    closers: list[Callable[[], Awaitable[None]]] = []
+    # Coroutine functions, not coroutines: nothing is created that a crash could leave unawaited.
+    background: list[Callable[[], Coroutine[Any, Any, Any]]] = [rt.watch_membership]
     peer_services = peer_pb2.DESCRIPTOR.services_by_name
+    sst_service: list[Any] = []  # the SST's servicer, once PostgreSQL is connected
     if s.role == "rendezvous":
         from beco_node.services.rendezvous import RendezvousService
 
@@ -41,58 +47,99 @@ async def run(s: settings.Settings) -> None:
     else:
         from beco_node.services.rendezvous import register_loop
 
-        background.append(register_loop(rt))
+        background.append(lambda: register_loop(rt))
     if s.role == "validator":
         from beco_node.services.validator import ValidatorService
 
         ppb_grpc.add_ValidatorServicer_to_server(ValidatorService(rt), server)
         services.append(peer_services["Validator"].full_name)
+        rt.set_ready("sst", "the validator has not reached the SST yet")
+        background.append(lambda: rt.watch_ready("sst", "sst"))
     elif s.role == "sst":
-        from beco_node.services.sst import SstService
-        from beco_node.sst.store import SstStore
+        from beco_node.services.startup import DB_CONDITION
 
-        store = await SstStore.open(s.database_url, rt.key)
-        closers.append(store.close)
-        ppb_grpc.add_SstServicer_to_server(SstService(rt, store), server)
-        services.append(peer_services["Sst"].full_name)
+        rt.set_ready(DB_CONDITION, "the SST is connecting to PostgreSQL")
+        desc = peer_services["Sst"]
+        ppb_grpc.add_SstServicer_to_server(
+            rt.gated(desc, lambda: sst_service[0] if sst_service else None, label_prefix="sst."),
+            server,
+        )
+        services.append(desc.full_name)
     elif s.role == "user":
         from beco_node.services.user import IdentityService, UserNode, VoterService
 
         node = UserNode(rt)
-        pb_grpc.add_IdentityServicer_to_server(IdentityService(node), server)
+        identity = identity_pb2.DESCRIPTOR.services_by_name["Identity"]
+        identity_service = IdentityService(node)
+        pb_grpc.add_IdentityServicer_to_server(rt.gated(identity, lambda: identity_service), server)
         ppb_grpc.add_UserNodeServicer_to_server(VoterService(node), server)
-        services.append(identity_pb2.DESCRIPTOR.services_by_name["Identity"].full_name)
+        services.append(identity.full_name)
         services.append(peer_services["UserNode"].full_name)
-        background.append(node.load_all())
+
+    async def become_ready() -> None:
+        """The role's own start-up work, after the server answers (NOT_SERVING) probes."""
+        if s.role == "sst":
+            from beco_node.services.sst import SstService
+            from beco_node.services.startup import open_store, watch_database
+
+            store = await open_store(rt)
+            closers.append(store.close)
+            sst_service.append(SstService(rt, store))
+            await watch_database(rt, store)
+        elif s.role == "user" and rt.is_member:  # else: once added (UserNode)
+            node.start_loading()
+
     port = metrics.serve(s.metrics_listen)
     if port:
         log.info("metrics on /metrics", extra={"fields": {"metrics_port": port}})
-    await rt.serve(server, services)
-    tasks = [asyncio.ensure_future(c) for c in background]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("stopping")
-    await server.stop(grace=2)
-    for t in tasks:
-        t.cancel()
-    await rt.close()
-    for close in closers:
-        with contextlib.suppress(Exception):
-            await close()
+    try:
+        await rt.serve(server, services)
+        async with asyncio.TaskGroup() as tg:
+            tasks: list[asyncio.Task[Any]] = [
+                tg.create_task(fn()) for fn in [*background, become_ready]
+            ]
+            await stop.wait()
+            log.info("stopping")
+            rt.set_ready("stopping", "this node is shutting down")
+            await rt.publish_health()
+            for t in tasks:
+                t.cancel()
+    finally:
+        await server.stop(grace=2)
+        await rt.close()
+        for close in closers:
+            with contextlib.suppress(Exception):
+                await close()
     log.info("stopped")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     s = settings.parse(argv)
     logs.setup(f"{s.role}", s.log_level)
+    from beco_node.sst.records import StoreError
+
     try:
         asyncio.run(run(s))
     except (MembershipError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2
+    except BaseExceptionGroup as group:  # the start-up or a background loop failed
+        for leaf in _leaves(group):
+            if isinstance(leaf, MembershipError | OSError | StoreError):
+                log.error("stopped: %s", leaf)
+            else:
+                log.error("stopped: %s", leaf, exc_info=leaf)
+        return 1
     return 0
 
 

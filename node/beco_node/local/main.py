@@ -4,7 +4,8 @@
 PostgreSQL (embedded, or ``--database-url``), the SST, rendezvous, validator
 and user nodes as real processes, prints the endpoints and a CLI example, and
 runs until Ctrl-C or ``beco-local down`` (SIGTERM to the ``up`` process), then
-stops everything cleanly. Committed changes survive a restart.
+stops everything cleanly. While it runs it supervises: a node or the embedded
+PostgreSQL that dies is restarted within about a second. Committed changes survive a restart.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from beco_node.local.network import LocalNetwork
+from beco_node.pg.binaries import PostgresError
 
 
 def _args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -97,10 +99,11 @@ async def _up(ns: argparse.Namespace) -> int:
             return 1
         _print_banner(net)
         while not stop.is_set():
-            with_exit = [n.name for n in net.nodes.values() if n.proc and n.proc.poll() is not None]
-            for name in with_exit:
-                print(f"beco-local: node {name} exited; restarting it", file=sys.stderr, flush=True)
-                net.start_node(name)
+            try:
+                for name in await net.restart_dead():
+                    print(f"beco-local: {name} exited; restarted it", file=sys.stderr, flush=True)
+            except PostgresError as exc:
+                print(f"beco-local: cannot restart PostgreSQL yet: {exc}", file=sys.stderr)
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except TimeoutError:

@@ -29,12 +29,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from beco_node import keys, membership
 from beco_node.quorum import default_quorum
+
+if TYPE_CHECKING:
+    from beco_node.pg import EmbeddedPostgres
 
 USER_PORT_OFFSET = 0
 SINGLETON_PORT_OFFSET = 200  # rendezvous, validator, sst
@@ -89,7 +93,7 @@ class LocalNetwork:
     quorum: int | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
     nodes: dict[str, NodeProc] = field(default_factory=dict)
-    _pg: object | None = None
+    _pg: EmbeddedPostgres | None = None
     dsn: str = ""
 
     @property
@@ -151,7 +155,33 @@ class LocalNetwork:
 
     async def stop_postgres(self) -> None:
         if self._pg is not None:
-            await self._pg.stop()  # type: ignore[attr-defined]
+            await self._pg.stop()
+
+    @property
+    def postgres(self) -> EmbeddedPostgres | None:
+        """The embedded PostgreSQL (None with ``database_url``)."""
+        return self._pg
+
+    async def restart_dead(self) -> list[str]:
+        """Restart the embedded PostgreSQL and every started node that has exited; return
+        what was restarted. Raises PostgresError when PostgreSQL cannot start (yet)."""
+        restarted: list[str] = []
+        pg = self._pg
+        if pg is not None and not pg.running:
+            old = self.dsn
+            self.dsn = await pg.start()
+            restarted.append("postgres")
+            if self.dsn != old:  # another port: the SST must connect to the new one
+                for n in self.nodes.values():
+                    if n.role == "sst" and n.proc is not None:
+                        self.stop_node(n.name)
+                        self.start_node(n.name)
+                        restarted.append(n.name)
+        for n in self.nodes.values():
+            if n.proc is not None and n.proc.poll() is not None:
+                self.start_node(n.name)
+                restarted.append(n.name)
+        return restarted
 
     def start_node(self, name: str) -> None:
         n = self.nodes[name]

@@ -22,12 +22,18 @@ server binaries (system ones, else the ones in the pgserver wheel, see
 - it gets SIGINT (fast shutdown) if its parent thread dies, so a crashed test run
   leaves no server behind (Linux ``PR_SET_PDEATHSIG``);
 - ``stop()`` is a fast shutdown (SIGINT): open transactions are rolled back, every
-  committed one is durable (fsync stays on).
+  committed one is durable (fsync stays on);
+- ``start()`` after a crash (postmaster killed with SIGKILL): the dead postmaster's
+  ``postmaster.pid`` is removed only once its pid is no live PostgreSQL process, after
+  the orphaned backends of this data directory have exited (they still hold the old
+  shared memory, which makes a new postmaster refuse to start). Nothing else is deleted:
+  PostgreSQL's crash recovery replays the WAL.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
 import shutil
@@ -53,6 +59,8 @@ DB_USER = "beco"
 DB_NAME = "beco"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
+ORPHAN_WAIT_S = 10.0
+_POSTGRES_NAMES = ("postgres", "postmaster")
 _SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; leave room for "/.s.PGSQL.NNNNN"
 _PR_SET_PDEATHSIG = 1
 
@@ -120,6 +128,7 @@ class EmbeddedPostgres:
             ensure_traversable(binaries.postgres)
         if not (self.pgdata / "PG_VERSION").exists():
             await asyncio.to_thread(self._initdb, binaries, user)
+        await self._clear_stale_lock()
         attempts = 1 if self._requested_port is not None else 3
         for attempt in range(attempts):
             port = self._choose_port(fresh=attempt > 0)
@@ -174,6 +183,34 @@ class EmbeddedPostgres:
         if not version.exists():
             return None
         return int(version.read_text().strip().split(".")[0])
+
+    async def _clear_stale_lock(self) -> None:
+        """Remove the lock file of a dead postmaster (never a live one's, never data)."""
+        lock = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return  # no lock (clean stop), or one PostgreSQL itself will judge
+        if pid in _postgres_in(self.pgdata):
+            raise PostgresError(
+                f"a PostgreSQL server is already running on {self.pgdata} "
+                f"(pid {pid} in its postmaster.pid)"
+            )
+        deadline = time.monotonic() + ORPHAN_WAIT_S
+        while orphans := _postgres_in(self.pgdata):
+            if time.monotonic() > deadline:
+                for orphan in orphans:  # backends of a dead postmaster: no one else's
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(orphan, signal.SIGKILL)
+                deadline = time.monotonic() + ORPHAN_WAIT_S
+            await asyncio.sleep(0.1)
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        self._note(f"removed the stale postmaster.pid of pid {pid} (not a running PostgreSQL)")
+
+    def _note(self, text: str) -> None:
+        with contextlib.suppress(OSError), self.log_path.open("ab") as log:
+            log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {text}\n".encode())
 
     def _prepare_dir(self, path: Path, user: ServiceUser) -> None:
         path.mkdir(mode=0o700, exist_ok=True)
@@ -324,6 +361,45 @@ class EmbeddedPostgres:
                 return False
             await asyncio.sleep(0.02)
         return True
+
+
+def _proc_name(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None  # gone (or no /proc)
+
+
+def _is_postgres(pid: int) -> bool:
+    """Whether ``pid`` is a live PostgreSQL process (a recycled pid is not)."""
+    if pid <= 0:
+        return False
+    name = _proc_name(pid)
+    if name is None:
+        return False
+    try:  # a zombie is not alive
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z" and name in _POSTGRES_NAMES
+
+
+def _postgres_in(pgdata: Path) -> list[int]:
+    """Live PostgreSQL processes working in ``pgdata`` (the postmaster and its backends run
+    with it as their working directory; a recycled pid or another cluster's server does not)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            if os.readlink(entry / "cwd") != str(pgdata):
+                continue
+        except OSError:
+            continue
+        if _is_postgres(pid):
+            out.append(pid)
+    return out
 
 
 class _BindFailed(Exception):

@@ -5,7 +5,8 @@ Peers register a ``PeerRecord`` signed with their own key (kind
 peer id, role and zone match the membership, keeps it for ``--peer-ttl-ms``,
 and hands out the signed records (not its own word) on ``Discover``, so a
 client can check each one against the membership itself. Records of peers
-that leave the membership disappear at once.
+that leave the membership disappear at once. A record with a wildcard address
+(``0.0.0.0``, ``::``) is refused: nobody can reach it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 from beco_node import metrics, peer
 from beco_node.errors import InvalidArgument, PermissionDenied
 from beco_node.services.runtime import Runtime, rpc_handler
+from beco_node.settings import is_wildcard
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
@@ -52,6 +54,10 @@ class RendezvousService(ppb_grpc.RendezvousServicer):
             )
         if not rec.address:
             raise InvalidArgument("peer record without an address")
+        if is_wildcard(rec.address):
+            raise InvalidArgument(
+                f"peer record of {member.name} advertises the wildcard address {rec.address!r}"
+            )
         ttl = self.rt.settings.peer_ttl_ms
         self.records[member.peer_id] = (self.rt.now_ms() + ttl, request)
         self._live()
@@ -80,6 +86,9 @@ async def register_loop(rt: Runtime) -> None:
     warned = False
     while True:
         ttl = rt.settings.peer_ttl_ms
+        if not rt.is_member:  # the rendezvous would refuse us; wait to be added
+            await asyncio.sleep(rt.settings.membership_poll_ms / 1000)
+            continue
         try:
             rdv = rt.membership.one("rendezvous")
             stub = ppb_grpc.RendezvousStub(rt.peer_channel(rdv))
@@ -88,7 +97,7 @@ async def register_loop(rt: Runtime) -> None:
                 name=rt.me.name,
                 role=rt.me.role,
                 zone=rt.me.zone,
-                address=rt.settings.listen or rt.me.address,
+                address=rt.advertise,
                 expires_ms=rt.now_ms() + ttl,
             )
             reply = await stub.Register(

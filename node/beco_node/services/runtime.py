@@ -6,7 +6,16 @@
 - One persistent channel per peer address, reused by every call.
 - Every handler goes through :func:`rpc_handler`: metrics, and ``BecoError`` ->
   gRPC status with the message. Unexpected errors are logged and become INTERNAL
-  without details.
+  without details. Every status a node returns carries the trailer
+  ``beco-origin: node``, so a client can tell it from a failed connection.
+- Readiness: one grpc.health.v1 servicer, shared by the main server and the plaintext
+  ``--health-listen`` server. Service ``""`` (and each role service) is SERVING only
+  while no readiness condition is pending (started, a member of the current
+  membership, plus each role's own: users loaded, PostgreSQL connected, SST reachable);
+  service ``liveness`` is SERVING while the event loop answers.
+- A peer's address is the membership's (the operator's word); the rendezvous records
+  only tell who is alive. A node advertises ``--advertise`` or its membership address,
+  never a wildcard.
 """
 
 from __future__ import annotations
@@ -16,26 +25,34 @@ import contextlib
 import functools
 import logging
 import time
+import types
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from beco_node import keys, membership, metrics
+from beco_node import keys, membership, metrics, peer
 from beco_node.clock import now_ms
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
-from beco_node.settings import Settings
+from beco_node.services.malformed import DecodeGuard
+from beco_node.settings import Settings, is_wildcard
 
 log = logging.getLogger("beco.runtime")
 T = TypeVar("T")
 CLIENT_MAX_RECEIVE = 64 * 1024 * 1024
 # Exceptions of lower layers that map to a status (the SST registers its store's errors).
 ERROR_CODES: dict[type[BaseException], str] = {}
+# Trailer on every status a node returns: the client then knows the network answered.
+ORIGIN_TRAILER = (("beco-origin", "node"),)
+LIVENESS = "liveness"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def _record_membership(ms: Membership) -> None:
@@ -43,6 +60,14 @@ def _record_membership(ms: Membership) -> None:
     metrics.MEMBERSHIP_GENERATION.set(ms.generation)
     metrics.MEMBERSHIP_QUORUM.set(ms.quorum)
     metrics.MEMBERSHIP_USER_NODES.set(len(ms.user_nodes))
+
+
+def _observe_peer_clock(name: str, offset_ms: int) -> None:
+    metrics.PEER_CLOCK_OFFSET.labels(name).set(offset_ms / 1000)
+
+
+if _observe_peer_clock not in peer.CLOCK_OFFSET_OBSERVERS:
+    peer.CLOCK_OFFSET_OBSERVERS.append(_observe_peer_clock)
 
 
 def rpc_handler(
@@ -63,7 +88,7 @@ def rpc_handler(
                 return await fn(self, request, context)
             except BecoError as exc:
                 code = exc.code
-                await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
+                await context.abort(getattr(grpc.StatusCode, exc.code), exc.message, ORIGIN_TRAILER)
                 raise  # unreachable: abort raises
             except asyncio.CancelledError:
                 code = "CANCELLED"
@@ -74,10 +99,10 @@ def rpc_handler(
                 mapped = next((c for t, c in ERROR_CODES.items() if isinstance(exc, t)), None)
                 if mapped is not None:
                     code = mapped
-                    await context.abort(getattr(grpc.StatusCode, mapped), str(exc))
+                    await context.abort(getattr(grpc.StatusCode, mapped), str(exc), ORIGIN_TRAILER)
                 code = "INTERNAL"
                 log.exception("unexpected error in %s", label)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error", ORIGIN_TRAILER)
                 raise
             finally:
                 latency.observe(time.perf_counter() - t0)
@@ -88,6 +113,22 @@ def rpc_handler(
     return deco
 
 
+def _bind(
+    server: grpc.aio.Server, listen: str, creds: grpc.ServerCredentials | None, flag: str
+) -> int:
+    """Add a port; a failure is an OSError that names the address (gRPC raises RuntimeError)."""
+    try:
+        if creds is not None:
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise OSError(f"cannot listen on {listen} ({flag}): {exc}") from None
+    if port == 0:
+        raise OSError(f"cannot listen on {listen} ({flag})")
+    return port
+
+
 class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -96,20 +137,118 @@ class Runtime:
         self.peer_id = keys.peer_id(self.public_key)
         self._membership_text = ""
         self.membership = self._load_membership()
+        # readiness condition -> why this node cannot serve yet (empty: ready)
+        self._not_ready: dict[str, str] = {"started": "this node is starting"}
         me = self.membership.by_peer_id(self.peer_id)
-        if me is None:
-            raise membership.MembershipError(
-                f"this node's key (peer {self.peer_id}) is not in the membership"
-            )
-        if me.role != settings.role:
+        if me is not None and me.role != settings.role:
             raise membership.MembershipError(
                 f"the membership says this node is a {me.role}, not a {settings.role}"
             )
+        if me is None:
+            # A new pod may start before its membership reaches it: with --listen it serves
+            # NOT_SERVING and waits to be added, instead of crash-looping.
+            problem = f"this node's key (peer {self.peer_id}) is not in the membership"
+            if not settings.listen:
+                raise membership.MembershipError(
+                    f"{problem} (with --listen it would start and wait to be added)"
+                )
+            log.warning("%s: waiting to be added, not serving meanwhile", problem)
+            me = Member(
+                f"{settings.role}-{self.peer_id[:8]}",
+                settings.role,
+                "",
+                settings.advertise,
+                self.public_key,
+                self.peer_id,
+            )
+            self._not_ready["member"] = self._not_member(self.membership, me.name)
         self.me: Member = me
-        self.discovered: dict[str, str] = {}  # peer id -> address learnt from the rendezvous
+        if self.is_member and is_wildcard(self.advertise):
+            raise membership.MembershipError(self._wildcard_problem())
+        # peer id -> address a live peer registered with the rendezvous (not used to dial:
+        # the membership's address wins, see address_of)
+        self.discovered: dict[str, str] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_membership_change: list[Callable[[Membership], None]] = []
+        self.health = health_aio.HealthServicer()
+        self.service_names: list[str] = []
+        self._health_server: grpc.aio.Server | None = None
+
+    @property
+    def advertise(self) -> str:
+        """The address registered with the rendezvous: --advertise, else the membership's."""
+        return self.settings.advertise or self.me.address
+
+    # ---- readiness ----
+    def set_ready(self, condition: str, reason: str | None) -> None:
+        """Mark ``condition`` met (``reason`` None) or pending with the reason it is not."""
+        before = self.not_ready_reason()
+        if reason is None:
+            self._not_ready.pop(condition, None)
+        else:
+            self._not_ready[condition] = reason
+        after = self.not_ready_reason()
+        if after != before:
+            if after is None:
+                log.info("ready", extra={"fields": {"role": self.settings.role}})
+            else:
+                log.info("not ready: %s", after, extra={"fields": {"condition": condition}})
+            self.spawn(self.publish_health())
+
+    def not_ready_reason(self) -> str | None:
+        """Why this node cannot serve now (the first pending condition), or None."""
+        return next(iter(self._not_ready.values()), None)
+
+    async def publish_health(self) -> None:
+        """Write the current readiness to the health servicer (idempotent, latest state)."""
+        status = SERVING if self.not_ready_reason() is None else NOT_SERVING
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    def gated(
+        self,
+        service: ServiceDescriptor,
+        target: Callable[[], object | None],
+        blocked: Callable[[], str | None] | None = None,
+        label_prefix: str = "",
+    ) -> Any:
+        """A servicer for ``service`` that forwards to ``target()`` while ``blocked()`` is None,
+        and answers UNAVAILABLE with the reason otherwise (or while there is no target yet).
+        Refusals are counted under the same method labels as ``rpc_handler``'s."""
+        why = blocked or self.not_ready_reason
+        methods: dict[str, Any] = {}
+        for m in service.methods:
+
+            async def refuse(
+                context: grpc.aio.ServicerContext[Any, Any],
+                reason: str,
+                _label: str = label_prefix + m.name,
+            ) -> None:
+                metrics.RPC_REQUESTS.labels(_label, "UNAVAILABLE").inc()
+                await context.abort(grpc.StatusCode.UNAVAILABLE, reason, ORIGIN_TRAILER)
+
+            if m.server_streaming:
+
+                async def stream(request: Any, context: Any, _name: str = m.name) -> Any:
+                    reason, impl = why(), target()
+                    if reason is not None or impl is None:
+                        await refuse(context, reason or "this node is starting")
+                        return
+                    async for item in getattr(impl, _name)(request, context):
+                        yield item
+
+                methods[m.name] = stream
+            else:
+
+                async def unary(request: Any, context: Any, _name: str = m.name) -> Any:
+                    reason, impl = why(), target()
+                    if reason is not None or impl is None:
+                        await refuse(context, reason or "this node is starting")
+                    return await getattr(impl, _name)(request, context)
+
+                methods[m.name] = unary
+        return types.SimpleNamespace(**methods)
 
     # ---- membership ----
     def _load_membership(self) -> Membership:
@@ -143,12 +282,43 @@ class Runtime:
                 "membership reloaded",
                 extra={"fields": {"generation": ms.generation, "members": len(ms.members)}},
             )
+            self._check_member(ms)
             for cb in self.on_membership_change:
                 cb(ms)
 
+    @property
+    def is_member(self) -> bool:
+        return "member" not in self._not_ready
+
+    def _not_member(self, ms: Membership, name: str) -> str:
+        return (
+            f"this node ({name}) is not a {self.settings.role} of network {ms.network!r} at"
+            f" membership generation {ms.generation}: it does not serve the network's data"
+        )
+
+    def _wildcard_problem(self) -> str:
+        return (
+            f"this node would advertise {self.advertise!r}, a wildcard address other nodes"
+            " cannot reach: fix its membership address or pass --advertise HOST:PORT"
+        )
+
+    def _check_member(self, ms: Membership) -> None:
+        me = ms.by_peer_id(self.peer_id)
+        if me is None or me.role != self.settings.role:
+            self.set_ready("member", self._not_member(ms, self.me.name))
+            return
+        self.me = me
+        if is_wildcard(self.advertise):
+            log.error("%s", self._wildcard_problem())
+            self.set_ready("member", self._wildcard_problem())
+            return
+        self.set_ready("member", None)
+
     # ---- peers ----
     def address_of(self, member: Member) -> str:
-        return self.discovered.get(member.peer_id) or member.address
+        # The membership's address, always: a record at the rendezvous is a peer's own word
+        # and must not redirect traffic (a node behind a wildcard listen once called itself).
+        return member.address
 
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
@@ -193,11 +363,12 @@ class Runtime:
     # ---- server ----
     def make_server(self) -> grpc.aio.Server:
         return grpc.aio.server(
+            interceptors=[DecodeGuard(ORIGIN_TRAILER)],
             options=[
                 ("grpc.max_receive_message_length", self.settings.max_message_bytes),
                 ("grpc.max_send_message_length", CLIENT_MAX_RECEIVE),
                 ("grpc.so_reuseport", 0),
-            ]
+            ],
         )
 
     def _server_credentials(self) -> grpc.ServerCredentials | None:
@@ -210,30 +381,66 @@ class Runtime:
             require_client_auth=bool(s.tls_ca),
         )
 
+    def _add_health(self, server: grpc.aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+
+    async def serve_health(self) -> int | None:
+        """Start the plaintext health-only server of ``--health-listen`` (None when 'off')."""
+        listen = self.settings.health_listen
+        if not listen or listen == "off":
+            return None
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        self._add_health(server)
+        port = _bind(server, listen, None, "--health-listen")
+        await server.start()
+        self._health_server = server
+        log.info("health probes (plaintext)", extra={"fields": {"health_listen": listen}})
+        return port
+
     async def serve(self, server: grpc.aio.Server, service_names: list[str]) -> None:
-        health_servicer = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        self.service_names = list(service_names)
+        self._add_health(server)
         names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         listen = self.settings.listen or self.me.address
         creds = self._server_credentials()
-        if creds is not None:
-            port = server.add_secure_port(listen, creds)
-        else:
-            port = server.add_insecure_port(listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {listen}")
+        _bind(server, listen, creds, "--listen")
+        await self.publish_health()  # NOT_SERVING until every condition is met
+        await self.health.set(LIVENESS, SERVING)
         await server.start()
-        for name in ["", *service_names]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.serve_health()
         log.info(
             "serving",
             extra={
-                "fields": {"role": self.settings.role, "listen": listen, "peer_id": self.peer_id}
+                "fields": {
+                    "role": self.settings.role,
+                    "listen": listen,
+                    "advertise": self.advertise,
+                    "peer_id": self.peer_id,
+                }
             },
         )
+        self.set_ready("started", None)
+
+    async def watch_ready(self, role: str, condition: str) -> None:
+        """Keep ``condition`` pending while the ``role`` peer does not report SERVING."""
+        while True:
+            m = self.membership.one(role)
+            stub = health_pb2_grpc.HealthStub(self.peer_channel(m))
+            try:
+                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                problem = "" if r.status == SERVING else "not ready"
+            except grpc.aio.AioRpcError as exc:
+                problem = exc.code().name
+            if problem:
+                self.set_ready(condition, f"the {role} ({m.address}) is unreachable: {problem}")
+            else:
+                self.set_ready(condition, None)
+            await asyncio.sleep(self.settings.membership_poll_ms / 1000)
 
     async def close(self) -> None:
+        if self._health_server is not None:
+            await self._health_server.stop(grace=None)
         for t in list(self._tasks):
             t.cancel()
         for ch in self._channels.values():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -36,6 +35,7 @@ from beco_node.errors import (
     NotFound,
     Unavailable,
 )
+from beco_node.lru import BoundedLru
 from beco_node.merkle.sth import SignedTreeHead
 from beco_node.services.runtime import ERROR_CODES, Runtime, rpc_handler
 from beco_node.sst.records import (
@@ -51,7 +51,11 @@ from beco_node.sst.store import SstStore
 log = logging.getLogger("beco.sst")
 ERROR_CODES[StoreUnavailableError] = "UNAVAILABLE"
 Ctx = grpc.aio.ServicerContext[Any, Any]
-RECENT = 100_000
+# Bounds (docs/architecture.md, "Memory bounds"): current states, and the commit info of
+# recent proposals (a re-delivered certificate is answered without a transaction).
+STATE_CACHE_ENTRIES = 100_000
+STATE_CACHE_BYTES = 64 * 1024 * 1024
+RECENT = 50_000
 
 
 def tree_head_pb(sth: SignedTreeHead, public_key: bytes) -> pb.TreeHead:
@@ -68,8 +72,11 @@ class SstService(ppb_grpc.SstServicer):
     def __init__(self, rt: Runtime, store: SstStore) -> None:
         self.rt = rt
         self.store = store
-        self.cache: dict[str, tuple[int, bytes]] = {}
-        self.recent: OrderedDict[str, ppb.Outcome] = OrderedDict()
+        self.cache: BoundedLru[str, tuple[int, bytes]] = BoundedLru(
+            STATE_CACHE_ENTRIES, STATE_CACHE_BYTES, lambda v: len(v[1])
+        )
+        # proposal id -> serialised CommitInfo (compact: no state)
+        self.recent: BoundedLru[str, bytes] = BoundedLru(RECENT, RECENT * 1024, len)
         metrics.TREE_SIZE.set(store.tree_head().tree_size)
 
     def _query(self, env: ppb.PeerEnvelope) -> ppb.SstQuery:
@@ -83,7 +90,7 @@ class SstService(ppb_grpc.SstServicer):
         if hit is None:
             hit = await self.store.get_user(uid)
             if hit is not None:
-                self.cache[uid] = hit
+                self.cache.put(uid, hit)
         return hit
 
     def _commit_info(self, res: CommitResult, committed_ms: int) -> pb.CommitInfo:
@@ -108,10 +115,7 @@ class SstService(ppb_grpc.SstServicer):
             raise InvalidArgument("the certificate names another validator")
         done = self.recent.get(prop.proposal_id)
         if done is not None:
-            dup = ppb.Outcome()
-            dup.CopyFrom(done)
-            dup.commit.duplicate = True
-            return dup
+            return await self._duplicate(prop.user_id, done)
         t0 = time.perf_counter()
         current = await self._state(prop.user_id)
         cur_seq = current[0] if current else 0
@@ -156,21 +160,21 @@ class SstService(ppb_grpc.SstServicer):
         try:
             res = await self.store.commit(entry)
         except SequenceError as exc:
-            self.cache.pop(prop.user_id, None)
+            self.cache.pop(prop.user_id)
             raise FailedPrecondition(str(exc)) from None
         except StoreUnavailableError as exc:
             raise Unavailable(str(exc)) from None
         except ProposalConflictError as exc:
             raise AlreadyExists(str(exc)) from None
         except StoreError as exc:
-            self.cache.pop(prop.user_id, None)
+            self.cache.pop(prop.user_id)
             raise BecoError(str(exc), "ABORTED") from None
         if not res.duplicate:
-            self.cache[prop.user_id] = (res.sequence, state)
+            self.cache.put(prop.user_id, (res.sequence, state))
         metrics.COMMIT_TIME.observe(time.perf_counter() - t0)
         metrics.TREE_SIZE.set(self.store.tree_head().tree_size)
         info = self._commit_info(res, committed_ms)
-        stored = self.cache.get(prop.user_id, (res.sequence, state))
+        stored = self.cache.get(prop.user_id) or (res.sequence, state)
         applied = ppb.Applied(
             user_id=prop.user_id, sequence=res.sequence, state=stored[1], commit=info
         )
@@ -178,9 +182,7 @@ class SstService(ppb_grpc.SstServicer):
         outcome = ppb.Outcome(
             status=ppb.OUTCOME_COMMITTED, commit=info, state=stored[1], applied=env
         )
-        self.recent[prop.proposal_id] = outcome
-        if len(self.recent) > RECENT:
-            self.recent.popitem(last=False)
+        self.recent.put(prop.proposal_id, info.SerializeToString())
         for m in ms.user_nodes:
             if m.peer_id != prop.origin:  # the origin applies the outcome it gets back
                 rt.spawn(self._notify(m, env))
@@ -188,6 +190,18 @@ class SstService(ppb_grpc.SstServicer):
             "committed", extra={"fields": {"proposal": prop.proposal_id, "seq": res.sequence}}
         )
         return outcome
+
+    async def _duplicate(self, uid: str, info_bytes: bytes) -> ppb.Outcome:
+        """The outcome of a proposal committed before, rebuilt from its commit info and the
+        user's current state (with its notice, as after a first delivery)."""
+        info = pb.CommitInfo.FromString(info_bytes)
+        info.duplicate = True
+        current = await self._state(uid)
+        if current is None:  # pragma: no cover - a committed user always has a state
+            raise Unavailable(f"user {uid} has a commit but no state")
+        applied = ppb.Applied(user_id=uid, sequence=current[0], state=current[1], commit=info)
+        env = peer.seal("applied", applied, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+        return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=current[1], applied=env)
 
     async def _notify(self, member: Any, env: ppb.PeerEnvelope) -> None:
         try:
@@ -220,7 +234,13 @@ class SstService(ppb_grpc.SstServicer):
         if await self._state(q.user_id) is None:
             raise NotFound(f"no user {q.user_id}")
         out = pb.GetHistoryResponse()
-        for rec in await self.store.history(q.user_id):
+        # page_size 0: everything (a user node from before paging)
+        limit = q.page_size + 1 if q.page_size else None
+        records = await self.store.history(q.user_id, after_sequence=q.after_sequence, limit=limit)
+        if q.page_size and len(records) > q.page_size:
+            records = records[: q.page_size]
+            out.next_page_token = str(records[-1].sequence)
+        for rec in records:
             out.entries.add(
                 proposal_id=rec.proposal_id,
                 sequence=rec.sequence,

@@ -5,6 +5,10 @@ Reads are served from memory: every user's state is kept as serialised bytes
 SST. At start the node streams all users from the SST. An index
 ``grantee -> users`` answers ListUsers without scanning everyone.
 
+Readiness: the Identity API answers (and health reports SERVING) only once the
+users are loaded. A node removed from the membership drops its users and
+answers UNAVAILABLE ("not a member"); re-added, it loads them again first.
+
 A mutation is authenticated (signature, skew, replay), checked against the
 limits and the node's copy of the user (``model.apply``), then proposed to the
 validator; the node answers the client when the outcome comes back (COMMITTED
@@ -30,8 +34,9 @@ from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
 from beco_node import auth, limits, metrics, model, peer
-from beco_node.auth import Authenticator
-from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from beco_node.auth import Authenticator, check_validator_clock
+from beco_node.errors import BecoError, InvalidArgument, NotFound
+from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.user")
@@ -98,6 +103,9 @@ class UserNode:
         self.store = UserStore()
         self.authn = Authenticator(rt.settings.skew_ms)
         self.loaded = asyncio.Event()
+        self._loader: asyncio.Task[None] | None = None
+        rt.set_ready("loaded", "this user node is loading the users from the SST")
+        rt.on_membership_change.append(self._membership_changed)
         # proposals this node originated and is waiting on: id -> (request digest, caller);
         # its own vote then skips re-verifying the client signature it already checked.
         self.own: dict[str, tuple[bytes, str]] = {}
@@ -114,9 +122,7 @@ class UserNode:
                 self.query(q), timeout=10, wait_for_ready=True
             )
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
-                raise BecoError(exc.details() or "", exc.code().name) from None
-            raise Unavailable(f"the SST is unavailable: {exc.code().name}") from None
+            raise relayed(exc, "the SST", QUERY_PASSED_ON) from None
 
     async def fetch(self, uid: str) -> pb.UserState | None:
         """The user from the SST (a miss, or a lagging copy)."""
@@ -135,6 +141,32 @@ class UserNode:
             st = await self.fetch(uid)
         return st
 
+    def start_loading(self) -> None:
+        """(Re)load every user from the SST in the background; readiness follows."""
+        if self._loader is not None and not self._loader.done():
+            return
+        self._loader = asyncio.ensure_future(self.load_all())
+
+    def _membership_changed(self, ms: Any) -> None:
+        del ms
+        if not self.rt.is_member:
+            if self.loaded.is_set() or self._loader is not None:
+                self._drop()
+        elif not self.loaded.is_set():
+            self.start_loading()
+
+    def _drop(self) -> None:
+        """Removed from the membership: forget the network's data until re-added."""
+        if self._loader is not None:
+            self._loader.cancel()
+            self._loader = None
+        if self.loaded.is_set() or self.store.users:
+            log.info("not a member any more: dropping %d users", len(self.store.users))
+        self.loaded.clear()
+        self.store = UserStore()
+        metrics.USERS.set(0)
+        self.rt.set_ready("loaded", "this user node must reload the users from the SST")
+
     async def load_all(self) -> None:
         """Stream every user from the SST at start; retried until the SST answers."""
         delay = 0.2
@@ -147,6 +179,7 @@ class UserNode:
                 metrics.USERS.set(len(self.store.users))
                 log.info("users loaded from the SST", extra={"fields": {"users": n}})
                 self.loaded.set()
+                self.rt.set_ready("loaded", None)
                 return
             except grpc.aio.AioRpcError as exc:
                 log.info("waiting for the SST: %s", exc.code().name)
@@ -190,7 +223,7 @@ class IdentityService(pb_grpc.IdentityServicer):
         try:
             outcome: ppb.Outcome = await stub.Propose(env, timeout=60, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            raise Unavailable(f"the validator is unavailable: {exc.code().name}") from None
+            raise relayed(exc, "the validator", PROPOSE_PASSED_ON) from None
         finally:
             self.node.own.pop(prop.proposal_id, None)
         if outcome.status != ppb.OUTCOME_COMMITTED:
@@ -265,14 +298,17 @@ class IdentityService(pb_grpc.IdentityServicer):
     ) -> pb.GetHistoryResponse:
         self._auth(M + "GetHistory", request)
         limits.check_user_id("user_id", request.user_id)
+        q = ppb.SstQuery(
+            user_id=request.user_id,
+            page_size=limits.page_size(request.page_size),
+            after_sequence=limits.sequence_token(request.page_token),
+        )
         st = await self.node.user(request.user_id)
         if st is None:
             raise NotFound(f"no user {request.user_id}")
         # The log leaves hold digests only, so anyone who may see the user exists
         # may see its change history (kinds, sequences, leaf indexes).
-        reply: pb.GetHistoryResponse = await self.node.sst_call(
-            "History", ppb.SstQuery(user_id=request.user_id)
-        )
+        reply: pb.GetHistoryResponse = await self.node.sst_call("History", q)
         return reply
 
     @rpc_handler("GetTreeHead")
@@ -328,10 +364,7 @@ class VoterService(ppb_grpc.UserNodeServicer):
             if model.target_user(prop.method, req, caller) != prop.user_id:
                 raise InvalidArgument("proposal user does not match the request")
             # An honest quorum only votes for requests sequenced now, signed just before.
-            skew = rt.settings.skew_ms
-            if abs(rt.now_ms() - header.validator_ts_ms) > skew:
-                raise Unauthenticated("the validator's timestamp is off this node's clock")
-            auth.check_sequenced_in_time(req, header.validator_ts_ms, skew)
+            check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
             want = header.sequence - 1
             if self.node.store.sequence(prop.user_id) < want and vreq.HasField("previous"):
                 self._apply_notice(vreq.previous, prop.user_id)

@@ -31,11 +31,17 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 from beco_node import metrics, peer
 from beco_node.auth import ReplayCache
 from beco_node.errors import BecoError
+from beco_node.lru import BoundedLru
 from beco_node.quorum import can_still_reach
+from beco_node.services.relay import relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.validator")
+# Bounds (docs/architecture.md, "Memory bounds"); a miss costs one SST query.
 MAX_NOTICES = 10_000
+NOTICE_BYTES = 16 * 1024 * 1024
+MAX_SEQUENCES = 100_000
+MAX_PROPOSALS_SEEN = 200_000
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -44,11 +50,13 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         self.rt = rt
         self.locks: dict[str, asyncio.Lock] = {}
         self.waiting: collections.Counter[str] = collections.Counter()
-        self.sequences: dict[str, int] = {}
+        self.sequences: BoundedLru[str, int] = BoundedLru(MAX_SEQUENCES, MAX_SEQUENCES * 1024)
         # The SST's signed notice of each user's last commit, forwarded with the next vote
         # request so lagging voters need not ask the SST. Bounded: oldest dropped.
-        self.notices: collections.OrderedDict[str, ppb.PeerEnvelope] = collections.OrderedDict()
-        self.seen = ReplayCache(2 * rt.settings.skew_ms + 60_000)
+        self.notices: BoundedLru[str, ppb.PeerEnvelope] = BoundedLru(
+            MAX_NOTICES, NOTICE_BYTES, lambda env: env.ByteSize()
+        )
+        self.seen = ReplayCache(2 * rt.settings.skew_ms + 60_000, MAX_PROPOSALS_SEEN)
 
     @rpc_handler("validator.Propose")
     async def Propose(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
@@ -90,7 +98,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             )
             reply = await stub.GetUserState(env, timeout=5, wait_for_ready=True)
             seq = reply.sequence if reply.found else 0
-            self.sequences[uid] = seq
+            self.sequences.put(uid, seq)
         return seq
 
     async def _run(self, prop: ppb.Proposal) -> ppb.Outcome:
@@ -101,9 +109,8 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         except grpc.aio.AioRpcError as exc:
             metrics.PROPOSALS.labels("failed").inc()
             log.warning("SST unreachable: %s %s", exc.code().name, exc.details())
-            return ppb.Outcome(
-                status=ppb.OUTCOME_FAILED, code="UNAVAILABLE", reason="the SST is unreachable"
-            )
+            err = relayed(exc, "the SST")
+            return ppb.Outcome(status=ppb.OUTCOME_FAILED, code=err.code, reason=err.message)
         header = ppb.ProposalHeader(
             proposal=prop, sequence=current + 1, validator_ts_ms=rt.now_ms(), validator=rt.peer_id
         )
@@ -167,7 +174,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 rt.spawn(t)
         if len(valid) < quorum:
             # Voters may know a newer sequence than the cached one: re-read it next time.
-            self.sequences.pop(prop.user_id, None)
+            self.sequences.pop(prop.user_id)
             metrics.PROPOSALS.labels("failed").inc()
             code = "UNAVAILABLE"
             if invalid:
@@ -200,28 +207,26 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 wait_for_ready=True,
             )
         except grpc.aio.AioRpcError as exc:
-            self.sequences.pop(prop.user_id, None)  # unknown whether it committed: re-read
+            self.sequences.pop(prop.user_id)  # unknown whether it committed: re-read
             metrics.PROPOSALS.labels("failed").inc()
             log.warning("SST commit failed: %s %s", exc.code().name, exc.details())
+            err = relayed(exc, "the SST")
             return ppb.Outcome(
                 status=ppb.OUTCOME_FAILED,
-                code="UNAVAILABLE",
-                reason=f"the SST did not commit ({exc.code().name})",
+                code=err.code,
+                reason=err.message,
                 valid_votes=len(valid),
             )
         except BaseException:
-            self.sequences.pop(prop.user_id, None)  # cancelled mid-commit: re-read
+            self.sequences.pop(prop.user_id)  # cancelled mid-commit: re-read
             raise
         if outcome.status == ppb.OUTCOME_COMMITTED:
-            self.sequences[prop.user_id] = outcome.commit.sequence
-            self.notices[prop.user_id] = outcome.applied
-            self.notices.move_to_end(prop.user_id)
-            if len(self.notices) > MAX_NOTICES:
-                self.notices.popitem(last=False)
+            self.sequences.put(prop.user_id, outcome.commit.sequence)
+            self.notices.put(prop.user_id, outcome.applied)
             outcome.ClearField("applied")  # the origin does not need it
             metrics.PROPOSALS.labels("committed").inc()
         else:
-            self.sequences.pop(prop.user_id, None)
+            self.sequences.pop(prop.user_id)
             metrics.PROPOSALS.labels("failed").inc()
         outcome.valid_votes = len(valid)
         outcome.invalid_votes = len(invalid)

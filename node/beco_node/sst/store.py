@@ -159,6 +159,14 @@ class SstStore:
         store._writer = asyncio.create_task(store._write_loop(), name="sst-store-writer")
         return store
 
+    async def ping(self, timeout_s: float = 5.0) -> None:
+        """Raise ``StoreUnavailableError`` unless PostgreSQL answers now (readiness)."""
+        try:
+            async with self._pool.acquire(timeout=timeout_s) as conn:
+                await conn.fetchval("SELECT 1", timeout=timeout_s)
+        except _CONNECTION_ERRORS as exc:
+            raise StoreUnavailableError(f"PostgreSQL does not answer: {exc}") from exc
+
     async def close(self) -> None:
         """Finish the commits already queued, then close the connections."""
         if self._writer is not None and not self._writer.done():
@@ -453,13 +461,18 @@ class SstStore:
         rows = await self._fetch("SELECT user_id, sequence, state FROM users ORDER BY user_id")
         return [(r["user_id"], r["sequence"], bytes(r["state"])) for r in rows]
 
-    async def history(self, user_id: str) -> list[ChangeRecord]:
-        """A user's committed changes, oldest first."""
+    async def history(
+        self, user_id: str, *, after_sequence: int = 0, limit: int | None = None
+    ) -> list[ChangeRecord]:
+        """A user's committed changes with a sequence above ``after_sequence``, oldest first,
+        at most ``limit`` of them (None: all)."""
         rows = await self._fetch(
             "SELECT c.proposal_id, c.user_id, c.sequence, c.kind, c.leaf_index, l.leaf_data,"
             " c.committed_ms FROM changes c JOIN leaves l ON l.leaf_index = c.leaf_index"
-            " WHERE c.user_id = $1 ORDER BY c.sequence",
+            " WHERE c.user_id = $1 AND c.sequence > $2 ORDER BY c.sequence LIMIT $3",
             user_id,
+            after_sequence,
+            limit,
         )
         return [
             ChangeRecord(

@@ -29,3 +29,29 @@ def test_role_and_sst_database_required(capsys: pytest.CaptureFixture[str]) -> N
     with pytest.raises(SystemExit):
         settings.parse(["--role", "sst", "--insecure"])
     assert "--database-url" in capsys.readouterr().err
+
+
+def test_health_listen_off_and_advertise_unset_by_default() -> None:
+    s = settings.parse(["--role", "user", "--insecure"])
+    assert s.health_listen == "off" and s.advertise == ""
+
+
+@pytest.mark.parametrize(
+    ("address", "wildcard"),
+    [
+        ("0.0.0.0:9001", True),
+        ("[::]:9001", True),
+        (":9001", True),
+        ("127.0.0.1:9001", False),
+        ("[::1]:9001", False),
+        ("user-a-0.beco-demo-user-a.ns.svc:9001", False),
+    ],
+)
+def test_wildcard_addresses(address: str, wildcard: bool) -> None:
+    assert settings.is_wildcard(address) is wildcard
+
+
+def test_a_wildcard_advertise_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        settings.parse(["--role", "user", "--insecure", "--advertise", "0.0.0.0:9001"])
+    assert "wildcard" in capsys.readouterr().err
