@@ -653,6 +653,7 @@ def teardown(state: dict[str, Any]) -> None:
         list(pool.map(stop_node, nodes))
     stop_pids([p for p in node_pids if pid_alive(p)])
     for name in state.get("netns", []):
+        _kill_in_netns(name)  # anything a component forked into its namespace
         ns.delete(name)
 
 
@@ -810,6 +811,27 @@ def _remove_cgroups(name: str) -> None:
             with contextlib.suppress(OSError):
                 top.rmdir()
         time.sleep(0.2)
+
+
+def _kill_in_netns(name: str) -> None:
+    try:
+        inode = os.stat(ns.path(name)).st_ino
+    except OSError:
+        return
+    for _ in range(50):
+        left = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                if os.stat(entry / "ns" / "net").st_ino == inode and pid_alive(int(entry.name)):
+                    left.append(int(entry.name))
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
 
 
 def _comm(pid: int) -> str:

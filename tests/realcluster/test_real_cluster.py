@@ -59,6 +59,13 @@ def host_snapshot() -> dict[str, Any]:
     }
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()[:300].decode(errors="replace")
+    except OSError:
+        return ""  # exited meanwhile
+
+
 def _kube_chains() -> list[str]:
     out = []
     for tool in ("iptables-save", "iptables-legacy-save"):
@@ -241,7 +248,8 @@ def test_stop_leaves_nothing_behind(cluster: tuple[RealCluster, dict[str, Any]])
     rc, before = cluster
     workdir = rc.workdir
     rc.stop()
-    assert node_processes(workdir) == []
+    left = {p: _cmdline(p) for p in node_processes(workdir)}
+    assert {p: c for p, c in left.items() if c} == {}
     assert mounts_under(workdir) == []
     assert [c for n in rc.nodes for c in cgroups_of(n.cgroup_name)] == []
     after = host_snapshot()
