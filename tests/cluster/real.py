@@ -863,7 +863,20 @@ def _pids_with_arg(text: str) -> list[int]:
 
 def node_processes(workdir: Path) -> list[int]:
     """Every live process whose argv mentions the cluster's workdir (nodes, shims, plane)."""
-    return [p for p in _pids_with_arg(str(Path(workdir).absolute())) if p != os.getpid()]
+    return [p for p in _pids_with_arg(str(Path(workdir).absolute())) if p not in _ancestry()]
+
+
+def _ancestry() -> set[int]:
+    """This process and its parents (a shell that started us may name the workdir too)."""
+    out, pid = set(), os.getpid()
+    while pid > 1 and pid not in out:
+        out.add(pid)
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            break
+        pid = int(next(x for x in status.splitlines() if x.startswith("PPid:")).split()[1])
+    return out
 
 
 # ---- configuration -----------------------------------------------------------------------------
