@@ -20,6 +20,7 @@ Pure apart from reading the clock passed in.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import os
 import struct
@@ -147,12 +148,13 @@ def check_validator_clock(
 
 
 class ReplayCache:
-    """Remembers (public key, nonce) pairs for ``window_ms``; bounded in size."""
+    """Remembers (public key, nonce) pairs, each with a value (the request's signature),
+    for ``window_ms``; bounded in size."""
 
     def __init__(self, window_ms: int, max_entries: int = 200_000) -> None:
         self.window_ms = window_ms
         self.max_entries = max_entries
-        self._seen: set[bytes] = set()
+        self._seen: dict[bytes, bytes] = {}
         self._order: deque[tuple[int, bytes]] = deque()
 
     def __len__(self) -> int:
@@ -160,21 +162,34 @@ class ReplayCache:
 
     def check_and_add(self, key: bytes, now_ms: int) -> bool:
         """True if ``key`` is fresh (and now remembered), False if it is a replay."""
+        return self.remember(key, b"", now_ms) is None
+
+    def remember(self, key: bytes, value: bytes, now_ms: int) -> bytes | None:
+        """The value remembered for ``key`` if seen in the window; else remember ``value``
+        and return None."""
         self._purge(now_ms)
-        if key in self._seen:
-            return False
+        prev = self._seen.get(key)
+        if prev is not None:
+            return prev
         if len(self._seen) >= self.max_entries:
             # Full: refuse rather than forget (forgetting would allow replays). The node is
             # overloaded, not the client at fault.
             raise Unavailable("this node's replay cache is full (overloaded), retry shortly")
-        self._seen.add(key)
+        self._seen[key] = value
         self._order.append((now_ms + self.window_ms, key))
-        return True
+        return None
 
     def _purge(self, now_ms: int) -> None:
         order, seen = self._order, self._seen
         while order and order[0][0] <= now_ms:
-            seen.discard(order.popleft()[1])
+            seen.pop(order.popleft()[1], None)
+
+
+class Admission(enum.Enum):
+    FRESH = "fresh"  # first time seen, timestamp within the skew
+    RESENT = "resent"  # the same signed request again, within the skew
+    EXPIRED = "expired"  # signed more than the skew ago
+    EARLY = "early"  # signed more than the skew in the future
 
 
 class Authenticator:
@@ -185,13 +200,36 @@ class Authenticator:
         self.replays = ReplayCache(2 * skew_ms)
 
     def authenticate(self, method: str, request: Message, now_ms: int) -> str:
+        caller, admission = self.admit(method, request, now_ms)
+        if admission is Admission.RESENT:
+            raise Unauthenticated("replayed request (nonce already used)")
+        if admission is not Admission.FRESH:
+            raise Unauthenticated(self.skew_message(request, now_ms))
+        return caller
+
+    def skew_message(self, request: Message, now_ms: int) -> str:
+        ts = request.auth.timestamp_ms  # type: ignore[attr-defined]
+        return (
+            f"request timestamp is {abs(now_ms - ts)} ms away from the "
+            f"node's clock (allowed {self.skew_ms} ms)"
+        )
+
+    def admit(self, method: str, request: Message, now_ms: int) -> tuple[str, Admission]:
+        """Check the signature and classify a request by its timestamp and nonce.
+
+        A nonce seen before with another signature is a replay (refused); with the same
+        signature it is the same request sent again (``RESENT``): a write's sender
+        re-sends it to learn its outcome, which must never apply it twice.
+        """
         caller = verify_signature(method, request)
         auth = request.auth  # type: ignore[attr-defined]
-        if abs(now_ms - auth.timestamp_ms) > self.skew_ms:
-            raise Unauthenticated(
-                f"request timestamp is {abs(now_ms - auth.timestamp_ms)} ms away from the "
-                f"node's clock (allowed {self.skew_ms} ms)"
-            )
-        if not self.replays.check_and_add(auth.public_key + auth.nonce, now_ms):
-            raise Unauthenticated("replayed request (nonce already used)")
-        return caller
+        if now_ms - auth.timestamp_ms > self.skew_ms:
+            return caller, Admission.EXPIRED
+        if auth.timestamp_ms - now_ms > self.skew_ms:
+            return caller, Admission.EARLY
+        prev = self.replays.remember(auth.public_key + auth.nonce, auth.signature, now_ms)
+        if prev is None:
+            return caller, Admission.FRESH
+        if prev == auth.signature:
+            return caller, Admission.RESENT
+        raise Unauthenticated("replayed request (nonce already used)")

@@ -1,10 +1,19 @@
 """An async client of the public Identity API that signs every request.
 
 Used by the ``beco`` CLI, the integration tests and the benchmarks.
+
+Writes are retried safely: an indeterminate answer (UNAVAILABLE, DEADLINE_EXCEEDED:
+the write may or may not have committed) is followed by re-sending the *same* signed
+request, which the network answers with that request's final outcome and never
+applies twice (docs/reliability.md). Retries stop at the first definitive answer, or
+after ``retry_for`` seconds (then the last indeterminate error is raised; its
+proposal id, :func:`proposal_id`, can still be looked up with ``get_outcome``).
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +22,7 @@ from beco.v1 import identity_pb2 as pb
 from beco.v1 import identity_pb2_grpc as pb_grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from beco_node import auth, keys, model
+from beco_node import auth, keys, model, peer
 from beco_node.clock import now_ms
 
 M = model.SERVICE
@@ -26,6 +35,23 @@ FIELDS = {
     "last_name": pb.FIELD_LAST_NAME,
 }
 ACCESS = {"viewer": pb.ACCESS_VIEWER, "editor": pb.ACCESS_EDITOR}
+# Answers that leave a write's outcome unknown: re-send the same signed request.
+INDETERMINATE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+# Longer than the nodes' skew window (30 s by default): a re-send then always gets a
+# definitive answer (the request can no longer commit, or it did).
+DEFAULT_RETRY_FOR_S = 45.0
+
+
+def proposal_id(request: Any) -> str:
+    """The id of a signed write: known before it is sent (hex SHA-256 of its signature)."""
+    return peer.proposal_id(request.auth.signature)
+
+
+def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
+    """The channel could not connect: the request never left this client."""
+    return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (
+        exc.details() or ""
+    )
 
 
 class Client:
@@ -40,6 +66,7 @@ class Client:
         tls_cert: bytes | None = None,
         tls_key: bytes | None = None,
         tls_server_name: str | None = None,
+        retry_for: float = DEFAULT_RETRY_FOR_S,
     ) -> None:
         """TLS is on when any of ``tls_ca`` (trusted CAs; default the system's), ``tls_cert``
         + ``tls_key`` (a client certificate, for mutual TLS) or ``tls_server_name`` (the
@@ -62,6 +89,11 @@ class Client:
         self.channel = channel
         self.stub = pb_grpc.IdentityStub(self.channel)
         self.timeout = timeout
+        self.retry_for = retry_for
+        self.resends = 0  # re-sent writes (after indeterminate answers), for callers' figures
+        # The proposal id of the last write whose outcome stayed unknown (None: every write
+        # sent got a final answer); GetOutcome / `beco outcome` resolves it.
+        self.unresolved: str | None = None
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -75,7 +107,40 @@ class Client:
     async def call(self, name: str, request: Any) -> Any:
         model.canonicalise_names(request)
         auth.sign_request(M + name, request, self.key, now_ms())
+        if M + name in model.MUTATIONS:
+            return await self.send_write(name, request)
         return await getattr(self.stub, name)(request, timeout=self.timeout)
+
+    async def send_write(self, name: str, request: Any) -> Any:
+        """Send a signed write; after an indeterminate answer re-send it unchanged (see the
+        module docstring) until a definitive answer or ``retry_for`` seconds."""
+        method = getattr(self.stub, name)
+        deadline = time.monotonic() + self.retry_for
+        delay = 0.2
+        reached = False  # whether any attempt may have reached a node
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await method(request, timeout=max(1.0, min(self.timeout, left)))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in INDETERMINATE:
+                    raise
+                reached = reached or not _never_sent(exc)
+                if not reached:
+                    raise
+                if time.monotonic() + delay >= deadline:
+                    self.unresolved = proposal_id(request)
+                    raise
+            self.resends += 1
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def get_outcome(self, proposal_id: str) -> pb.GetOutcomeResponse:
+        """The final outcome of a write by its proposal id (committed, failed or unknown)."""
+        r: pb.GetOutcomeResponse = await self.call(
+            "GetOutcome", pb.GetOutcomeRequest(proposal_id=proposal_id)
+        )
+        return r
 
     async def create_user(
         self, first: str = "", middle: Sequence[str] = (), last: str = ""

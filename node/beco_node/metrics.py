@@ -28,6 +28,15 @@ PEER_CLOCK_OFFSET = Gauge(
 )
 MEMBERSHIP_USER_NODES = Gauge("beco_membership_user_nodes", "user nodes in the loaded membership")
 
+APPLY_LAG = Gauge(
+    "beco_apply_lag_entries",
+    "user node: log entries the SST published that this node has not caught up with",
+)
+SYNC_AGE = Gauge(
+    "beco_sync_age_seconds",
+    "user node: seconds since the last completed catch-up with the SST was asked for",
+)
+
 
 def serve(listen: str) -> int:
     """Start the /metrics HTTP server (port 0: any free port); return its port, 0 if disabled."""

@@ -58,6 +58,7 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "commit": frozenset({"validator"}),
     "applied": frozenset({"sst"}),
     "sst_query": frozenset({"validator", "user"}),
+    "record_failure": frozenset({"validator", "user"}),
 }
 
 

@@ -54,3 +54,16 @@ def needs_apply(want: Obj, have: Obj | None) -> bool:
     if ann.get(names.APPLIED_HASH_ANNOTATION) != want_hash:
         return True
     return not is_subset(want, have)
+
+
+def must_recreate(want: Obj, have: Obj | None) -> bool:
+    """Whether ``have`` differs from ``want`` in a field the API server will not change in place.
+
+    A Service cannot switch between headless and a cluster IP (the validator's and the SST's
+    Services became headless when their StatefulSets' ``serviceName`` had to name one).
+    """
+    if have is None or want["kind"] != "Service":
+        return False
+    want_headless = bool(want["spec"].get("clusterIP") == "None")
+    have_headless = (have.get("spec") or {}).get("clusterIP") == "None"
+    return want_headless != have_headless

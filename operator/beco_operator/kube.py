@@ -24,29 +24,14 @@ from typing import Any
 import aiohttp
 import kopf
 
-from beco_operator import metrics, names
+from beco_operator import kinds, metrics, names
 from beco_operator.names import Obj
 
-# kind -> (API prefix, plural, namespaced)
-KINDS: dict[str, tuple[str, str, bool]] = {
-    "Pod": ("/api/v1", "pods", True),
-    "Service": ("/api/v1", "services", True),
-    "ConfigMap": ("/api/v1", "configmaps", True),
-    "Secret": ("/api/v1", "secrets", True),
-    "Event": ("/api/v1", "events", True),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims", True),
-    "Node": ("/api/v1", "nodes", False),
-    "Deployment": ("/apis/apps/v1", "deployments", True),
-    "StatefulSet": ("/apis/apps/v1", "statefulsets", True),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
-    "PodMonitor": ("/apis/monitoring.coreos.com/v1", "podmonitors", True),
-    "Lease": ("/apis/coordination.k8s.io/v1", "leases", True),
-    names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL, True),
-}
-
-
-SA_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+# Where the kubelet mounts a pod's ServiceAccount (the variable lets a test stand in for it).
+SA_DIR = Path(
+    os.environ.get("BECO_OPERATOR_SERVICEACCOUNT_DIR")
+    or "/var/run/secrets/kubernetes.io/serviceaccount"
+)
 
 
 class ApiError(Exception):
@@ -57,22 +42,40 @@ class ApiError(Exception):
 
 
 def path(kind: str, namespace: str | None = None, name: str | None = None) -> str:
-    prefix, plural, namespaced = KINDS[kind]
-    p = prefix
-    if namespaced and namespace:
+    k = kinds.BY_KIND[kind]
+    p = k.prefix
+    if k.namespaced and namespace:
         p += f"/namespaces/{namespace}"
-    p += f"/{plural}"
+    p += f"/{k.plural}"
     if name:
         p += f"/{name}"
     return p
 
 
+def in_cluster(
+    env: Mapping[str, str] = os.environ, sa_dir: Path | None = None
+) -> kopf.ConnectionInfo | None:
+    """The pod's ServiceAccount, with the API server's address from the environment the
+    kubelet sets (as client-go's in-cluster config): no dependency on cluster DNS, which
+    kopf's own ``login_with_service_account`` (``kubernetes.default.svc``) has."""
+    sa = sa_dir or SA_DIR
+    host, port = env.get("KUBERNETES_SERVICE_HOST"), env.get("KUBERNETES_SERVICE_PORT")
+    token_file = sa / "token"
+    if not host or not port or not token_file.exists():
+        return None
+    ca = sa / "ca.crt"
+    ns = sa / "namespace"
+    return kopf.ConnectionInfo(
+        server=f"https://{f'[{host}]' if ':' in host else host}:{port}",
+        ca_path=str(ca) if ca.exists() else None,
+        token=token_file.read_text().strip() or None,
+        default_namespace=ns.read_text().strip() if ns.exists() else None,
+    )
+
+
 def login() -> kopf.ConnectionInfo:
     """Credentials: in-cluster service account first, then the kubeconfig."""
-    settings = kopf.OperatorSettings()
-    info = kopf.login_with_service_account(settings=settings) or kopf.login_with_kubeconfig(
-        settings=settings
-    )
+    info = in_cluster() or kopf.login_with_kubeconfig(settings=kopf.OperatorSettings())
     if info is None:
         raise kopf.LoginError("no service account and no kubeconfig to log in with")
     return info
@@ -115,7 +118,8 @@ class Kube:
         if info.token:
             self._headers["Authorization"] = f"Bearer {info.token}"
         # The kubelet rotates a pod's projected token file: re-read it when the server says 401.
-        self._token_file = SA_TOKEN_FILE if info.token and os.path.exists(SA_TOKEN_FILE) else None
+        token_file = SA_DIR / "token"
+        self._token_file = token_file if info.token and token_file.exists() else None
         self._ssl = ctx if self.server.startswith("https") else False
         self._session: aiohttp.ClientSession | None = None
 

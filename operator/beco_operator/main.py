@@ -18,7 +18,9 @@ import kopf
 from prometheus_client import start_http_server
 
 from beco_operator import clock, handlers, kube
+from beco_operator.config import OperatorConfig
 from beco_operator.leader import LeaderElector
+from beco_operator.spec import DEFAULT_IMAGE
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -71,17 +73,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--node-image",
-        default=handlers.NODE_IMAGE,
+        default=os.environ.get("BECO_OPERATOR_IMAGE") or DEFAULT_IMAGE,
         help="image of the nodes when a network names none (default: $BECO_OPERATOR_IMAGE, "
         "the operator's own image in the chart)",
+    )
+    p.add_argument(
+        "--membership-wait",
+        type=float,
+        default=float(os.environ.get("BECO_OPERATOR_MEMBERSHIP_WAIT", "120")),
+        help="longest wait, in seconds, for every pod to load a new membership before "
+        "departing members are removed; the whole wait when pods' metrics cannot be read",
+    )
+    p.add_argument(
+        "--pod-metrics",
+        action=argparse.BooleanOptionalAction,
+        default="KUBERNETES_SERVICE_HOST" in os.environ,
+        help="read each pod's beco_membership_generation from its metrics port "
+        "(default: on when running in a cluster, where pod addresses are reachable)",
     )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
 
 async def run(args: argparse.Namespace) -> int:
-    handlers.RESYNC_SECONDS = args.resync_seconds
-    handlers.NODE_IMAGE = args.node_image
+    memo = handlers.memo_for(
+        OperatorConfig(
+            node_image=args.node_image,
+            resync_seconds=args.resync_seconds,
+            membership_wait=args.membership_wait,
+            pod_metrics=args.pod_metrics,
+        )
+    )
     stop = asyncio.Event()
     elector: LeaderElector | None = None
     lease_kube: kube.Kube | None = None
@@ -103,6 +125,7 @@ async def run(args: argparse.Namespace) -> int:
             clusterwide=not args.namespace,
             namespaces=args.namespace,
             stop_flag=stop,
+            memo=memo,
             liveness_endpoint=f"http://0.0.0.0:{args.health_port}/healthz"
             if args.health_port
             else None,

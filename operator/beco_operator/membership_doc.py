@@ -44,14 +44,24 @@ def build_text(
     return ms.dumps(), ms.generation
 
 
-def configmap(network: str, namespace: str, version: str, text: str, ca_cert: str = "") -> Obj:
+def configmap(
+    network: str,
+    namespace: str,
+    version: str,
+    text: str,
+    ca_cert: str = "",
+    published_at: str = "",
+) -> Obj:
+    meta: Obj = {
+        "name": names.membership_configmap(network),
+        "namespace": namespace,
+        "labels": names.labels(network, "membership", version),
+    }
+    if published_at:
+        meta["annotations"] = {names.PUBLISHED_AT_ANNOTATION: published_at}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {
-            "name": names.membership_configmap(network),
-            "namespace": namespace,
-            "labels": names.labels(network, "membership", version),
-        },
+        "metadata": meta,
         "data": {names.MEMBERSHIP_KEY: text, **({names.CA_CERT_KEY: ca_cert} if ca_cert else {})},
     }

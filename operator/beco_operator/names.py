@@ -22,6 +22,9 @@ MANAGED_BY = "beco-operator"
 
 PORT = 9001
 METRICS_PORT = 9100
+# Plaintext grpc.health.v1 only (the kubelet's probes), even when PORT is mutual TLS.
+HEALTH_PORT = 9002
+LIVENESS_SERVICE = "liveness"
 PG_PORT = 5432
 
 MEMBERSHIP_KEY = "membership.json"
@@ -40,6 +43,7 @@ PEER_ID_ANNOTATION = f"{GROUP}/peer-id"
 CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"  # on pod templates: what a restart must follow
 APPLIED_HASH_ANNOTATION = f"{GROUP}/applied-hash"  # on children: the desired state last applied
 KEY_HASH_ANNOTATION = f"{GROUP}/key-hash"  # on singleton pod templates: their key's version
+PUBLISHED_AT_ANNOTATION = f"{GROUP}/published-at"  # on the membership: when its text last changed
 
 NETWORK_LABEL = f"{GROUP}/network"
 ZONE_LABEL = f"{GROUP}/zone"

@@ -1,8 +1,12 @@
 """One reconcile of one BecoNetwork: observe, decide with the pure modules, write the difference.
 
-Order matters for safety: keys first (created, never overwritten), then the
-membership that publishes them, then the workloads that mount both; members'
-keys are removed only once their pods are gone. Every write is preceded by a
+:meth:`Reconciler.reconcile` runs named phases in order (CA, keys, database secret,
+observe, membership, children, prune, rollout, rotation, departed keys, status); each
+reads what it needs, asks a pure module (keyring, membership_doc, propagation, render,
+diff, rollout, status) what to do, and writes the difference. Order matters for safety:
+keys first (created, never overwritten), then the membership that publishes them, then
+the workloads that mount both; departing members keep running until the smaller
+membership has reached every pod, and their keys go only once their pods are gone. Every write is preceded by a
 read and a comparison, so a converged network costs reads only. Each decision
 (a child created or changed, a key generated or rotated, a restart, a phase
 change) is recorded as a Kubernetes Event on the BecoNetwork.
@@ -19,24 +23,28 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from beco_node import keys
+from beco_node import keys, membership
 
 from beco_operator import (
     diff,
     keyring,
+    kinds,
     membership_doc,
     metrics,
     names,
+    observe,
+    propagation,
     render,
     rollout,
     status,
     tls,
 )
 from beco_operator.clock import Clock, stamp
+from beco_operator.config import OperatorConfig
 from beco_operator.kube import Kube, path
 from beco_operator.names import Obj
+from beco_operator.podmetrics import GenerationReader, NoPodMetrics
 from beco_operator.spec import (
-    DEFAULT_IMAGE,
     ExternalDatabase,
     ManagedDatabase,
     NetworkSpec,
@@ -45,9 +53,6 @@ from beco_operator.spec import (
 )
 
 log = logging.getLogger("beco_operator.reconcile")
-
-# Kinds of children the operator prunes when the spec no longer asks for them.
-PRUNABLE = ("StatefulSet", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy")
 
 
 @dataclass
@@ -69,32 +74,74 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _meta(obj: Mapping[str, Any]) -> Mapping[str, Any]:
-    m = obj.get("metadata")
-    return m if isinstance(m, Mapping) else {}
+_meta = observe.meta
+_pod_ready = observe.pod_ready
+_unschedulable = observe.unschedulable
 
 
-def _pod_ready(pod: Mapping[str, Any]) -> bool:
-    if _meta(pod).get("deletionTimestamp"):
-        return False
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
-            return bool(c.get("status") == "True")
-    return False
+def _load(text: str | None) -> membership.Membership | None:
+    if not text:
+        return None
+    try:
+        return membership.loads(text)
+    except membership.MembershipError:
+        return None
 
 
-def _unschedulable(pod: Mapping[str, Any]) -> bool:
-    for c in (pod.get("status") or {}).get("conditions") or []:
-        if c.get("type") == "PodScheduled" and c.get("status") == "False":
-            return bool(c.get("reason") == "Unschedulable")
-    return False
+@dataclass
+class Pass:
+    """One reconcile of one network: what each phase learned, for the phases after it."""
+
+    body: Mapping[str, Any]
+    ns: str
+    name: str
+    uid: str
+    generation: int
+    prev_status: Mapping[str, Any]
+    now: datetime
+    spec: NetworkSpec
+    caps: Caps
+    owner: Obj
+    slots: list[keyring.Slot]
+    token: str
+    result: Result = field(default_factory=lambda: Result({}))
+    ca_cert: bytes = b""
+    ca_key: bytes = b""
+    key_secrets: dict[str, Obj] = field(default_factory=dict)
+    key_plan: keyring.KeyPlan = field(default_factory=lambda: keyring.KeyPlan([], []))
+    public_keys: dict[str, bytes] = field(default_factory=dict)
+    key_problems: list[str] = field(default_factory=list)
+    pods: list[Obj] = field(default_factory=list)
+    by_name: dict[str, Obj] = field(default_factory=dict)
+    user_members: list[str] = field(default_factory=list)
+    user_zone: dict[str, str] = field(default_factory=dict)
+    views: dict[str, rollout.PodView] = field(default_factory=dict)
+    membership_gen: int = 0
+    published_at: str = ""
+    publish_hold: str = ""
+    spread: propagation.Propagation = field(
+        default_factory=lambda: propagation.Propagation(True, "")
+    )
+    user_replicas: dict[str, int] = field(default_factory=dict)
+    keep_departing: bool = False
+    wanted: set[tuple[str, str]] = field(default_factory=set)
+    want_hash: dict[str, str] = field(default_factory=dict)
+    decision: rollout.Decision = field(default_factory=lambda: rollout.Decision(None, False, "", 0))
+    rotating: str = ""
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, clock: Clock, default_image: str = DEFAULT_IMAGE) -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        clock: Clock,
+        config: OperatorConfig | None = None,
+        pod_metrics: GenerationReader | None = None,
+    ) -> None:
         self.kube = kube
         self.clock = clock
-        self.default_image = default_image
+        self.config = config or OperatorConfig()
+        self.pod_metrics: GenerationReader = pod_metrics or NoPodMetrics()
 
     async def event(self, body: Mapping[str, Any], etype: str, reason: str, message: str) -> None:
         meta = _meta(body)
@@ -146,238 +193,351 @@ class Reconciler:
 
     async def reconcile(self, body: Mapping[str, Any], caps: Caps) -> Result:
         meta = _meta(body)
-        ns, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
         generation = int(meta.get("generation") or 0)
         prev_status: Mapping[str, Any] = body.get("status") or {}
         now = self.clock()
         try:
-            spec = parse(body.get("spec") or {}, self.default_image)
+            spec = parse(body.get("spec") or {}, self.config.node_image)
         except SpecError as exc:
             new = status.failed(generation, "InvalidSpec", str(exc), prev_status, now)
             if await self.write_status(body, new):
                 await self.event(body, "Warning", "InvalidSpec", str(exc))
             return Result(new)
+        ns, name, uid = str(meta["namespace"]), str(meta["name"]), str(meta["uid"])
+        p = Pass(
+            body=body,
+            ns=ns,
+            name=name,
+            uid=uid,
+            generation=generation,
+            prev_status=prev_status,
+            now=now,
+            spec=spec,
+            caps=caps,
+            owner=render.owner_reference(name, uid),
+            slots=keyring.desired_slots(name, ns, spec),
+            token=str((meta.get("annotations") or {}).get(names.ROTATE_KEYS_ANNOTATION, "")),
+        )
+        await self._phase_ca(p)
+        await self._phase_keys(p)
+        await self._phase_database_secret(p)
+        await self._phase_observe(p)
+        await self._phase_membership(p)
+        await self._phase_children(p)
+        await self._phase_prune(p)
+        await self._phase_rollout(p)
+        await self._phase_rotation(p)
+        await self._phase_departed_keys(p)
+        return await self._phase_status(p)
 
-        owner = render.owner_reference(name, uid)
-        result = Result({})
-        slots = keyring.desired_slots(name, ns, spec)
-        token = str((meta.get("annotations") or {}).get(names.ROTATE_KEYS_ANNOTATION, ""))
+    # ---- phases, in order ----------------------------------------------------------------
 
-        # 0. The network's transport CA and the application client certificate: created once.
-        ca_cert, ca_key = await self._ca(body, ns, name, owner, spec, now)
+    async def _phase_ca(self, p: Pass) -> None:
+        """The network's transport CA and the application client certificate: created once."""
+        p.ca_cert, p.ca_key = await self._ca(p.body, p.ns, p.name, p.owner, p.spec, p.now)
 
-        def tls_for(slot: keyring.Slot) -> tuple[bytes, bytes]:
-            return tls.issue(
-                ca_cert, ca_key, slot.name, tls.dns_names(slot.host, slot.service(name), ns), now
-            )
+    def _tls_for(self, p: Pass, slot: keyring.Slot) -> tuple[bytes, bytes]:
+        return tls.issue(
+            p.ca_cert,
+            p.ca_key,
+            slot.name,
+            tls.dns_names(slot.host, slot.service(p.name), p.ns),
+            p.now,
+        )
 
-        # 1. Keys: create what is missing; never overwrite.
-        secret_sel = f"{names.network_selector(name)},{names.KEY_LABEL}=node"
-        key_secrets = {
-            str(_meta(s)["name"]): s for s in await self.kube.list(path("Secret", ns), secret_sel)
+    async def _phase_keys(self, p: Pass) -> None:
+        """Peer keys: create what is missing, never overwrite; then read every public key."""
+        secret_sel = f"{names.network_selector(p.name)},{names.KEY_LABEL}=node"
+        p.key_secrets = {
+            str(_meta(s)["name"]): s for s in await self.kube.list(path("Secret", p.ns), secret_sel)
         }
-        kplan = keyring.plan(slots, key_secrets.values())
-        for slot in kplan.create:
+        p.key_plan = keyring.plan(p.slots, p.key_secrets.values())
+        for slot in p.key_plan.create:
             obj = keyring.key_secret(
-                name, ns, slot, spec.image_tag, token, now, tls_pair=tls_for(slot)
+                p.name,
+                p.ns,
+                slot,
+                p.spec.image_tag,
+                p.token,
+                p.now,
+                tls_pair=self._tls_for(p, slot),
             )
-            obj["metadata"]["ownerReferences"] = [owner]
+            obj["metadata"]["ownerReferences"] = [p.owner]
             created = await self.kube.create(obj)
             if created is None:  # created concurrently (e.g. by a previous operator run)
-                created = await self.kube.get(path("Secret", ns, obj["metadata"]["name"]))
+                created = await self.kube.get(path("Secret", p.ns, obj["metadata"]["name"]))
             else:
                 metrics.KEYS_GENERATED.labels("new-member").inc()
                 await self.event(
-                    body, "Normal", "KeyGenerated", f"generated the peer key of {slot.name}"
+                    p.body, "Normal", "KeyGenerated", f"generated the peer key of {slot.name}"
                 )
             if created is not None:
-                key_secrets[str(created["metadata"]["name"])] = created
-
-        # 2. Managed database credentials: created once.
-        if isinstance(spec.database, ManagedDatabase):
-            pg = render.postgres_secret(name, ns, spec.image_tag, pysecrets.token_urlsafe(24))
-            pg["metadata"]["ownerReferences"] = [owner]
-            if await self.kube.get(path("Secret", ns, pg["metadata"]["name"])) is None:
-                if await self.kube.create(pg) is not None:
-                    await self.event(
-                        body, "Normal", "DatabaseCredentials", "generated the Postgres password"
-                    )
-
-        # 3. Membership.
-        public_keys: dict[str, bytes] = {}
-        key_problems: list[str] = []
-        for slot in slots:
-            sec = key_secrets.get(names.key_secret(slot.name))
+                p.key_secrets[str(created["metadata"]["name"])] = created
+        for slot in p.slots:
+            sec = p.key_secrets.get(names.key_secret(slot.name))
             if sec is None:
-                key_problems.append(f"no key Secret for {slot.name}")
+                p.key_problems.append(f"no key Secret for {slot.name}")
                 continue
             try:
-                public_keys[slot.name] = keyring.public_key(sec)
+                p.public_keys[slot.name] = keyring.public_key(sec)
             except keys.KeyError_ as exc:
-                key_problems.append(f"{names.key_secret(slot.name)}: {exc}")
-        cm_name = names.membership_configmap(name)
-        cm = await self.kube.get(path("ConfigMap", ns, cm_name))
-        membership_gen = 0
-        if not key_problems:
-            previous = ((cm or {}).get("data") or {}).get(names.MEMBERSHIP_KEY)
-            text, membership_gen = membership_doc.build_text(
-                name, spec.quorum, slots, public_keys, previous
+                p.key_problems.append(f"{names.key_secret(slot.name)}: {exc}")
+
+    async def _phase_database_secret(self, p: Pass) -> None:
+        """Managed database credentials: created once, kept as long as the data volume."""
+        if isinstance(p.spec.database, ManagedDatabase):
+            await self._database_secret(p.body, p.ns, p.name, p.owner, p.spec, p.spec.database)
+
+    async def _phase_observe(self, p: Pass) -> None:
+        """The network's pods, as the membership, rollout and status phases see them."""
+        p.pods = await self.kube.list(path("Pod", p.ns), names.network_selector(p.name))
+        p.by_name = {str(_meta(x)["name"]): x for x in p.pods}
+        p.user_members = [s.name for s in p.slots if s.role == names.ROLE_USER]
+        p.user_zone = {s.name: s.zone for s in p.slots if s.role == names.ROLE_USER}
+        p.views = {m: observe.pod_view(p.by_name[m]) for m in p.user_members if m in p.by_name}
+
+    async def _phase_membership(self, p: Pass) -> None:
+        """Publish the membership (quorum-safely) and learn how far it has propagated."""
+        cm_name = names.membership_configmap(p.name)
+        cm = await self.kube.get(path("ConfigMap", p.ns, cm_name))
+        previous = ((cm or {}).get("data") or {}).get(names.MEMBERSHIP_KEY)
+        prev_at = observe.annotation(cm or {}, names.PUBLISHED_AT_ANNOTATION)
+        old = _load(previous)
+        if p.key_problems:
+            p.membership_gen = old.generation if old is not None else 0
+            p.published_at = prev_at
+            return
+        text, gen = membership_doc.build_text(
+            p.name, p.spec.quorum, p.slots, p.public_keys, previous
+        )
+        if text != previous and old is not None:
+            ready_users = [  # departing members count too: they still vote on the old one
+                n
+                for n, x in p.by_name.items()
+                if (_meta(x).get("labels") or {}).get(names.ROLE_LABEL) == names.ROLE_USER
+                and _pod_ready(x)
+            ]
+            ok, why = propagation.may_publish(
+                [m.name for m in old.user_nodes],
+                old.quorum,
+                p.user_members,
+                p.spec.quorum,
+                ready_users,
             )
-            want_cm = membership_doc.configmap(name, ns, spec.image_tag, text, ca_cert.decode())
-            want_cm["metadata"]["ownerReferences"] = [owner]
-            want_cm = diff.with_hash(want_cm)
-            if diff.needs_apply(want_cm, cm):
-                await self.kube.apply(want_cm)
-                result.writes.append(f"ConfigMap/{cm_name}")
+            if not ok:
+                p.publish_hold = why
+                text, gen = str(previous), old.generation
+        p.published_at = propagation.published_at(previous, text, prev_at, p.now)
+        want_cm = membership_doc.configmap(
+            p.name, p.ns, p.spec.image_tag, text, p.ca_cert.decode(), p.published_at
+        )
+        want_cm["metadata"]["ownerReferences"] = [p.owner]
+        want_cm = diff.with_hash(want_cm)
+        if diff.needs_apply(want_cm, cm):
+            await self.kube.apply(want_cm)
+            p.result.writes.append(f"ConfigMap/{cm_name}")
+            if text != previous:
                 await self.event(
-                    body,
+                    p.body,
                     "Normal",
                     "MembershipPublished",
-                    f"membership generation {membership_gen}: {spec.members} user nodes, quorum {spec.quorum}",
+                    f"membership generation {gen}: {p.spec.members} user nodes, "
+                    f"quorum {p.spec.quorum}",
                 )
+        p.membership_gen = gen
+        # Has every member's pod loaded it? Only pods of an older generation can lag.
+        published = _load(text)
+        members = {m.name for m in published.user_nodes} if published is not None else set()
+        pods = [
+            x
+            for n, x in p.by_name.items()
+            if not _meta(x).get("deletionTimestamp")
+            and (
+                n in members  # a user node's pod is named as its member
+                or (_meta(x).get("labels") or {}).get(names.ROLE_LABEL) in names.SINGLETON_ROLES
+            )
+        ]
+        loaded = await self.pod_metrics.generations(pods) if old is not None else {}
+        p.spread = propagation.propagation(
+            gen if old is not None else 0,
+            p.published_at,
+            [
+                propagation.PodGeneration(
+                    str(_meta(x)["name"]),
+                    str(_meta(x).get("creationTimestamp", "")),
+                    loaded.get(str(_meta(x)["name"])),
+                )
+                for x in pods
+            ],
+            p.now,
+            self.config.membership_wait,
+        )
 
-        # 4. Workloads and the rest.
+    async def _phase_children(self, p: Pass) -> None:
+        """Render every workload and the rest; write only what differs from the live object."""
         singleton_hashes = {
-            role: keyring.key_hash(key_secrets[names.key_secret(names.singleton(name, role))])
+            role: keyring.key_hash(p.key_secrets[names.key_secret(names.singleton(p.name, role))])
             for role in names.SINGLETON_ROLES
-            if names.key_secret(names.singleton(name, role)) in key_secrets
+            if names.key_secret(names.singleton(p.name, role)) in p.key_secrets
         }
+        live_users = await asyncio.gather(
+            *(
+                self.kube.get(path("StatefulSet", p.ns, names.user_sts(p.name, z)))
+                for z in p.spec.zones
+            )
+        )
+        live_replicas = {
+            z: int((sts.get("spec") or {}).get("replicas") or 0)
+            for z, sts in zip(p.spec.zones, live_users, strict=True)
+            if sts is not None
+        }
+        p.keep_departing = not p.spread.settled or bool(p.publish_hold)
+        p.user_replicas = propagation.user_replicas(
+            p.spec.per_zone, live_replicas, p.spec.zones, settled=not p.keep_departing
+        )
         desired = [
             diff.with_hash(o)
             for o in render.render(
-                name,
-                ns,
-                uid,
-                spec,
+                p.name,
+                p.ns,
+                p.uid,
+                p.spec,
                 singleton_key_hashes=singleton_hashes,
-                pod_monitor=caps.pod_monitor,
+                pod_monitor=p.caps.pod_monitor,
+                user_replicas=p.user_replicas,
             )
         ]
-        wanted_names = {(o["kind"], o["metadata"]["name"]) for o in desired}
-        current = await asyncio.gather(
-            *(self.kube.get(path(o["kind"], ns, o["metadata"]["name"])) for o in desired)
+        p.want_hash = {
+            m: h
+            for zone, h in observe.template_hashes(desired).items()
+            for m in p.user_members
+            if p.user_zone[m] == zone
+        }
+        p.wanted = {(o["kind"], o["metadata"]["name"]) for o in desired}
+        known = {
+            ("StatefulSet", names.user_sts(p.name, z)): sts
+            for z, sts in zip(p.spec.zones, live_users, strict=True)
+        }
+        rest = [o for o in desired if (o["kind"], o["metadata"]["name"]) not in known]
+        fetched = await asyncio.gather(
+            *(self.kube.get(path(o["kind"], p.ns, o["metadata"]["name"])) for o in rest)
         )
-        for obj, have in zip(desired, current, strict=True):
+        live = dict(known)
+        live.update(
+            {(o["kind"], o["metadata"]["name"]): h for o, h in zip(rest, fetched, strict=True)}
+        )
+        writes: list[str] = []
+        for obj in desired:
+            have = live[(obj["kind"], obj["metadata"]["name"])]
+            if diff.must_recreate(obj, have):
+                assert have is not None
+                hm = _meta(have)
+                await self.kube.delete(obj["kind"], p.ns, str(hm["name"]), uid=str(hm.get("uid")))
+                have = None
             if diff.needs_apply(obj, have):
                 await self.kube.apply(obj)
-                result.writes.append(f"{obj['kind']}/{obj['metadata']['name']}")
-        if result.writes:
-            verb = "applied"
-            await self.event(
-                body, "Normal", "ChildrenApplied", f"{verb} {', '.join(result.writes)}"
-            )
+                writes.append(f"{obj['kind']}/{obj['metadata']['name']}")
+        p.result.writes += writes
+        if writes:
+            await self.event(p.body, "Normal", "ChildrenApplied", f"applied {', '.join(writes)}")
 
-        # 5. Prune children the spec no longer asks for.
-        for kind in PRUNABLE + (("PodMonitor",) if caps.pod_monitor else ()):
-            for obj in await self.kube.list(path(kind, ns), names.network_selector(name)):
+    async def _phase_prune(self, p: Pass) -> None:
+        """Remove owned children the spec no longer asks for."""
+        for kind in kinds.prunable(p.caps.pod_monitor):
+            for obj in await self.kube.list(path(kind, p.ns), names.network_selector(p.name)):
                 om = _meta(obj)
-                if (kind, om.get("name")) in wanted_names:
+                if (kind, om.get("name")) in p.wanted:
                     continue
-                if not any(o.get("uid") == uid for o in om.get("ownerReferences") or []):
+                role = (om.get("labels") or {}).get(names.ROLE_LABEL)
+                if kind == "StatefulSet" and role == names.ROLE_USER and p.keep_departing:
+                    continue  # a removed zone's members leave once the membership settled
+                if not any(o.get("uid") == p.uid for o in om.get("ownerReferences") or []):
                     continue
-                if await self.kube.delete(kind, ns, str(om["name"]), uid=str(om.get("uid"))):
-                    await self.event(body, "Normal", "ChildRemoved", f"removed {kind}/{om['name']}")
-
-        # 6. Pods: rollout, key rotation, readiness.
-        pods = await self.kube.list(path("Pod", ns), names.network_selector(name))
-        by_name = {str(_meta(p)["name"]): p for p in pods}
-        user_members = [s.name for s in slots if s.role == names.ROLE_USER]
-        user_zone = {s.name: s.zone for s in slots if s.role == names.ROLE_USER}
-        views = {
-            m: rollout.PodView(
-                name=m,
-                ready=_pod_ready(by_name[m]),
-                terminating=bool(_meta(by_name[m]).get("deletionTimestamp")),
-                config_hash=str(
-                    (_meta(by_name[m]).get("annotations") or {}).get(
-                        names.CONFIG_HASH_ANNOTATION, ""
+                if await self.kube.delete(kind, p.ns, str(om["name"]), uid=str(om.get("uid"))):
+                    await self.event(
+                        p.body, "Normal", "ChildRemoved", f"removed {kind}/{om['name']}"
                     )
-                ),
-                created=str(_meta(by_name[m]).get("creationTimestamp", "")),
-            )
-            for m in user_members
-            if m in by_name
-        }
-        want_hash = {
-            m: render.config_hash(name, names.ROLE_USER, spec, user_zone[m], spec.user_resources)
-            for m in user_members
-        }
+
+    async def _phase_rollout(self, p: Pass) -> None:
+        """Quorum-safe restarts of user nodes whose template or key changed."""
         rotated = {
-            m: keyring.rotated_at(key_secrets[names.key_secret(m)])
-            for m in user_members
-            if names.key_secret(m) in key_secrets
+            m: keyring.rotated_at(p.key_secrets[names.key_secret(m)])
+            for m in p.user_members
+            if names.key_secret(m) in p.key_secrets
         }
-        decision = rollout.decide(user_members, views, want_hash, rotated, spec.quorum)
-        if decision.delete is not None:
-            pod = by_name[decision.delete]
-            why = (
-                "key"
-                if views[decision.delete].config_hash == want_hash[decision.delete]
-                else "config"
-            )
-            if await self.kube.delete("Pod", ns, decision.delete, uid=str(_meta(pod).get("uid"))):
+        views = p.views
+        p.decision = rollout.decide(p.user_members, views, p.want_hash, rotated, p.spec.quorum)
+        d = p.decision
+        if d.delete is not None:
+            pod = p.by_name[d.delete]
+            why = "key" if views[d.delete].config_hash == p.want_hash[d.delete] else "config"
+            if await self.kube.delete("Pod", p.ns, d.delete, uid=str(_meta(pod).get("uid"))):
                 metrics.RESTARTS.labels(why).inc()
-                await self.event(body, "Normal", "UserNodeRestarted", decision.reason)
-            result.requeue_after = 1.0
-        elif decision.waiting:
-            await self._note_waiting(body, prev_status, decision.reason)
+                await self.event(p.body, "Normal", "UserNodeRestarted", d.reason)
+            p.result.requeue_after = 1.0
+        elif d.waiting:
+            await self._note_waiting(p.body, p.prev_status, d.reason)
 
-        # Key rotation, one member at a time, under the same guard.
-        rotating = ""
-        if token and not decision.pending and not key_problems:
-            todo = keyring.rotation_candidates(slots, key_secrets, token)
-            if todo:
-                slot = todo[0]
-                rotating = f"rotating keys: {len(todo)} member(s) left"
-                ok, why = (True, "")
-                if slot.role == names.ROLE_USER:
-                    ok, why = rollout.may_disrupt_one(user_members, views, spec.quorum)
-                if ok:
-                    await self._rotate(
-                        body,
-                        slot,
-                        key_secrets[names.key_secret(slot.name)],
-                        spec,
-                        token,
-                        tls_for(slot),
-                    )
-                    result.requeue_after = 0.5
-                else:
-                    decision = rollout.Decision(
-                        None, True, f"key rotation of {slot.name}: {why}", len(todo)
-                    )
-                    await self._note_waiting(body, prev_status, decision.reason)
+    async def _phase_rotation(self, p: Pass) -> None:
+        """Key rotation, one member at a time, under the rollout's guard, once the
+        previous rotation's membership has reached every pod."""
+        if not p.token or p.decision.pending or p.key_problems:
+            return
+        todo = keyring.rotation_candidates(p.slots, p.key_secrets, p.token)
+        if not todo:
+            return
+        slot = todo[0]
+        p.rotating = f"rotating keys: {len(todo)} member(s) left"
+        if not p.spread.settled:
+            return
+        ok, why = (True, "")
+        if slot.role == names.ROLE_USER:
+            ok, why = rollout.may_disrupt_one(p.user_members, p.views, p.spec.quorum)
+        if ok:
+            await self._rotate(
+                p.body,
+                slot,
+                p.key_secrets[names.key_secret(slot.name)],
+                p.spec,
+                p.token,
+                self._tls_for(p, slot),
+            )
+            p.result.requeue_after = 0.5
+        else:
+            p.decision = rollout.Decision(
+                None, True, f"key rotation of {slot.name}: {why}", len(todo)
+            )
+            await self._note_waiting(p.body, p.prev_status, p.decision.reason)
 
-        # 7. Keys of members that left, once their pods are gone.
-        for sname in kplan.delete:
+    async def _phase_departed_keys(self, p: Pass) -> None:
+        """Keys of members that left, once their pods are gone."""
+        for sname in p.key_plan.delete:
             member = sname.removesuffix("-key")
-            if member in by_name:
+            if member in p.by_name:
                 continue
-            sec = key_secrets.get(sname)
+            sec = p.key_secrets.get(sname)
             if sec is not None and await self.kube.delete(
-                "Secret", ns, sname, uid=str(_meta(sec).get("uid"))
+                "Secret", p.ns, sname, uid=str(_meta(sec).get("uid"))
             ):
                 await self.event(
-                    body, "Normal", "KeyRemoved", f"removed the key of departed member {member}"
+                    p.body, "Normal", "KeyRemoved", f"removed the key of departed member {member}"
                 )
 
-        # 8. Status.
+    async def _phase_status(self, p: Pass) -> Result:
+        spec, views = p.spec, p.views
         ready_by_zone: dict[str, int] = {z: 0 for z in spec.zones}
-        for m in user_members:
-            if m in views and views[m].ready:
-                ready_by_zone[user_zone[m]] += 1
-        singles = {
-            role: any(
-                _pod_ready(p) and (_meta(p).get("labels") or {}).get(names.ROLE_LABEL) == role
-                for p in pods
-            )
-            for role in names.SINGLETON_ROLES
-        }
-        db_ready, db_msg = await self._database(ns, name, spec, pods)
-        keys_msg = "; ".join(key_problems) or (
-            f"{len(slots)} peer keys published in membership generation {membership_gen}"
-            + (f"; {rotating}" if rotating else "")
+        for m, v in views.items():
+            if v.ready:
+                ready_by_zone[p.user_zone[m]] += 1
+        singles = {role: observe.role_ready(p.pods, role) for role in names.SINGLETON_ROLES}
+        db_ready, db_msg = await self._database(p.ns, p.name, spec, p.pods)
+        keys_msg = "; ".join(p.key_problems) or (
+            f"{len(p.slots)} peer keys published in membership generation {p.membership_gen}"
+            + (f"; {p.rotating}" if p.rotating else "")
         )
+        membership_problems = [m for m in (p.publish_hold, p.spread.message) if m]
+        settled = p.spread.settled and not p.publish_hold
+        d = p.decision
         obs = status.Observed(
             zones=spec.zones,
             per_zone=spec.per_zone,
@@ -387,27 +547,31 @@ class Reconciler:
             singletons_ready=singles,
             database_ready=db_ready,
             database_message=db_msg,
-            keys_ok=not key_problems and not rotating,
+            keys_ok=not p.key_problems and not p.rotating,
             keys_message=keys_msg,
-            membership_generation=membership_gen,
-            endpoint=f"{names.client_service(name)}.{ns}.svc:{spec.service_port}",
+            membership_generation=p.membership_gen,
+            endpoint=f"{names.client_service(p.name)}.{p.ns}.svc:{spec.service_port}",
             selector=",".join(
-                f"{k}={v}" for k, v in names.selector_labels(name, names.ROLE_USER).items()
+                f"{k}={v}" for k, v in names.selector_labels(p.name, names.ROLE_USER).items()
             ),
-            zones_without_nodes=[z for z in spec.zones if z not in caps.zones_with_nodes],
-            unschedulable=sorted(str(_meta(p)["name"]) for p in pods if _unschedulable(p)),
-            rollout_pending=decision.pending,
-            rollout_waiting=decision.waiting,
-            rollout_reason=decision.reason if decision.waiting else "",
+            zones_without_nodes=[z for z in spec.zones if z not in p.caps.zones_with_nodes],
+            unschedulable=sorted(str(_meta(x)["name"]) for x in p.pods if _unschedulable(x)),
+            rollout_pending=d.pending,
+            rollout_waiting=d.waiting,
+            rollout_reason=d.reason if d.waiting else "",
+            membership_settled=settled,
+            membership_message="; ".join(membership_problems) if not settled else "",
         )
-        metrics.ROLLOUT_WAITING.labels(ns, name).set(1 if decision.waiting else 0)
-        metrics.ROLLOUT_PENDING.labels(ns, name).set(decision.pending)
-        new = status.compute(generation, obs, prev_status, now)
-        await self.write_status(body, new)
-        result.status = new
-        if result.requeue_after is None and new["phase"] != "Ready":
-            result.requeue_after = 5.0
-        return result
+        metrics.ROLLOUT_WAITING.labels(p.ns, p.name).set(1 if d.waiting else 0)
+        metrics.ROLLOUT_PENDING.labels(p.ns, p.name).set(d.pending)
+        new = status.compute(p.generation, obs, p.prev_status, p.now)
+        await self.write_status(p.body, new)
+        p.result.status = new
+        if p.result.requeue_after is None and not settled:
+            p.result.requeue_after = 1.0
+        if p.result.requeue_after is None and new["phase"] != "Ready":
+            p.result.requeue_after = 5.0
+        return p.result
 
     async def _note_waiting(
         self, body: Mapping[str, Any], prev: Mapping[str, Any], reason: str
@@ -505,21 +669,83 @@ class Reconciler:
             )
         return cert, key
 
+    async def _database_secret(
+        self,
+        body: Mapping[str, Any],
+        ns: str,
+        network: str,
+        owner: Obj,
+        spec: NetworkSpec,
+        db: ManagedDatabase,
+    ) -> None:
+        """The Postgres password, created once; owned by the network only if its volume is.
+
+        A retained data volume keeps the password it was initialised with, so a network
+        re-created with the same name must find that password again: with
+        ``reclaimPolicy: Retain`` the Secret is not owned and survives the network, like the
+        volume claim; with ``Delete`` both go with the network.
+        """
+        owners = render.postgres_secret_owners(db, owner)
+        sec_name = names.postgres(network)
+        have = await self.kube.get(path("Secret", ns, sec_name))
+        if have is None:
+            pg = render.postgres_secret(network, ns, spec.image_tag, pysecrets.token_urlsafe(24))
+            if owners:
+                pg["metadata"]["ownerReferences"] = owners
+            if await self.kube.create(pg) is not None:
+                await self.event(
+                    body, "Normal", "DatabaseCredentials", "generated the Postgres password"
+                )
+            return
+        if (_meta(have).get("ownerReferences") or []) != owners:
+            # Only the ownership changes (the reclaim policy changed, or a retained Secret is
+            # found again): the password itself is never rewritten.
+            replaced = {**have, "apiVersion": "v1", "kind": "Secret"}
+            replaced["metadata"] = {**_meta(have), "ownerReferences": owners}
+            await self.kube.replace(replaced)
+            if not owners:
+                await self.event(
+                    body,
+                    "Normal",
+                    "DatabaseCredentials",
+                    f"the Postgres password Secret {sec_name} is kept with the retained volume",
+                )
+            else:
+                await self.event(
+                    body,
+                    "Normal",
+                    "DatabaseCredentials",
+                    f"the Postgres password Secret {sec_name} now goes with the network",
+                )
+
     async def _database(
         self, ns: str, network: str, spec: NetworkSpec, pods: Sequence[Mapping[str, Any]]
     ) -> tuple[bool, str]:
+        sst_ready = any(
+            _pod_ready(p) and (_meta(p).get("labels") or {}).get(names.ROLE_LABEL) == "sst"
+            for p in pods
+        )
         if isinstance(spec.database, ExternalDatabase):
             ref = spec.database
             sec = await self.kube.get(path("Secret", ns, ref.secret_name))
+            problem = ""
             if sec is None:
-                return False, f"the database Secret {ref.secret_name} does not exist"
-            if ref.secret_key not in (sec.get("data") or {}):
-                return False, f"the database Secret {ref.secret_name} has no key {ref.secret_key!r}"
-            return True, f"external database DSN in Secret {ref.secret_name}"
+                problem = f"the database Secret {ref.secret_name} does not exist"
+            elif ref.secret_key not in (sec.get("data") or {}):
+                problem = f"the database Secret {ref.secret_name} has no key {ref.secret_key!r}"
+            return status.database(
+                managed=False,
+                where=ref.secret_name,
+                problem=problem,
+                postgres_ready=None,
+                sst_ready=sst_ready,
+            )
         pg = f"{names.postgres(network)}-0"
-        for p in pods:
-            if _meta(p).get("name") == pg:
-                if _pod_ready(p):
-                    return True, f"managed Postgres {pg} is ready"
-                return False, f"managed Postgres {pg} is not ready"
-        return False, f"managed Postgres {pg} has no pod yet"
+        pg_pod = next((p for p in pods if _meta(p).get("name") == pg), None)
+        return status.database(
+            managed=True,
+            where=pg,
+            problem="",
+            postgres_ready=None if pg_pod is None else _pod_ready(pg_pod),
+            sst_ready=sst_ready,
+        )

@@ -28,7 +28,7 @@ from typing import Any
 
 from beco_operator import names
 from beco_operator.names import Obj
-from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec
+from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec, split_image
 
 PG_USER = "beco"
 PG_DB = "beco"
@@ -69,6 +69,7 @@ def node_args(role: str, spec: NetworkSpec) -> list[str]:
         f"--key-file={names.KEY_DIR}/$(BECO_NODE_NAME).key",
         f"--listen=0.0.0.0:{names.PORT}",
         f"--metrics-listen=0.0.0.0:{names.METRICS_PORT}",
+        f"--health-listen=0.0.0.0:{names.HEALTH_PORT}",
     ]
     if spec.insecure:
         args.append("--insecure")
@@ -104,10 +105,18 @@ def _container(
         "ports": [
             {"name": "grpc", "containerPort": names.PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"},
+            {"name": "health", "containerPort": names.HEALTH_PORT, "protocol": "TCP"},
         ],
-        "readinessProbe": {"grpc": {"port": names.PORT}, "periodSeconds": 5},
+        # The health port is plaintext even with TLS on: the kubelet's probe cannot do mutual TLS.
+        # Service "" is readiness (loaded and connected); "liveness" is the process's loop.
+        "startupProbe": {
+            "grpc": {"port": names.HEALTH_PORT, "service": names.LIVENESS_SERVICE},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "readinessProbe": {"grpc": {"port": names.HEALTH_PORT}, "periodSeconds": 5},
         "livenessProbe": {
-            "grpc": {"port": names.PORT},
+            "grpc": {"port": names.HEALTH_PORT, "service": names.LIVENESS_SERVICE},
             "periodSeconds": 10,
             "failureThreshold": 6,
         },
@@ -182,23 +191,27 @@ def _pod_spec(
     return pod
 
 
-def config_hash(
-    network: str, role: str, spec: NetworkSpec, zone: str, resources: Mapping[str, Any]
-) -> str:
-    """What a running node must be restarted for: image, flags, resources, pod extras."""
-    return digest(
-        {
-            "image": f"{spec.image}:{spec.image_tag}",
-            "pull": spec.pull_policy,
-            "args": node_args(role, spec),
-            "resources": resources,
-            "labels": spec.pod_labels,
-            "annotations": spec.pod_annotations,
-            "tolerations": list(spec.tolerations),
-            "priority": spec.priority_class,
-            "db": _dsn_ref(network, spec) if role == "sst" else None,
-        }
-    )
+# Parts of a pod template a running node need not restart for: the list of key Secrets
+# projected into a user node's volume grows and shrinks with the zone's replica count, and a
+# pod reads only its own key from it (its key's own change is a rotation, handled apart).
+HASH_EXCLUDED = ("spec.volumes[name=key].projected.sources",)
+
+
+def config_hash(template: Obj) -> str:
+    """What a running node must be restarted for: the whole rendered template but the hash
+    annotation itself and :data:`HASH_EXCLUDED`, so a new pod field can never be forgotten."""
+    meta = dict(template.get("metadata") or {})
+    ann = dict(meta.get("annotations") or {})
+    ann.pop(names.CONFIG_HASH_ANNOTATION, None)
+    meta["annotations"] = ann
+    spec = dict(template["spec"])
+    spec["volumes"] = [
+        {**v, "projected": {k: x for k, x in v["projected"].items() if k != "sources"}}
+        if v.get("name") == "key" and "projected" in v
+        else v
+        for v in spec.get("volumes") or []
+    ]
+    return digest({"metadata": meta, "spec": spec})
 
 
 def _template(
@@ -214,12 +227,13 @@ def _template(
     labels = names.labels(network, role, spec.image_tag, zone or None)
     labels.update(spec.pod_labels)
     annotations = dict(spec.pod_annotations)
-    annotations[names.CONFIG_HASH_ANNOTATION] = config_hash(network, role, spec, zone, resources)
     annotations.update(extra_annotations)
-    return {
+    template: Obj = {
         "metadata": {"labels": labels, "annotations": annotations},
         "spec": _pod_spec(network, role, spec, zone, members, resources, member_env),
     }
+    annotations[names.CONFIG_HASH_ANNOTATION] = config_hash(template)
+    return template
 
 
 def _service(
@@ -274,8 +288,13 @@ def render(
     *,
     singleton_key_hashes: Mapping[str, str],
     pod_monitor: bool,
+    user_replicas: Mapping[str, int] | None = None,
 ) -> list[Obj]:
-    """Every child except key Secrets, the membership ConfigMap and the Postgres password."""
+    """Every child except key Secrets, the membership ConfigMap and the Postgres password.
+
+    ``user_replicas`` (pods per zone) may exceed the spec's while departing members wait for
+    the smaller membership to reach every pod (see propagation.py).
+    """
     version = spec.image_tag
     out: list[Obj] = []
 
@@ -321,13 +340,17 @@ def render(
                 },
             }
         out.append(workload)
-        out.append(_service(name, namespace, labels, selector))
+        # A StatefulSet's serviceName must name a headless Service (its pods' DNS records);
+        # not-ready addresses are published so that peers can reach a node while it starts.
+        headless = workload["kind"] == "StatefulSet"
+        out.append(_service(name, namespace, labels, selector, headless=headless))
 
     for zone in spec.zones:
         name = names.user_sts(network, zone)
         labels = names.labels(network, names.ROLE_USER, version, zone)
         selector = names.selector_labels(network, names.ROLE_USER, zone)
-        members = [names.user_member(network, zone, i) for i in range(spec.per_zone)]
+        replicas = max(spec.per_zone, (user_replicas or {}).get(zone, 0))
+        members = [names.user_member(network, zone, i) for i in range(replicas)]
         template = _template(
             network, names.ROLE_USER, spec, zone, members, spec.user_resources, POD_NAME_ENV, {}
         )
@@ -337,7 +360,7 @@ def render(
                 "kind": "StatefulSet",
                 "metadata": _meta(name, namespace, labels),
                 "spec": {
-                    "replicas": spec.per_zone,
+                    "replicas": replicas,
                     "serviceName": name,
                     "selector": {"matchLabels": selector},
                     "podManagementPolicy": "Parallel",
@@ -371,7 +394,7 @@ def render(
         }
     )
     if isinstance(spec.database, ManagedDatabase):
-        out.extend(_postgres(network, namespace, spec.database, version))
+        out.extend(_postgres(network, namespace, spec.database))
     if spec.network_policy:
         out.extend(_network_policies(network, namespace, spec, version))
     if spec.monitoring and pod_monitor:
@@ -381,9 +404,10 @@ def render(
     return out
 
 
-def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -> list[Obj]:
+def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
+    """Postgres' objects depend on its own image, never on the nodes' (no restart on upgrade)."""
     name = names.postgres(network)
-    labels = names.labels(network, "postgres", version)
+    labels = names.labels(network, "postgres", split_image(db.image)[1])
     selector = names.selector_labels(network, "postgres")
     claim: Obj = {
         "metadata": {"name": "data", "labels": dict(selector)},
@@ -395,6 +419,7 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -
     if db.storage_class:
         claim["spec"]["storageClassName"] = db.storage_class
     secret = {"name": name}
+    pg_isready = ["pg_isready", "-h", "127.0.0.1", "-U", PG_USER, "-d", PG_DB]
     sts: Obj = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -439,19 +464,36 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -
                                     "protocol": "TCP",
                                 }
                             ],
-                            "readinessProbe": {
-                                "exec": {"command": ["pg_isready", "-U", PG_USER, "-d", PG_DB]},
-                                "periodSeconds": 5,
+                            # exec probes: Postgres' port stays closed to all but the SST
+                            "startupProbe": {
+                                "exec": {"command": pg_isready},
+                                "periodSeconds": 2,
+                                "failureThreshold": 300,  # initdb or a long crash recovery
+                            },
+                            "readinessProbe": {"exec": {"command": pg_isready}, "periodSeconds": 5},
+                            "livenessProbe": {
+                                "exec": {"command": pg_isready},
+                                "periodSeconds": 10,
+                                "timeoutSeconds": 5,
+                                "failureThreshold": 6,
                             },
                             "resources": dict(db.resources),
                             "securityContext": {
                                 "allowPrivilegeEscalation": False,
+                                "readOnlyRootFilesystem": True,
                                 "capabilities": {"drop": ["ALL"]},
                             },
                             "volumeMounts": [
-                                {"name": "data", "mountPath": "/var/lib/postgresql/data"}
+                                {"name": "data", "mountPath": "/var/lib/postgresql/data"},
+                                # the only other places Postgres writes: its socket and temp files
+                                {"name": "run", "mountPath": "/var/run/postgresql"},
+                                {"name": "tmp", "mountPath": "/tmp"},
                             ],
                         }
+                    ],
+                    "volumes": [
+                        {"name": "run", "emptyDir": {"sizeLimit": "16Mi"}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
                     ],
                 },
             },
@@ -478,6 +520,11 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase, version: str) -
     return [sts, svc]
 
 
+def postgres_secret_owners(db: ManagedDatabase, owner: Obj) -> list[Obj]:
+    """The owners of the Postgres password Secret: the network's only when the volume goes too."""
+    return [owner] if db.reclaim_policy == "Delete" else []
+
+
 def postgres_secret(network: str, namespace: str, version: str, password: str) -> Obj:
     """The managed database's credentials; created once, never rewritten."""
     name = names.postgres(network)
@@ -500,6 +547,8 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
     labels = names.labels(network, "network-policy", version)
     grpc = {"port": names.PORT, "protocol": "TCP"}
     metrics = {"port": names.METRICS_PORT, "protocol": "TCP"}
+    # The kubelet probes the health port from the node's address, which no pod selector matches.
+    health = {"port": names.HEALTH_PORT, "protocol": "TCP"}
     from_members = [{"podSelector": {"matchLabels": member_pods}}]
     policies: list[Obj] = [
         {
@@ -519,7 +568,7 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
                     ],
                 },
                 "policyTypes": ["Ingress"],
-                "ingress": [{"from": from_members, "ports": [grpc]}, {"ports": [metrics]}],
+                "ingress": [{"from": from_members, "ports": [grpc]}, {"ports": [metrics, health]}],
             },
         },
         {
@@ -530,7 +579,7 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
             "spec": {
                 "podSelector": {"matchLabels": names.selector_labels(network, names.ROLE_USER)},
                 "policyTypes": ["Ingress"],
-                "ingress": [{"ports": [grpc, metrics]}],
+                "ingress": [{"ports": [grpc, metrics, health]}],
             },
         },
     ]

@@ -42,7 +42,46 @@ class Observed:
     rollout_pending: int = 0
     rollout_waiting: bool = False
     rollout_reason: str = ""
+    membership_settled: bool = True  # every pod runs the published membership (or may)
+    membership_message: str = ""
     extra_problems: Sequence[str] = field(default_factory=tuple)
+
+
+def database(
+    *,
+    managed: bool,
+    where: str,
+    problem: str,
+    postgres_ready: bool | None,
+    sst_ready: bool,
+) -> tuple[bool, str]:
+    """``DatabaseReady`` and its message.
+
+    The SST is ready only once it has connected (and authenticated) to its database, so the
+    condition follows the SST: a ready Postgres pod alone proves nothing (for instance a
+    retained volume that still holds an older password). ``where`` names the Postgres pod or
+    the DSN Secret; ``problem`` is what is wrong with the external Secret; ``postgres_ready``
+    is None when the Postgres pod does not exist.
+    """
+    if managed:
+        if postgres_ready is None:
+            return False, f"managed Postgres {where} has no pod yet"
+        if not postgres_ready:
+            return False, f"managed Postgres {where} is not ready"
+        if not sst_ready:
+            return False, (
+                f"managed Postgres {where} is ready but the SST is not: it has not connected "
+                "to it yet (see the SST's log if this lasts, e.g. a wrong password)"
+            )
+        return True, f"managed Postgres {where} is ready and the SST is connected"
+    if problem:
+        return False, problem
+    if not sst_ready:
+        return False, (
+            f"the SST is not ready: it has not connected to the external database "
+            f"(DSN in Secret {where}) yet"
+        )
+    return True, f"the SST is connected to the external database (DSN in Secret {where})"
 
 
 def _stamp(now: datetime) -> str:
@@ -105,6 +144,8 @@ def compute(generation: int, obs: Observed, previous: Mapping[str, Any], now: da
             f"{obs.rollout_pending} user node(s) to restart"
             + (f"; waiting: {obs.rollout_reason}" if obs.rollout_waiting else "")
         )
+    if not obs.membership_settled:
+        problems.append(obs.membership_message or "the membership is propagating")
     problems.extend(obs.extra_problems)
     ready = not problems
 
@@ -123,6 +164,8 @@ def compute(generation: int, obs: Observed, previous: Mapping[str, Any], now: da
             reason = "KeysPending"
         elif not obs.database_ready:
             reason = "DatabaseNotReady"
+        elif not obs.membership_settled:
+            reason = "MembershipPropagating"
         else:
             reason = "PodsNotReady"
         ready_cond = condition(
@@ -177,7 +220,7 @@ def compute(generation: int, obs: Observed, previous: Mapping[str, Any], now: da
         or (not quorum_ok and prev_phase in ("Ready", "Degraded"))
     ):
         phase = "Degraded"
-    elif prev_phase in ("Ready", "Degraded") and not obs.rollout_pending:
+    elif prev_phase in ("Ready", "Degraded") and not obs.rollout_pending and obs.membership_settled:
         phase = "Degraded"
     else:
         phase = "Progressing"

@@ -23,7 +23,9 @@ def beco_operator(
     operator_kubeconfig: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = OperatorProcess(operator_kubeconfig, log, "--resync-seconds=30")
+    op = OperatorProcess(
+        operator_kubeconfig, log, "--resync-seconds=30", "--membership-wait=3", "--no-pod-metrics"
+    )
     op.start()
     try:
         yield op

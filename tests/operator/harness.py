@@ -94,6 +94,8 @@ def install_rbac(cp: ControlPlane) -> Path:
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": OPERATOR_NS}},
     )
     for doc in yaml.safe_load_all(RBAC_FILE.read_text()):
+        if doc["kind"] == "Namespace":  # the tests use their own
+            continue
         if doc["kind"] in ("ClusterRole", "ClusterRoleBinding"):
             doc["metadata"]["name"] += NAME_SUFFIX
         if doc["kind"] == "ClusterRoleBinding":
@@ -109,17 +111,27 @@ def install_rbac(cp: ControlPlane) -> Path:
 class OperatorProcess:
     """``beco-operator`` as a subprocess; logs go to a file the tests print on failure."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, *extra: str) -> None:
-        self.kubeconfig = kubeconfig
+    def __init__(
+        self,
+        kubeconfig: Path | None,
+        log_path: Path,
+        *extra: str,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.kubeconfig = kubeconfig  # None: in-cluster credentials from ``env``
         self.log_path = log_path
         self.extra = extra
+        self.env = env or {}
         self.metrics_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         env = dict(os.environ)
-        env["KUBECONFIG"] = str(self.kubeconfig)
+        env.pop("KUBECONFIG", None)
         env.pop("KUBERNETES_SERVICE_HOST", None)
+        if self.kubeconfig is not None:
+            env["KUBECONFIG"] = str(self.kubeconfig)
+        env.update(self.env)
         exe = Path(sys.executable).parent / "beco-operator"
         cmd = [
             str(exe),

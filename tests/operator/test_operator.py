@@ -156,6 +156,43 @@ def test_scale_one_to_two_per_zone_keeps_old_keys(
         assert s["data"]["node.key"] == before[n], f"key of {n} changed on scale-down"
 
 
+def test_scale_down_keeps_departing_pods_until_the_membership_settled(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    """Nodes still on the old quorum need the departing members' votes (issue 8, item 8).
+
+    The operator cannot read pods' metrics from outside the cluster, so it waits the bounded
+    ``--membership-wait`` (3 s for this module) after publishing before shrinking.
+    """
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns, userNodes={"perZone": 2})
+    wait_ready(cp, ns, "demo")
+    gen = membership_of(cp, ns).generation
+    merge_patch(cp, net_path(ns, "demo"), {"spec": {"userNodes": {"perZone": 1}}})
+    obj = wait_ready(cp, ns, "demo", timeout=120)
+    assert (obj["status"]["members"], obj["status"]["quorum"]) == (3, 2)
+    cm = cp.api("GET", f"/api/v1/namespaces/{ns}/configmaps/demo-membership")
+    assert membership.loads(cm["data"]["membership.json"]).generation == gen + 1
+    published = cm["metadata"]["annotations"]["beco.dev/published-at"]
+    events = items(cp, f"/api/v1/namespaces/{ns}/events")
+    shrunk = sorted(
+        e["lastTimestamp"]
+        for e in events
+        if e.get("reason") == "ChildrenApplied"
+        and "StatefulSet/demo-user-a" in e.get("message", "")
+        and (e.get("lastTimestamp") or "") >= published
+    )
+    assert shrunk, dump([e["message"] for e in events])
+
+    def secs(stamp: str) -> float:
+        return time.mktime(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ"))
+
+    # one-second timestamps: at least the 3 s wait minus the resolution
+    assert secs(shrunk[0]) - secs(published) >= 2, (published, shrunk)
+    wait(lambda: len(user_pods(cp, ns)) == 3, 60, "the departing pods to go")
+    wait(lambda: len(key_secrets(cp, ns)) == 6, 60, "the departed members' keys to go")
+
+
 def test_deleted_or_edited_child_is_restored(
     control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
 ) -> None:
@@ -307,6 +344,34 @@ def test_delete_keeps_the_database_volume_by_default(
     pvcs = items(cp, f"/api/v1/namespaces/{ns}/persistentvolumeclaims")
     assert [p["metadata"]["name"] for p in pvcs] == ["data-demo-postgres-0"]
     assert not pvcs[0]["metadata"].get("deletionTimestamp")
+
+
+def test_a_recreated_network_reuses_its_retained_database_password(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    """The retained volume was initialised with a password: the new network must use it."""
+    cp, ns = control_plane, k8s_namespace
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    secret = f"/api/v1/namespaces/{ns}/secrets/demo-postgres"
+    before = cp.api("GET", secret)
+    cp.api("DELETE", net_path(ns, "demo"))
+    apps = f"/apis/apps/v1/namespaces/{ns}/statefulsets"
+    wait(lambda: not items(cp, apps, SEL.format("demo")), 90, "the StatefulSets to go")
+    time.sleep(2)  # the garbage collector had its chance at the Secret
+    kept = cp.api("GET", secret)
+    assert kept["metadata"]["uid"] == before["metadata"]["uid"]
+    assert not kept["metadata"].get("ownerReferences")
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    again = cp.api("GET", secret)
+    assert again["data"]["password"] == before["data"]["password"]
+    assert again["data"]["dsn"] == before["data"]["dsn"]
+    sts = cp.api("GET", f"{apps}/demo-postgres")
+    env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "demo-postgres", "key": "password"} in [
+        e.get("valueFrom", {}).get("secretKeyRef") for e in env
+    ]
 
 
 def test_operator_restart_changes_no_secret(
@@ -514,7 +579,6 @@ def test_a_converged_network_costs_no_writes(
     cp, ns = control_plane, k8s_namespace
     create(cp, ns)
     wait_ready(cp, ns, "demo")
-    time.sleep(2)  # the last events of the rollout to Ready
     kinds = (
         f"/apis/apps/v1/namespaces/{ns}/statefulsets",
         f"/apis/apps/v1/namespaces/{ns}/deployments",
@@ -532,8 +596,16 @@ def test_a_converged_network_costs_no_writes(
             for o in items(cp, k)
         }
 
+    # Settled: the rollout's last writes (events, status) are over when nothing moves for 3 s.
+    before, settled_at = versions(), time.monotonic()
+    deadline = settled_at + 60
+    while time.monotonic() - settled_at < 3:
+        assert time.monotonic() < deadline, "the network's objects never settled after Ready"
+        time.sleep(0.5)
+        now = versions()
+        if now != before:
+            before, settled_at = now, time.monotonic()
     reconciles = beco_operator.metric("beco_operator_reconciles_total")
-    before = versions()
     # Wake the network's worker twice without changing anything it owns.
     merge_patch(cp, net_path(ns, "demo"), {"metadata": {"labels": {"team": "identity"}}})
     wait(

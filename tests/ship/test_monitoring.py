@@ -59,6 +59,34 @@ def test_generator_is_lint_clean() -> None:
         assert out.returncode == 0, out.stdout + out.stderr
 
 
+def test_dashboards_are_grafanas_model() -> None:
+    """The committed JSON reads back through the SDK's typed dashboard model unchanged, and
+    every panel query is a Prometheus query on the $datasource variable."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from grafana_foundation_sdk.cog import plugins
+        from grafana_foundation_sdk.cog.encoder import JSONEncoder
+        from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    plugins.register_default_plugins()
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert [f.name for f in files] == ["beco-network.json", "beco-operator.json"]
+    for f in files:
+        data = json.loads(f.read_text())
+        again = json.loads(json.dumps(Dashboard.from_json(data), cls=JSONEncoder))
+        assert again == data, f.name
+        targets = [t for p in data["panels"] for t in p.get("targets", [])]
+        assert targets and all(
+            t["datasource"] == {"type": "prometheus", "uid": "${datasource}"} and t["expr"]
+            for t in targets
+        ), f.name
+    assert len(gen.all_exprs()) == sum(
+        len(p.get("targets", [])) for f in files for p in json.loads(f.read_text())["panels"]
+    )
+
+
 def test_every_alert_and_panel_is_covered() -> None:
     names = {a.name for a in gen.ALERTS}
     assert names >= {
@@ -138,6 +166,15 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
             "series": 'beco_operator_rollout_waiting{job="op", namespace="ops", exported_namespace="ns", network="n1"}',
             "values": "1x60",
         },
+        # u0 catches up with the SST every second; u1 stopped catching up at minute 0
+        {
+            "series": 'beco_sync_age_seconds{job="beco", namespace="ns", network="n1", role="user", instance="u0"}',
+            "values": "1x20",
+        },
+        {
+            "series": 'beco_sync_age_seconds{job="beco", namespace="ns", network="n1", role="user", instance="u1"}',
+            "values": "0+60x20",
+        },
     ]
     labels_u2 = {
         "job": "beco",
@@ -184,6 +221,14 @@ def test_promtool_alert_unit_tests(promtool: str, tmp_path: Path) -> None:
                         "exp_alerts": [_expect("BecoCommitsFailing", net_labels, "33.33%")],
                     },
                     {"eval_time": "15m", "alertname": "BecoCommitLatencyHigh", "exp_alerts": []},
+                    {"eval_time": "1m", "alertname": "BecoUserNodeBehind", "exp_alerts": []},
+                    {
+                        "eval_time": "5m",
+                        "alertname": "BecoUserNodeBehind",
+                        "exp_alerts": [
+                            _expect("BecoUserNodeBehind", {**net_labels, "instance": "u1"}, "5m 0s")
+                        ],
+                    },
                     {"eval_time": "20m", "alertname": "BecoRolloutHeldBack", "exp_alerts": []},
                     {
                         "eval_time": "45m",
@@ -315,7 +360,7 @@ async def test_live_network_every_query_returns_data(promtool: str, tmp_path: Pa
             # the load is visible where it should be
             tree = prom.query('max(beco_tree_size{role="sst"})')
             assert float(tree[0]["value"][1]) >= committed
-            zones = prom.query(substitute(gen.NETWORK_ROWS[1].panels[0].exprs[0][0]))
+            zones = prom.query(substitute(gen.panel_exprs("network", "Read requests per zone")[0]))
             assert {r["metric"]["zone"] for r in zones} == set(net.zones)
     finally:
         await net.down()

@@ -61,6 +61,7 @@ Returns a YAML list of {kind, rules} for every ClusterRole and Role in that file
 {{- define "beco-operator.args" -}}
 - --metrics-port={{ .Values.metrics.port }}
 - --health-port={{ .Values.healthPort }}
+- --membership-wait={{ .Values.operator.membershipWait }}
 {{- if .Values.operator.verbose }}
 - --verbose
 {{- end }}

@@ -60,6 +60,31 @@ ACCESS_VIEWER: Access.ValueType  # 1
 ACCESS_EDITOR: Access.ValueType  # 2
 Global___Access: _TypeAlias = Access  # noqa: Y015
 
+class _ProposalStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ProposalStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ProposalStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    PROPOSAL_STATUS_UNSPECIFIED: _ProposalStatus.ValueType  # 0
+    PROPOSAL_STATUS_UNKNOWN: _ProposalStatus.ValueType  # 1
+    """never committed nor recorded failed (yet): in flight or never received"""
+    PROPOSAL_STATUS_COMMITTED: _ProposalStatus.ValueType  # 2
+    """committed once: `commit` says where"""
+    PROPOSAL_STATUS_FAILED: _ProposalStatus.ValueType  # 3
+    """definitively failed: it can never commit"""
+
+class ProposalStatus(_ProposalStatus, metaclass=_ProposalStatusEnumTypeWrapper): ...
+
+PROPOSAL_STATUS_UNSPECIFIED: ProposalStatus.ValueType  # 0
+PROPOSAL_STATUS_UNKNOWN: ProposalStatus.ValueType  # 1
+"""never committed nor recorded failed (yet): in flight or never received"""
+PROPOSAL_STATUS_COMMITTED: ProposalStatus.ValueType  # 2
+"""committed once: `commit` says where"""
+PROPOSAL_STATUS_FAILED: ProposalStatus.ValueType  # 3
+"""definitively failed: it can never commit"""
+Global___ProposalStatus: _TypeAlias = ProposalStatus  # noqa: Y015
+
 @_typing.final
 class RequestAuth(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -864,3 +889,65 @@ class ConsistencyProof(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ConsistencyProof: _TypeAlias = ConsistencyProof  # noqa: Y015
+
+@_typing.final
+class GetOutcomeRequest(_message.Message):
+    """The final outcome of a write, by its proposal id (hex SHA-256 of the request's
+    auth.signature, known to the client before it sends): see docs/reliability.md.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_FIELD_NUMBER: _builtins.int
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
+    proposal_id: _builtins.str
+    @_builtins.property
+    def auth(self) -> Global___RequestAuth: ...
+    def __init__(
+        self,
+        *,
+        auth: Global___RequestAuth | None = ...,
+        proposal_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "proposal_id", b"proposal_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOutcomeRequest: _TypeAlias = GetOutcomeRequest  # noqa: Y015
+
+@_typing.final
+class GetOutcomeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    COMMIT_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    proposal_id: _builtins.str
+    status: Global___ProposalStatus.ValueType
+    code: _builtins.str
+    """when failed: the gRPC status name the write was answered with"""
+    reason: _builtins.str
+    @_builtins.property
+    def commit(self) -> Global___CommitInfo:
+        """when committed"""
+
+    def __init__(
+        self,
+        *,
+        proposal_id: _builtins.str = ...,
+        status: Global___ProposalStatus.ValueType = ...,
+        commit: Global___CommitInfo | None = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["commit", b"commit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "commit", b"commit", "proposal_id", b"proposal_id", "reason", b"reason", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOutcomeResponse: _TypeAlias = GetOutcomeResponse  # noqa: Y015

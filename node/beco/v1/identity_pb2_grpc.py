@@ -94,6 +94,11 @@ class IdentityStub:
                 request_serializer=beco_dot_v1_dot_identity__pb2.GetConsistencyProofRequest.SerializeToString,
                 response_deserializer=beco_dot_v1_dot_identity__pb2.ConsistencyProof.FromString,
                 _registered_method=True)
+        self.GetOutcome = channel.unary_unary(
+                '/beco.v1.Identity/GetOutcome',
+                request_serializer=beco_dot_v1_dot_identity__pb2.GetOutcomeRequest.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_identity__pb2.GetOutcomeResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServicer:
@@ -171,6 +176,12 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOutcome(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +244,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.GetConsistencyProof,
                     request_deserializer=beco_dot_v1_dot_identity__pb2.GetConsistencyProofRequest.FromString,
                     response_serializer=beco_dot_v1_dot_identity__pb2.ConsistencyProof.SerializeToString,
+            ),
+            'GetOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutcome,
+                    request_deserializer=beco_dot_v1_dot_identity__pb2.GetOutcomeRequest.FromString,
+                    response_serializer=beco_dot_v1_dot_identity__pb2.GetOutcomeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -559,6 +575,33 @@ class Identity:
             '/beco.v1.Identity/GetConsistencyProof',
             beco_dot_v1_dot_identity__pb2.GetConsistencyProofRequest.SerializeToString,
             beco_dot_v1_dot_identity__pb2.ConsistencyProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beco.v1.Identity/GetOutcome',
+            beco_dot_v1_dot_identity__pb2.GetOutcomeRequest.SerializeToString,
+            beco_dot_v1_dot_identity__pb2.GetOutcomeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -48,6 +48,7 @@ class IdentityStub:
     GetTreeHead: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetTreeHeadRequest, _identity_pb2.TreeHead]
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetInclusionProofRequest, _identity_pb2.InclusionProof]
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetConsistencyProofRequest, _identity_pb2.ConsistencyProof]
+    GetOutcome: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetOutcomeRequest, _identity_pb2.GetOutcomeResponse]
 
 @_typing.type_check_only
 class IdentityAsyncStub(IdentityStub):
@@ -64,6 +65,7 @@ class IdentityAsyncStub(IdentityStub):
     GetTreeHead: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetTreeHeadRequest, _identity_pb2.TreeHead]  # type: ignore[assignment]
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetInclusionProofRequest, _identity_pb2.InclusionProof]  # type: ignore[assignment]
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetConsistencyProofRequest, _identity_pb2.ConsistencyProof]  # type: ignore[assignment]
+    GetOutcome: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetOutcomeRequest, _identity_pb2.GetOutcomeResponse]  # type: ignore[assignment]
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -149,5 +151,12 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GetConsistencyProofRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ConsistencyProof, _abc.Awaitable[_identity_pb2.ConsistencyProof]]: ...
+
+    @_abc_1.abstractmethod
+    def GetOutcome(
+        self,
+        request: _identity_pb2.GetOutcomeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.GetOutcomeResponse, _abc.Awaitable[_identity_pb2.GetOutcomeResponse]]: ...
 
 def add_IdentityServicer_to_server(servicer: IdentityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -49,7 +49,7 @@ class _OutcomeStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Outcome
     OUTCOME_UNSPECIFIED: _OutcomeStatus.ValueType  # 0
     OUTCOME_COMMITTED: _OutcomeStatus.ValueType  # 1
     OUTCOME_FAILED: _OutcomeStatus.ValueType  # 2
-    """quorum not reached (votes missing or INVALID) or deadline"""
+    """failed; definitive (recorded at the SST) unless code is UNAVAILABLE"""
     OUTCOME_REJECTED: _OutcomeStatus.ValueType  # 3
     """refused before voting (bad proposal, duplicate in flight, ...)"""
 
@@ -58,7 +58,7 @@ class OutcomeStatus(_OutcomeStatus, metaclass=_OutcomeStatusEnumTypeWrapper): ..
 OUTCOME_UNSPECIFIED: OutcomeStatus.ValueType  # 0
 OUTCOME_COMMITTED: OutcomeStatus.ValueType  # 1
 OUTCOME_FAILED: OutcomeStatus.ValueType  # 2
-"""quorum not reached (votes missing or INVALID) or deadline"""
+"""failed; definitive (recorded at the SST) unless code is UNAVAILABLE"""
 OUTCOME_REJECTED: OutcomeStatus.ValueType  # 3
 """refused before voting (bad proposal, duplicate in flight, ...)"""
 Global___OutcomeStatus: _TypeAlias = OutcomeStatus  # noqa: Y015
@@ -473,6 +473,7 @@ class SstQuery(_message.Message):
     NEW_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     leaf_index: _builtins.int
     tree_size: _builtins.int
@@ -482,6 +483,8 @@ class SstQuery(_message.Message):
     """History: at most this many entries (1..limits.MAX_PAGE_SIZE)"""
     after_sequence: _builtins.int
     """History: entries with a greater sequence"""
+    proposal_id: _builtins.str
+    """GetOutcome"""
     def __init__(
         self,
         *,
@@ -492,10 +495,11 @@ class SstQuery(_message.Message):
         new_size: _builtins.int = ...,
         page_size: _builtins.int = ...,
         after_sequence: _builtins.int = ...,
+        proposal_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "leaf_index", b"leaf_index", "new_size", b"new_size", "old_size", b"old_size", "page_size", b"page_size", "tree_size", b"tree_size", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "leaf_index", b"leaf_index", "new_size", b"new_size", "old_size", b"old_size", "page_size", b"page_size", "proposal_id", b"proposal_id", "tree_size", b"tree_size", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,3 +529,62 @@ class UserStateReply(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UserStateReply: _TypeAlias = UserStateReply  # noqa: Y015
+
+@_typing.final
+class FailureRecord(_message.Message):
+    """Record that a proposal failed for good (kind "record_failure"): from then on the SST
+    refuses to commit it. If it committed first, the answer is that commit instead.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSAL_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    proposal_id: _builtins.str
+    code: _builtins.str
+    reason: _builtins.str
+    def __init__(
+        self,
+        *,
+        proposal_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "proposal_id", b"proposal_id", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FailureRecord: _TypeAlias = FailureRecord  # noqa: Y015
+
+@_typing.final
+class ChangesReply(_message.Message):
+    """Users changed by the log entries [from, next_size), with their current state."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USERS_FIELD_NUMBER: _builtins.int
+    NEXT_SIZE_FIELD_NUMBER: _builtins.int
+    HEAD_SIZE_FIELD_NUMBER: _builtins.int
+    next_size: _builtins.int
+    """ask again from here"""
+    head_size: _builtins.int
+    """the SST's published tree size when it answered"""
+    @_builtins.property
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___UserStateReply]: ...
+    def __init__(
+        self,
+        *,
+        users: _abc.Iterable[Global___UserStateReply] | None = ...,
+        next_size: _builtins.int = ...,
+        head_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["head_size", b"head_size", "next_size", b"next_size", "users", b"users"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ChangesReply: _TypeAlias = ChangesReply  # noqa: Y015

@@ -375,6 +375,21 @@ class SstStub:
                 request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
                 response_deserializer=beco_dot_v1_dot_identity__pb2.ConsistencyProof.FromString,
                 _registered_method=True)
+        self.GetOutcome = channel.unary_unary(
+                '/beco.v1.Sst/GetOutcome',
+                request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+                _registered_method=True)
+        self.RecordFailure = channel.unary_unary(
+                '/beco.v1.Sst/RecordFailure',
+                request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+                _registered_method=True)
+        self.Changes = channel.unary_unary(
+                '/beco.v1.Sst/Changes',
+                request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.ChangesReply.FromString,
+                _registered_method=True)
 
 
 class SstServicer:
@@ -429,6 +444,27 @@ class SstServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetOutcome(self, request, context):
+        """payload: SstQuery (proposal_id)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFailure(self, request, context):
+        """payload: FailureRecord
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Changes(self, request, context):
+        """payload: SstQuery (tree_size: from)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SstServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -466,6 +502,21 @@ def add_SstServicer_to_server(servicer, server):
                     servicer.ConsistencyProof,
                     request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
                     response_serializer=beco_dot_v1_dot_identity__pb2.ConsistencyProof.SerializeToString,
+            ),
+            'GetOutcome': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOutcome,
+                    request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.Outcome.SerializeToString,
+            ),
+            'RecordFailure': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFailure,
+                    request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.Outcome.SerializeToString,
+            ),
+            'Changes': grpc.unary_unary_rpc_method_handler(
+                    servicer.Changes,
+                    request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.ChangesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -657,6 +708,87 @@ class Sst:
             '/beco.v1.Sst/ConsistencyProof',
             beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
             beco_dot_v1_dot_identity__pb2.ConsistencyProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOutcome(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beco.v1.Sst/GetOutcome',
+            beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+            beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFailure(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beco.v1.Sst/RecordFailure',
+            beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+            beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Changes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beco.v1.Sst/Changes',
+            beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+            beco_dot_v1_dot_peer__pb2.ChangesReply.FromString,
             options,
             channel_credentials,
             insecure,

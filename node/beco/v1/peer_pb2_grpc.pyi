@@ -142,6 +142,12 @@ class SstStub:
     """payload: SstQuery"""
     ConsistencyProof: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _identity_pb2.ConsistencyProof]
     """payload: SstQuery"""
+    GetOutcome: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]
+    """payload: SstQuery (proposal_id)"""
+    RecordFailure: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]
+    """payload: FailureRecord"""
+    Changes: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ChangesReply]
+    """payload: SstQuery (tree_size: from)"""
 
 @_typing.type_check_only
 class SstAsyncStub(SstStub):
@@ -160,6 +166,12 @@ class SstAsyncStub(SstStub):
     """payload: SstQuery"""
     ConsistencyProof: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _identity_pb2.ConsistencyProof]  # type: ignore[assignment]
     """payload: SstQuery"""
+    GetOutcome: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]  # type: ignore[assignment]
+    """payload: SstQuery (proposal_id)"""
+    RecordFailure: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]  # type: ignore[assignment]
+    """payload: FailureRecord"""
+    Changes: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ChangesReply]  # type: ignore[assignment]
+    """payload: SstQuery (tree_size: from)"""
 
 class SstServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -217,5 +229,29 @@ class SstServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.ConsistencyProof, _abc.Awaitable[_identity_pb2.ConsistencyProof]]:
         """payload: SstQuery"""
+
+    @_abc_1.abstractmethod
+    def GetOutcome(
+        self,
+        request: _peer_pb2.PeerEnvelope,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.Outcome, _abc.Awaitable[_peer_pb2.Outcome]]:
+        """payload: SstQuery (proposal_id)"""
+
+    @_abc_1.abstractmethod
+    def RecordFailure(
+        self,
+        request: _peer_pb2.PeerEnvelope,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.Outcome, _abc.Awaitable[_peer_pb2.Outcome]]:
+        """payload: FailureRecord"""
+
+    @_abc_1.abstractmethod
+    def Changes(
+        self,
+        request: _peer_pb2.PeerEnvelope,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ChangesReply, _abc.Awaitable[_peer_pb2.ChangesReply]]:
+        """payload: SstQuery (tree_size: from)"""
 
 def add_SstServicer_to_server(servicer: SstServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

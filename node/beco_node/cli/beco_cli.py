@@ -136,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
     pi = proof.add_parser("inclusion", help="a user's change is in the log")
     pi.add_argument("user_id", nargs="?")
     pi.add_argument("--sequence", type=int, default=0, help="default: the latest change")
+    oc = sub.add_parser("outcome", help="the final outcome of a write, by its proposal id")
+    oc.add_argument("proposal_id", help="printed when a write's outcome stayed unknown")
     pc = proof.add_parser("consistency", help="the log only grew since a saved head")
     pc.add_argument("--old-head", required=True, help="a file from `beco tree head --save`")
     return p
@@ -298,6 +300,7 @@ async def _run(ns: argparse.Namespace) -> int:
         tls_key=_read_bytes(ns.tls_key) if ns.tls_key else None,
         tls_server_name=ns.tls_server_name or None,
     )
+    ns.unresolved_write = client  # read by main() when a write's outcome stays unknown
     async with client as cl:
         me = cl.user_id
         cmd, sub = ns.cmd, getattr(ns, "sub", None)
@@ -352,9 +355,30 @@ async def _run(ns: argparse.Namespace) -> int:
             await _inclusion(ns, cl)
         elif cmd == "proof" and sub == "consistency":
             await _consistency(ns, cl)
+        elif cmd == "outcome":
+            return await _outcome(ns, cl)
         else:  # pragma: no cover - argparse rejects anything else
             raise CliError(f"unknown command {cmd} {sub}")
     return 0
+
+
+async def _outcome(ns: argparse.Namespace, cl: Client) -> int:
+    """Committed: exit 0; failed: 10 + its status code, like the write itself; unknown: 1."""
+    out = await cl.get_outcome(ns.proposal_id)
+    if out.status == pb.PROPOSAL_STATUS_COMMITTED:
+        c = out.commit
+        text = (
+            f"committed: sequence {c.sequence}, log leaf {c.leaf_index}, "
+            f"tree size {c.tree_head.tree_size}"
+        )
+        _emit(ns, out, text)
+        return 0
+    if out.status == pb.PROPOSAL_STATUS_FAILED:
+        _emit(ns, out, f"failed ({out.code}): {out.reason}")
+        code = getattr(grpc.StatusCode, out.code, grpc.StatusCode.ABORTED)
+        return 10 + int(code.value[0])
+    _emit(ns, out, "unknown: not committed, and not (yet) failed for good")
+    return 1
 
 
 async def _inclusion(ns: argparse.Namespace, cl: Client) -> None:
@@ -455,6 +479,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except grpc.aio.AioRpcError as exc:
         print(f"beco: {_rpc_error_text(ns, exc)}", file=sys.stderr)
+        unresolved = getattr(ns, "unresolved_write", None)
+        if unresolved is not None and unresolved.unresolved:
+            pid = unresolved.unresolved
+            print(
+                f"beco: the write's outcome is unknown (it may still commit); do not re-run it,"
+                f" ask: beco outcome {pid}",
+                file=sys.stderr,
+            )
         return 10 + int(exc.code().value[0])
 
 

@@ -37,7 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from beco_node import keys, membership, metrics, peer
-from beco_node.clock import now_ms
+from beco_node.clock import Clock
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
 from beco_node.services.malformed import DecodeGuard
@@ -130,8 +130,16 @@ def _bind(
 
 
 class Runtime:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock | None = None,
+        transport: Callable[[str], grpc.aio.Channel] | None = None,
+    ) -> None:
         self.settings = settings
+        self.clock = clock or Clock()
+        # address -> channel; None: real gRPC channels (tests pass an in-process one)
+        self.transport = transport
         self.key = keys.private_key_from_pem(Path(settings.key_file).read_bytes())
         self.public_key = keys.public_key_bytes(self.key)
         self.peer_id = keys.peer_id(self.public_key)
@@ -322,6 +330,8 @@ class Runtime:
 
     def channel(self, address: str) -> grpc.aio.Channel:
         ch = self._channels.get(address)
+        if ch is None and self.transport is not None:
+            ch = self._channels[address] = self.transport(address)
         if ch is None:
             opts = [
                 ("grpc.max_receive_message_length", CLIENT_MAX_RECEIVE),
@@ -353,12 +363,28 @@ class Runtime:
         return grpc.ssl_channel_credentials(ca, key, cert)
 
     def spawn(self, coro: Awaitable[Any]) -> None:
+        self.start(coro)
+
+    def start(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task the runtime owns: it outlives the RPC that started it
+        (a caller's cancellation does not stop it), and its failure is logged."""
         task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            if not isinstance(exc, (BecoError, grpc.aio.AioRpcError)):
+                log.error("background task failed", exc_info=exc)
 
     def now_ms(self) -> int:
-        return now_ms()
+        return self.clock.now_ms()
+
+    def monotonic(self) -> float:
+        return self.clock.monotonic()
 
     # ---- server ----
     def make_server(self) -> grpc.aio.Server:

@@ -7,14 +7,23 @@ VALID votes, ``sequence == current + 1``), the client's signature on the
 embedded request, and runs the same state transition the voters ran
 (``model.apply``) on its own copy. Only then does it hand the new state, the
 change and the Merkle leaf to ``SstStore.commit`` (one Postgres transaction).
-The same proposal delivered twice is stored once. Afterwards it tells every
-user node (``applied``, signed) so they update their memory.
+The same proposal delivered twice is stored once; a retried proposal whose first
+attempt committed is answered with that commit. Once verified, the commit and its
+bookkeeping (cache, notices) run in a task the runtime owns, so a caller's deadline
+or disconnect cannot skip them. Afterwards it tells every user node (``applied``,
+signed; retried a few times) so they update their memory; nodes also catch up by
+log position (``Changes``).
+
+Outcomes are durable: ``GetOutcome`` answers from the database, and
+``RecordFailure`` records a proposal as failed for good (unless it committed first),
+after which the store refuses to commit it (see ``sst/schema.py``).
 
 The current state of users is cached in memory (the SST is the only writer).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import time
@@ -41,8 +50,11 @@ from beco_node.services.runtime import ERROR_CODES, Runtime, rpc_handler
 from beco_node.sst.records import (
     CommitEntry,
     CommitResult,
+    FailedRecord,
     ProposalConflictError,
+    ProposalFailedError,
     SequenceError,
+    StoredCommit,
     StoreError,
     StoreUnavailableError,
 )
@@ -56,6 +68,12 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 STATE_CACHE_ENTRIES = 100_000
 STATE_CACHE_BYTES = 64 * 1024 * 1024
 RECENT = 50_000
+# Pauses between the tries of a commit notice (the last try is followed by no pause).
+NOTICE_RETRY_PAUSES_S = (0.25, 1.0, 2.0, 0.0)
+
+
+def _failed_outcome(rec: FailedRecord) -> ppb.Outcome:
+    return ppb.Outcome(status=ppb.OUTCOME_FAILED, code=rec.code, reason=rec.reason)
 
 
 def tree_head_pb(sth: SignedTreeHead, public_key: bytes) -> pb.TreeHead:
@@ -111,12 +129,30 @@ class SstService(ppb_grpc.SstServicer):
         qc = peer.parse(ppb.QuorumCertificate, request.payload)
         assert isinstance(qc, ppb.QuorumCertificate)
         prop = qc.header.proposal
+        done = self.recent.get(prop.proposal_id)
+        if done is not None:  # a re-delivered certificate: no transaction needed
+            return await self._duplicate(prop.user_id, done)
+        try:
+            entry = await self._verified_entry(qc)
+        except BecoError:
+            # A retried proposal whose first attempt committed no longer fits the current
+            # sequence: answer that commit instead of an error.
+            known = await self._known(prop.proposal_id)
+            if known is not None:
+                return known
+            raise
+        # From here the commit and its bookkeeping (cache, notices) run to the end in a
+        # task the runtime owns, whatever happens to this call.
+        task = rt.start(self._commit(entry, prop.origin))
+        return await asyncio.shield(task)
+
+    async def _verified_entry(self, qc: ppb.QuorumCertificate) -> CommitEntry:
+        """Every check the SST makes before committing (see the module docstring)."""
+        rt = self.rt
+        ms = rt.membership
+        prop = qc.header.proposal
         if qc.header.validator != ms.one("validator").peer_id:
             raise InvalidArgument("the certificate names another validator")
-        done = self.recent.get(prop.proposal_id)
-        if done is not None:
-            return await self._duplicate(prop.user_id, done)
-        t0 = time.perf_counter()
         current = await self._state(prop.user_id)
         cur_seq = current[0] if current else 0
         voters = peer.verify_quorum_certificate(qc, ms, cur_seq + 1)
@@ -147,49 +183,94 @@ class SstService(ppb_grpc.SstServicer):
             voters=sorted(voters),
             proposal_digest=peer.header_digest(qc.header),
         )
-        committed_ms = rt.now_ms()
-        entry = CommitEntry(
+        return CommitEntry(
             proposal_id=prop.proposal_id,
             user_id=prop.user_id,
             sequence=qc.header.sequence,
             kind=leaf.kind,
             state=state,
             leaf_data=leaf.SerializeToString(deterministic=True),
-            committed_ms=committed_ms,
+            committed_ms=rt.now_ms(),
         )
+
+    async def _commit(self, entry: CommitEntry, origin: str) -> ppb.Outcome:
+        t0 = time.perf_counter()
+        uid = entry.user_id
         try:
             res = await self.store.commit(entry)
         except SequenceError as exc:
-            self.cache.pop(prop.user_id)
+            self.cache.pop(uid)
+            known = await self._known(entry.proposal_id)
+            if known is not None:
+                return known
             raise FailedPrecondition(str(exc)) from None
+        except ProposalConflictError:
+            # The same signed request, committed by an earlier attempt (other timestamp).
+            known = await self._known(entry.proposal_id)
+            if known is not None:
+                return known
+            raise AlreadyExists(f"proposal {entry.proposal_id} conflicts") from None
+        except ProposalFailedError as exc:
+            return _failed_outcome(exc.record)
         except StoreUnavailableError as exc:
             raise Unavailable(str(exc)) from None
-        except ProposalConflictError as exc:
-            raise AlreadyExists(str(exc)) from None
         except StoreError as exc:
-            self.cache.pop(prop.user_id)
+            self.cache.pop(uid)
             raise BecoError(str(exc), "ABORTED") from None
         if not res.duplicate:
-            self.cache.put(prop.user_id, (res.sequence, state))
+            self._cache_put(uid, res.sequence, entry.state)
         metrics.COMMIT_TIME.observe(time.perf_counter() - t0)
         metrics.TREE_SIZE.set(self.store.tree_head().tree_size)
-        info = self._commit_info(res, committed_ms)
-        stored = self.cache.get(prop.user_id) or (res.sequence, state)
-        applied = ppb.Applied(
-            user_id=prop.user_id, sequence=res.sequence, state=stored[1], commit=info
+        info = self._commit_info(res, entry.committed_ms)
+        if res.duplicate:
+            return await self._committed_outcome(info, uid)
+        applied = ppb.Applied(user_id=uid, sequence=res.sequence, state=entry.state, commit=info)
+        env = peer.seal("applied", applied, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+        self.recent.put(res.proposal_id, info.SerializeToString())
+        for m in self.rt.membership.user_nodes:
+            if m.peer_id != origin:  # the origin applies the outcome it gets back
+                self.rt.spawn(self._notify(m, env))
+        log.debug("committed", extra={"fields": {"proposal": res.proposal_id, "seq": res.sequence}})
+        return ppb.Outcome(
+            status=ppb.OUTCOME_COMMITTED, commit=info, state=entry.state, applied=env
         )
-        env = peer.seal("applied", applied, rt.key, rt.peer_id, rt.now_ms())
-        outcome = ppb.Outcome(
-            status=ppb.OUTCOME_COMMITTED, commit=info, state=stored[1], applied=env
+
+    def _cache_put(self, uid: str, seq: int, state: bytes) -> None:
+        hit = self.cache.get(uid)
+        if hit is None or hit[0] < seq:
+            self.cache.put(uid, (seq, state))
+
+    async def _committed_outcome(self, info: pb.CommitInfo, uid: str) -> ppb.Outcome:
+        """A commit found again (a retry): its place in the log, and the user's state now,
+        with the notice for that state (so voters lagging behind can apply it)."""
+        info.duplicate = True
+        out = ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info)
+        hit = await self._state(uid)
+        if hit is None or hit[0] < info.sequence:  # committed, its bookkeeping still running
+            hit = await self.store.get_user(uid)
+            if hit is not None:
+                self._cache_put(uid, *hit)
+        if hit is not None:
+            out.state = hit[1]
+            now = ppb.Applied(user_id=uid, sequence=hit[0], state=hit[1], commit=info)
+            out.applied.CopyFrom(
+                peer.seal("applied", now, self.rt.key, self.rt.peer_id, self.rt.now_ms())
+            )
+        return out
+
+    async def _known(self, proposal_id: str) -> ppb.Outcome | None:
+        """The durable outcome of a proposal as an Outcome, or None if it has none."""
+        try:
+            found = await self.store.outcome(proposal_id)
+        except StoreUnavailableError as exc:
+            raise Unavailable(str(exc)) from None
+        if found is None:
+            return None
+        if isinstance(found, FailedRecord):
+            return _failed_outcome(found)
+        return await self._committed_outcome(
+            self._commit_info(found.result, found.committed_ms), found.result.user_id
         )
-        self.recent.put(prop.proposal_id, info.SerializeToString())
-        for m in ms.user_nodes:
-            if m.peer_id != prop.origin:  # the origin applies the outcome it gets back
-                rt.spawn(self._notify(m, env))
-        log.debug(
-            "committed", extra={"fields": {"proposal": prop.proposal_id, "seq": res.sequence}}
-        )
-        return outcome
 
     async def _duplicate(self, uid: str, info_bytes: bytes) -> ppb.Outcome:
         """The outcome of a proposal committed before, rebuilt from its commit info and the
@@ -204,10 +285,53 @@ class SstService(ppb_grpc.SstServicer):
         return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=current[1], applied=env)
 
     async def _notify(self, member: Any, env: ppb.PeerEnvelope) -> None:
+        """Deliver a commit notice, retried a few times; the nodes' catch-up covers the rest."""
+        code = ""
+        for pause in NOTICE_RETRY_PAUSES_S:
+            try:
+                await ppb_grpc.UserNodeStub(self.rt.peer_channel(member)).Apply(env, timeout=2)
+                return
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            await asyncio.sleep(pause)
+        log.info("user node %s missed a commit notice: %s", member.name, code)
+
+    @rpc_handler("sst.GetOutcome")
+    async def GetOutcome(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
+        q = self._query(request)
+        known = await self._known(q.proposal_id)
+        return known if known is not None else ppb.Outcome(status=ppb.OUTCOME_UNSPECIFIED)
+
+    @rpc_handler("sst.RecordFailure")
+    async def RecordFailure(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
+        peer.open_envelope(request, "record_failure", self.rt.membership, self.rt.now_ms())
+        rec = peer.parse(ppb.FailureRecord, request.payload)
+        assert isinstance(rec, ppb.FailureRecord)
+        if not rec.proposal_id or not rec.code:
+            raise InvalidArgument("a failure record needs a proposal id and a code")
+        task = self.rt.start(self._record(rec))
+        found = await asyncio.shield(task)
+        if isinstance(found, FailedRecord):
+            return _failed_outcome(found)
+        return await self._committed_outcome(
+            self._commit_info(found.result, found.committed_ms), found.result.user_id
+        )
+
+    async def _record(self, rec: ppb.FailureRecord) -> StoredCommit | FailedRecord:
         try:
-            await ppb_grpc.UserNodeStub(self.rt.peer_channel(member)).Apply(env, timeout=5)
-        except grpc.aio.AioRpcError as exc:
-            log.info("user node %s missed a commit notice: %s", member.name, exc.code().name)
+            return await self.store.record_failure(rec.proposal_id, rec.code, rec.reason)
+        except StoreUnavailableError as exc:
+            raise Unavailable(str(exc)) from None  # a status, not a crash of the task
+
+    @rpc_handler("sst.Changes")
+    async def Changes(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ChangesReply:
+        q = self._query(request)
+        head = self.store.tree_head().tree_size
+        users, nxt = await self.store.changed_users(q.tree_size)
+        out = ppb.ChangesReply(next_size=nxt, head_size=head)
+        for _, seq, state in users:
+            out.users.add(found=True, sequence=seq, state=state)
+        return out
 
     @rpc_handler("sst.GetUserState")
     async def GetUserState(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.UserStateReply:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from typing import Any
 
 import grpc
@@ -33,15 +34,21 @@ from beco.v1 import identity_pb2_grpc as pb_grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import auth, limits, metrics, model, peer
+from beco_node import auth, limits, metrics, model, peer, tally
 from beco_node.auth import Authenticator, check_validator_clock
-from beco_node.errors import BecoError, InvalidArgument, NotFound
+from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.user")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = model.SERVICE
+# Staleness: a node answers from memory only while its last catch-up with the SST was
+# asked for at most STALENESS_BOUND_S ago; it catches up every SYNC_INTERVAL_S.
+SYNC_INTERVAL_S = 1.0
+STALENESS_BOUND_S = 5.0
+# A request signed more than 2 x skew + this ago can no longer gather an honest quorum.
+EXPIRY_MARGIN_MS = 60_000
 
 
 class UserStore:
@@ -98,8 +105,9 @@ def _grantees(st: pb.UserState) -> set[str]:
 class UserNode:
     """Shared state of the two servicers of a user node."""
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, sync_interval_s: float | None = SYNC_INTERVAL_S) -> None:
         self.rt = rt
+        self.sync_interval_s = sync_interval_s  # None: no background catch-up (tests)
         self.store = UserStore()
         self.authn = Authenticator(rt.settings.skew_ms)
         self.loaded = asyncio.Event()
@@ -109,8 +117,15 @@ class UserNode:
         # proposals this node originated and is waiting on: id -> (request digest, caller);
         # its own vote then skips re-verifying the client signature it already checked.
         self.own: dict[str, tuple[bytes, str]] = {}
+        # Catch-up by log position: every commit before ``synced_size`` is applied, as of
+        # the monotonic time ``synced_at`` when that catch-up was asked for.
+        self.synced_size = 0
+        self.synced_at = -math.inf
+        self.known_head = 0  # the largest SST tree size heard of
+        self._sync: asyncio.Task[None] | None = None  # one catch-up loop, however often loaded
+        metrics.SYNC_AGE.set_function(lambda: min(self.rt.monotonic() - self.synced_at, 1e9))
 
-    def sst_stub(self) -> ppb_grpc.SstStub:
+    def sst_stub(self) -> ppb_grpc.SstAsyncStub:
         return ppb_grpc.SstStub(self.rt.peer_channel(self.rt.membership.one("sst")))
 
     def query(self, q: ppb.SstQuery) -> ppb.PeerEnvelope:
@@ -135,10 +150,24 @@ class UserNode:
         metrics.USERS.set(len(self.store.users))
         return self.store.get(uid)
 
+    def fresh(self) -> bool:
+        """Whether memory holds every commit published more than STALENESS_BOUND_S ago."""
+        return self.rt.monotonic() - self.synced_at <= STALENESS_BOUND_S
+
     async def user(self, uid: str) -> pb.UserState | None:
+        """The user, within the staleness bound: from memory while the catch-up keeps up,
+        else from the SST (Unavailable if it cannot be reached: never a stale answer)."""
         st = self.store.get(uid)
-        if st is None:
-            st = await self.fetch(uid)
+        if st is None or not self.fresh():
+            try:
+                st = await self.fetch(uid)
+            except BecoError as exc:
+                if exc.code not in tally.INDETERMINATE_CODES:
+                    raise
+                raise Unavailable(
+                    f"this node may be behind (last caught up with the SST "
+                    f"{self.rt.monotonic() - self.synced_at:.0f} s ago) and {exc.message}"
+                ) from None
         return st
 
     def start_loading(self) -> None:
@@ -164,31 +193,102 @@ class UserNode:
             log.info("not a member any more: dropping %d users", len(self.store.users))
         self.loaded.clear()
         self.store = UserStore()
+        self.synced_at = -math.inf  # what it held is gone: nothing is fresh until reloaded
         metrics.USERS.set(0)
         self.rt.set_ready("loaded", "this user node must reload the users from the SST")
 
     async def load_all(self) -> None:
-        """Stream every user from the SST at start; retried until the SST answers."""
+        """Stream every user from the SST at start (retried until the SST answers), then
+        keep catching up by log position in the background (``sync_loop``)."""
         delay = 0.2
         while True:
             try:
+                started = self.rt.monotonic()
+                head: pb.TreeHead = await self.sst_stub().TreeHead(
+                    self.query(ppb.SstQuery()), timeout=10
+                )
                 n = 0
-                async for rep in self.sst_stub().LoadUsers(self.query(ppb.SstQuery())):  # type: ignore[attr-defined]
+                async for rep in self.sst_stub().LoadUsers(self.query(ppb.SstQuery())):
                     self.store.put(rep.sequence, rep.state)
                     n += 1
                 metrics.USERS.set(len(self.store.users))
                 log.info("users loaded from the SST", extra={"fields": {"users": n}})
+                # Every commit before the head read first is in what was streamed.
+                self._synced(head.tree_size, head.tree_size, started)
                 self.loaded.set()
                 self.rt.set_ready("loaded", None)
-                return
+                break
             except grpc.aio.AioRpcError as exc:
                 log.info("waiting for the SST: %s", exc.code().name)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+        if self.sync_interval_s is not None and (self._sync is None or self._sync.done()):
+            self._sync = self.rt.start(self.sync_loop(self.sync_interval_s))
+
+    def _synced(self, size: int, head: int, started: float) -> None:
+        self.synced_size = size
+        self.synced_at = max(self.synced_at, started)
+        self.heard_of(head)
+
+    def heard_of(self, tree_size: int) -> None:
+        self.known_head = max(self.known_head, tree_size)
+        metrics.APPLY_LAG.set(max(0, self.known_head - self.synced_size))
+
+    async def catch_up(self) -> None:
+        """Apply every commit the SST published since ``synced_size`` (by log position)."""
+        started = self.rt.monotonic()
+        while True:
+            reply: ppb.ChangesReply = await self.sst_call(
+                "Changes", ppb.SstQuery(tree_size=self.synced_size)
+            )
+            if reply.head_size < self.synced_size:  # another log (a new database): start over
+                log.warning("the SST's log is shorter than what this node applied: resyncing")
+                self.synced_size = 0
+                continue
+            for rep in reply.users:
+                self.apply_commit(rep.sequence, rep.state)
+            self._synced(reply.next_size, reply.head_size, started)
+            if reply.next_size >= reply.head_size:
+                return
+
+    async def sync_loop(self, interval_s: float) -> None:
+        """Catch up every ``interval_s``: commit notices lost, a pause or a restart leave
+        this node behind for at most the staleness bound."""
+        while True:
+            try:
+                await self.catch_up()
+            except BecoError as exc:
+                log.info("catch-up with the SST failed: %s", exc.message)
+            await asyncio.sleep(interval_s)
 
     def apply_commit(self, seq: int, data: bytes) -> None:
         if self.store.put(seq, data):
             metrics.USERS.set(len(self.store.users))
+
+    async def outcome(self, proposal_id: str) -> ppb.Outcome:
+        """The durable outcome of a proposal at the SST (status UNSPECIFIED: none yet)."""
+        out: ppb.Outcome = await self.sst_call("GetOutcome", ppb.SstQuery(proposal_id=proposal_id))
+        return out
+
+    async def record_failure(self, proposal_id: str, code: str, reason: str) -> ppb.Outcome:
+        """Make a refusal definitive at the SST before answering it (or learn it committed)."""
+        env = peer.seal(
+            "record_failure",
+            ppb.FailureRecord(proposal_id=proposal_id, code=code, reason=reason),
+            self.rt.key,
+            self.rt.peer_id,
+            self.rt.now_ms(),
+        )
+        try:
+            out: ppb.Outcome = await self.sst_stub().RecordFailure(
+                env, timeout=10, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise Unavailable(
+                f"{reason}; but the SST could not record it ({exc.code().name}): "
+                "outcome unknown, re-send the same signed request"
+            ) from None
+        return out
 
 
 class IdentityService(pb_grpc.IdentityServicer):
@@ -200,32 +300,77 @@ class IdentityService(pb_grpc.IdentityServicer):
         return self.node.authn.authenticate(method, request, self.rt.now_ms())
 
     async def _mutate(self, method: str, request: Any) -> pb.MutationResponse:
-        caller = self._auth(method, request)
-        model.check_limits(method, request)
+        node = self.node
+        now = self.rt.now_ms()
+        caller, admission = node.authn.admit(method, request, now)
+        pid = peer.proposal_id(request.auth.signature)
+        if admission in (auth.Admission.EXPIRED, auth.Admission.EARLY):
+            reason = node.authn.skew_message(request, now)
+            if now - request.auth.timestamp_ms > 2 * node.authn.skew_ms + EXPIRY_MARGIN_MS:
+                # No honest quorum votes for it any more: look its outcome up, record nothing.
+                out = await node.outcome(pid)
+                if out.status == ppb.OUTCOME_UNSPECIFIED:
+                    raise Unauthenticated(reason)
+            else:
+                out = await node.record_failure(pid, "UNAUTHENTICATED", reason)
+            return self._answer(out, caller)
+        model.check_limits(method, request)  # refusals on content alone can never commit
         uid = model.target_user(method, request, caller)
-        state = await self.node.user(uid)
-        # Early check against our copy: refuses what cannot pass without a round of votes.
-        model.apply(
-            method, request, caller, state, (state.sequence + 1) if state else 1, self.rt.now_ms()
-        )
+        try:
+            # Early check against our copy: refuses what cannot pass without a round of votes.
+            state = await node.user(uid)
+            self._check(method, request, caller, state)
+        except BecoError as exc:
+            if exc.code in tally.INDETERMINATE_CODES:
+                raise
+            # Refuse only from the SST's current state, and durably (an earlier attempt of
+            # the same request may be in flight elsewhere).
+            state = await node.fetch(uid)
+            try:
+                self._check(method, request, caller, state)
+            except BecoError as again:
+                return self._answer(
+                    await node.record_failure(pid, again.code, again.message), caller
+                )
         prop = ppb.Proposal(
-            proposal_id=peer.proposal_id(request.auth.signature),
+            proposal_id=pid,
             user_id=uid,
             kind=model.MUTATIONS[method].kind,
             method=method,
             request=request.SerializeToString(),
             origin=self.rt.peer_id,
         )
-        self.node.own[prop.proposal_id] = (hashlib.sha256(prop.request).digest(), caller)
+        node.own[pid] = (hashlib.sha256(prop.request).digest(), caller)
         validator = self.rt.membership.one("validator")
         stub = ppb_grpc.ValidatorStub(self.rt.peer_channel(validator))
         env = peer.seal("propose", prop, self.rt.key, self.rt.peer_id, self.rt.now_ms())
         try:
             outcome: ppb.Outcome = await stub.Propose(env, timeout=60, wait_for_ready=True)
         except grpc.aio.AioRpcError as exc:
-            raise relayed(exc, "the validator", PROPOSE_PASSED_ON) from None
+            err = relayed(exc, "the validator", PROPOSE_PASSED_ON)
+            outcome = await self._lookup_after(pid, err.message)
         finally:
-            self.node.own.pop(prop.proposal_id, None)
+            node.own.pop(pid, None)
+        return self._answer(outcome, caller)
+
+    def _check(self, method: str, request: Any, caller: str, state: pb.UserState | None) -> None:
+        seq = (state.sequence + 1) if state else 1
+        model.apply(method, request, caller, state, seq, self.rt.now_ms())
+
+    async def _lookup_after(self, pid: str, problem: str) -> ppb.Outcome:
+        """After an indeterminate answer: the durable outcome if there is one yet."""
+        try:
+            out = await self.node.outcome(pid)
+        except BecoError:
+            out = ppb.Outcome()
+        if out.status == ppb.OUTCOME_UNSPECIFIED:
+            raise Unavailable(
+                f"{problem}: outcome unknown, re-send the same signed request "
+                f"(proposal id {pid}) or ask GetOutcome"
+            )
+        return out
+
+    def _answer(self, outcome: ppb.Outcome, caller: str) -> pb.MutationResponse:
         if outcome.status != ppb.OUTCOME_COMMITTED:
             raise BecoError(
                 outcome.reason or "the change was not committed", outcome.code or "ABORTED"
@@ -278,6 +423,8 @@ class IdentityService(pb_grpc.IdentityServicer):
     async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:
         caller = self._auth(M + "ListUsers", request)
         size = limits.page_size(request.page_size)
+        if not self.node.fresh():  # within the staleness bound, or from the SST, or not at all
+            await self.node.catch_up()
         store = self.node.store
         ids = set(store.grants.get(caller, ()))
         if caller in store.users:
@@ -336,6 +483,29 @@ class IdentityService(pb_grpc.IdentityServicer):
         q = ppb.SstQuery(old_size=request.old_size, new_size=request.new_size)
         proof: pb.ConsistencyProof = await self.node.sst_call("ConsistencyProof", q)
         return proof
+
+    @rpc_handler("GetOutcome")
+    async def GetOutcome(
+        self, request: pb.GetOutcomeRequest, context: Ctx
+    ) -> pb.GetOutcomeResponse:
+        self._auth(M + "GetOutcome", request)
+        pid = request.proposal_id
+        if len(pid) != 64 or any(c not in "0123456789abcdef" for c in pid):
+            raise InvalidArgument("proposal_id must be 64 lowercase hex digits")
+        return public_outcome(pid, await self.node.outcome(pid))
+
+
+def public_outcome(pid: str, out: ppb.Outcome) -> pb.GetOutcomeResponse:
+    """The SST's outcome of a proposal as the public API states it."""
+    if out.status == ppb.OUTCOME_COMMITTED:
+        return pb.GetOutcomeResponse(
+            proposal_id=pid, status=pb.PROPOSAL_STATUS_COMMITTED, commit=out.commit
+        )
+    if out.status == ppb.OUTCOME_FAILED and out.code not in tally.INDETERMINATE_CODES:
+        return pb.GetOutcomeResponse(
+            proposal_id=pid, status=pb.PROPOSAL_STATUS_FAILED, code=out.code, reason=out.reason
+        )
+    return pb.GetOutcomeResponse(proposal_id=pid, status=pb.PROPOSAL_STATUS_UNKNOWN)
 
 
 class VoterService(ppb_grpc.UserNodeServicer):
@@ -396,5 +566,6 @@ class VoterService(ppb_grpc.UserNodeServicer):
         applied = peer.parse(ppb.Applied, request.payload)
         assert isinstance(applied, ppb.Applied)
         self.node.apply_commit(applied.sequence, applied.state)
+        self.node.heard_of(applied.commit.tree_head.tree_size)
         metrics.TREE_SIZE.set(applied.commit.tree_head.tree_size)
         return ppb.ApplyReply(sequence=self.node.store.sequence(applied.user_id))

@@ -78,5 +78,31 @@ class StoreUnavailableError(StoreError):
     """
 
 
+@dataclass(frozen=True)
+class FailedRecord:
+    """A proposal recorded as definitively failed."""
+
+    proposal_id: str
+    code: str  # the gRPC status name the write was answered with
+    reason: str
+    failed_ms: int
+
+
+@dataclass(frozen=True)
+class StoredCommit:
+    """A committed proposal as the database knows it (its outcome, looked up later)."""
+
+    result: CommitResult
+    committed_ms: int
+
+
+class ProposalFailedError(StoreError):
+    """The proposal was recorded failed: it is never committed."""
+
+    def __init__(self, record: FailedRecord) -> None:
+        self.record = record
+        super().__init__(f"proposal {record.proposal_id!r} failed: {record.reason}")
+
+
 class StoreIntegrityError(StoreError):
     """The stored log does not match its signed tree head (tampering or corruption)."""

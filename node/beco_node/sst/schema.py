@@ -8,7 +8,10 @@ Tables (all writes come from ``beco_commit``, one statement = one transaction):
 - ``changes``: one row per committed proposal, ``proposal_id`` unique (idempotency),
   ``(user_id, sequence)`` unique (no lost or doubled update), one leaf per change;
 - ``tree_heads``: the signed tree head after each commit (plus the empty one), whose
-  ``tree_size`` must match an existing last leaf in the same way.
+  ``tree_size`` must match an existing last leaf in the same way;
+- ``failed_proposals``: proposals answered as failed for good (``beco_fail``, under
+  the same lock as commits): ``beco_commit`` refuses them, so a request a client was
+  told failed can never commit later, whichever role restarts.
 
 ``beco_commit`` does the whole commit server-side in one round trip: it takes a
 transaction-scoped advisory lock (commits serialise even across processes), returns
@@ -96,6 +99,78 @@ MIGRATIONS: list[str] = [
              VALUES (p_leaf_index + 1, p_root, p_sth_ms, p_signature);
         RETURN QUERY SELECT 'committed'::text, p_leaf_index, NULL::bigint, p_user_id,
                             p_sequence, p_kind, p_leaf_hash;
+    END
+    $fn$;
+    """,
+    # 2: durable failures: a proposal recorded failed can never commit afterwards
+    """
+    CREATE TABLE failed_proposals (
+        proposal_id text PRIMARY KEY CHECK (length(proposal_id) BETWEEN 1 AND 256),
+        code        text NOT NULL CHECK (length(code) BETWEEN 1 AND 64),
+        reason      text NOT NULL,
+        failed_ms   bigint NOT NULL
+    );
+
+    CREATE OR REPLACE FUNCTION beco_commit(
+        p_proposal_id text, p_user_id text, p_sequence bigint, p_kind text, p_state bytea,
+        p_leaf_index bigint, p_leaf_hash bytea, p_leaf_data bytea, p_committed_ms bigint,
+        p_root bytea, p_sth_ms bigint, p_signature bytea)
+    RETURNS TABLE (o_outcome text, o_leaf_index bigint, o_expected bigint, o_user_id text,
+                   o_sequence bigint, o_kind text, o_leaf_hash bytea)
+    LANGUAGE plpgsql AS $fn$
+    DECLARE
+        cur bigint;
+        ex record;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(6962);
+        SELECT c.user_id, c.sequence, c.kind, c.leaf_index, l.leaf_hash INTO ex
+          FROM changes c JOIN leaves l ON l.leaf_index = c.leaf_index
+         WHERE c.proposal_id = p_proposal_id;
+        IF FOUND THEN
+            RETURN QUERY SELECT 'duplicate'::text, ex.leaf_index, NULL::bigint, ex.user_id,
+                                ex.sequence, ex.kind, ex.leaf_hash;
+            RETURN;
+        END IF;
+        IF EXISTS (SELECT 1 FROM failed_proposals f WHERE f.proposal_id = p_proposal_id) THEN
+            RETURN QUERY SELECT 'failed'::text, NULL::bigint, NULL::bigint, p_user_id,
+                                p_sequence, p_kind, NULL::bytea;
+            RETURN;
+        END IF;
+        SELECT u.sequence INTO cur FROM users u WHERE u.user_id = p_user_id FOR UPDATE;
+        IF COALESCE(cur, 0) + 1 <> p_sequence THEN
+            RETURN QUERY SELECT 'sequence'::text, NULL::bigint, COALESCE(cur, 0) + 1, p_user_id,
+                                p_sequence, p_kind, NULL::bytea;
+            RETURN;
+        END IF;
+        INSERT INTO users (user_id, sequence, state, updated_ms)
+             VALUES (p_user_id, p_sequence, p_state, p_committed_ms)
+        ON CONFLICT (user_id) DO UPDATE
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state,
+                 updated_ms = EXCLUDED.updated_ms;
+        INSERT INTO leaves (leaf_index, leaf_hash, leaf_data)
+             VALUES (p_leaf_index, p_leaf_hash, p_leaf_data);
+        INSERT INTO changes (proposal_id, user_id, sequence, kind, leaf_index, committed_ms)
+             VALUES (p_proposal_id, p_user_id, p_sequence, p_kind, p_leaf_index, p_committed_ms);
+        INSERT INTO tree_heads (tree_size, root_hash, timestamp_ms, signature)
+             VALUES (p_leaf_index + 1, p_root, p_sth_ms, p_signature);
+        RETURN QUERY SELECT 'committed'::text, p_leaf_index, NULL::bigint, p_user_id,
+                            p_sequence, p_kind, p_leaf_hash;
+    END
+    $fn$;
+
+    -- Under the commit lock: either the proposal committed first (answer 'committed'),
+    -- or it is recorded failed (the first reason stays) and beco_commit refuses it.
+    CREATE FUNCTION beco_fail(p_proposal_id text, p_code text, p_reason text, p_ms bigint)
+    RETURNS text LANGUAGE plpgsql AS $fn$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(6962);
+        IF EXISTS (SELECT 1 FROM changes c WHERE c.proposal_id = p_proposal_id) THEN
+            RETURN 'committed';
+        END IF;
+        INSERT INTO failed_proposals (proposal_id, code, reason, failed_ms)
+             VALUES (p_proposal_id, p_code, p_reason, p_ms)
+        ON CONFLICT (proposal_id) DO NOTHING;
+        RETURN 'failed';
     END
     $fn$;
     """,

@@ -43,8 +43,11 @@ from beco_node.sst.records import (
     ChangeRecord,
     CommitEntry,
     CommitResult,
+    FailedRecord,
     ProposalConflictError,
+    ProposalFailedError,
     SequenceError,
+    StoredCommit,
     StoreError,
     StoreIntegrityError,
     StoreUnavailableError,
@@ -55,12 +58,15 @@ __all__ = [
     "ChangeRecord",
     "CommitEntry",
     "CommitResult",
+    "FailedRecord",
     "ProposalConflictError",
+    "ProposalFailedError",
     "SequenceError",
     "SstStore",
     "StoreError",
     "StoreIntegrityError",
     "StoreUnavailableError",
+    "StoredCommit",
 ]
 
 Clock = Callable[[], int]
@@ -396,6 +402,10 @@ class SstStore:
                             out.append(
                                 SequenceError(entry.user_id, row["o_expected"], entry.sequence)
                             )
+                        elif row["o_outcome"] == "failed":
+                            failed = await self._failed(conn, entry.proposal_id)
+                            assert failed is not None  # failures are never deleted under the lock
+                            out.append(ProposalFailedError(failed))
                         else:
                             out.append(
                                 await self._duplicate(conn, entry, row, lh, first_start, claimed)
@@ -431,6 +441,73 @@ class SstStore:
         return CommitResult(
             entry.proposal_id, entry.user_id, entry.sequence, index, _sth(head), not fresh
         )
+
+    # -- outcomes ---------------------------------------------------------------------------
+
+    @staticmethod
+    async def _failed(conn: Any, proposal_id: str) -> FailedRecord | None:
+        row = await conn.fetchrow(
+            "SELECT code, reason, failed_ms FROM failed_proposals WHERE proposal_id = $1",
+            proposal_id,
+        )
+        if row is None:
+            return None
+        return FailedRecord(proposal_id, row["code"], row["reason"], row["failed_ms"])
+
+    async def outcome(self, proposal_id: str) -> StoredCommit | FailedRecord | None:
+        """What the database says of a proposal: committed (where), failed (why), or None."""
+        rows = await self._fetch(
+            "SELECT c.user_id, c.sequence, c.leaf_index, c.committed_ms, h.tree_size,"
+            " h.root_hash, h.timestamp_ms, h.signature FROM changes c"
+            " JOIN tree_heads h ON h.tree_size = c.leaf_index + 1 WHERE c.proposal_id = $1",
+            proposal_id,
+        )
+        if rows:
+            r = rows[0]
+            res = CommitResult(
+                proposal_id, r["user_id"], r["sequence"], r["leaf_index"], _sth(r), True
+            )
+            return StoredCommit(res, r["committed_ms"])
+        rows = await self._fetch(
+            "SELECT code, reason, failed_ms FROM failed_proposals WHERE proposal_id = $1",
+            proposal_id,
+        )
+        if rows:
+            r = rows[0]
+            return FailedRecord(proposal_id, r["code"], r["reason"], r["failed_ms"])
+        return None
+
+    async def record_failure(
+        self, proposal_id: str, code: str, reason: str
+    ) -> StoredCommit | FailedRecord:
+        """Record that a proposal failed for good, unless it committed first.
+
+        Serialised with commits by their lock: afterwards ``commit`` refuses this proposal
+        (``ProposalFailedError``). Returns the commit if it won, else the (first) failure.
+        """
+        await self._fetch(
+            "SELECT beco_fail($1, $2, $3, $4)", proposal_id, code, reason, self._clock()
+        )
+        out = await self.outcome(proposal_id)
+        assert out is not None
+        return out
+
+    async def changed_users(
+        self, from_size: int, limit: int = 1000
+    ) -> tuple[list[tuple[str, int, bytes]], int]:
+        """Current (user_id, sequence, state) of the users the log entries [from_size, to)
+        changed, and ``to`` (at most ``limit`` entries on, at most the published size)."""
+        to = min(max(from_size, 0) + limit, self.tree_head().tree_size)
+        if to <= from_size:
+            return [], max(from_size, to)
+        rows = await self._fetch(
+            "SELECT u.user_id, u.sequence, u.state FROM users u WHERE u.user_id IN"
+            " (SELECT c.user_id FROM changes c WHERE c.leaf_index >= $1 AND c.leaf_index < $2)"
+            " ORDER BY u.user_id",
+            from_size,
+            to,
+        )
+        return [(r["user_id"], r["sequence"], bytes(r["state"])) for r in rows], to
 
     # -- reads ------------------------------------------------------------------------------
 

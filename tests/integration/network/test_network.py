@@ -15,6 +15,7 @@ import grpc
 import pytest
 from beco.v1 import identity_pb2 as pb
 from beco_node import auth, keys
+from beco_node import client as client_mod
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork
 from beco_node.membership import loads
@@ -144,15 +145,26 @@ async def test_forged_stale_and_replayed_requests(network: LocalNetwork) -> None
             grpc.StatusCode.UNAUTHENTICATED,
             a.stub.GetUser(pb.GetUserRequest(user_id=alice.id)),
         )
-        # replayed to the same node, and to another node
+        # re-sent to the same node, and to another node: the same commit, applied once
         req = pb.UpdateFirstNameRequest(user_id=alice.id, first_name="Once")
         auth.sign_request(m, req, alice.key, now_ms())
         r = await a.stub.UpdateFirstName(req)
-        assert r.commit.sequence == 2
-        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateFirstName(req))
+        assert r.commit.sequence == 2 and not r.commit.duplicate
+        again = await a.stub.UpdateFirstName(req)
+        assert again.commit.sequence == 2 and again.commit.duplicate
+        assert again.commit.leaf_index == r.commit.leaf_index
         async with alice.client(network, 2) as other:
-            details = await expect(grpc.StatusCode.UNAUTHENTICATED, other.stub.UpdateFirstName(req))
-            assert "replay" in details
+            elsewhere = await other.stub.UpdateFirstName(req)
+            assert elsewhere.commit.leaf_index == r.commit.leaf_index
+            # its outcome, by the id known before sending
+            out = await other.get_outcome(client_mod.proposal_id(req))
+            assert out.status == pb.PROPOSAL_STATUS_COMMITTED
+            assert out.commit.leaf_index == r.commit.leaf_index
+        # the same nonce with other content is a replay
+        forged = pb.UpdateFirstNameRequest(user_id=alice.id, first_name="Twice")
+        auth.sign_request(m, forged, alice.key, now_ms(), nonce=req.auth.nonce)
+        details = await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateFirstName(forged))
+        assert "replay" in details
         assert await tree_size(network, alice) == before + 1
         assert [e.sequence for e in (await a.history(alice.id)).entries] == [1, 2]
 
@@ -230,7 +242,8 @@ async def test_below_quorum_fails_and_writes_nothing(network: LocalNetwork) -> N
         network.stop_node("user-b-0")
         network.stop_node("user-c-0")
         try:
-            details = await expect(grpc.StatusCode.UNAVAILABLE, a.set_last(alice.id, "Lost"))
+            # definitive (recorded at the SST): ABORTED, never UNAVAILABLE (= outcome unknown)
+            details = await expect(grpc.StatusCode.ABORTED, a.set_last(alice.id, "Lost"))
             assert "quorum not reached" in details
             assert await tree_size(network, alice) == before
             u = await a.get_user(alice.id)
@@ -246,7 +259,7 @@ async def test_below_quorum_fails_and_writes_nothing(network: LocalNetwork) -> N
                 assert (await a.set_last(alice.id, "Back")).commit.sequence == 2
                 break
             except grpc.aio.AioRpcError as exc:
-                assert exc.code() == grpc.StatusCode.UNAVAILABLE
+                assert exc.code() == grpc.StatusCode.ABORTED, exc.details()
                 await asyncio.sleep(0.2)
         else:
             raise AssertionError("never committed after the nodes came back")
@@ -264,7 +277,7 @@ async def test_unresponsive_voters_fail_at_the_deadline(network: LocalNetwork) -
             p.send_signal(signal.SIGSTOP)
         try:
             t0 = time.monotonic()
-            details = await expect(grpc.StatusCode.UNAVAILABLE, a.set_last(alice.id, "Hung"))
+            details = await expect(grpc.StatusCode.ABORTED, a.set_last(alice.id, "Hung"))
             waited = time.monotonic() - t0
             assert "missing at the deadline" in details or "DEADLINE_EXCEEDED" in details, details
             assert 2.5 < waited < 20
@@ -376,6 +389,11 @@ def test_cli_demo_flow(network: LocalNetwork, tmp_path: Path) -> None:
     ok = beco("--key", b, "--output", "json", "set", "first", "--user", alice, "Alicia")
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)["user"]["first_name"]["values"] == ["Alicia"]
+    # the outcome of a write by its proposal id: committed (0), unknown (1)
+    pid = json.loads(ok.stdout)["commit"]["proposal_id"]
+    found = beco("--key", b, "outcome", pid)
+    assert found.returncode == 0 and "committed: sequence 3" in found.stdout, found.stderr
+    assert beco("--key", b, "outcome", "ab" * 32).returncode == 1
     proof = beco("--key", a, "--output", "json", "proof", "inclusion")
     assert proof.returncode == 0, proof.stderr
     assert json.loads(proof.stdout)["verified"] is True

@@ -90,3 +90,23 @@ def test_short_nonce_is_rejected() -> None:
     req = signed(keys.generate_private_key(), nonce=b"short")
     with pytest.raises(Unauthenticated, match="nonce"):
         auth.Authenticator().authenticate(M, req, NOW)
+
+
+def test_admission_tells_a_resend_from_a_replay() -> None:
+    key = keys.generate_private_key()
+    a = auth.Authenticator(skew_ms=30_000)
+    m = "/beco.v1.Identity/UpdateFirstName"
+    req = pb.UpdateFirstNameRequest(user_id="u", first_name="A")
+    auth.sign_request(m, req, key, 1_000_000)
+    assert a.admit(m, req, 1_000_000)[1] is auth.Admission.FRESH
+    assert a.admit(m, req, 1_000_500)[1] is auth.Admission.RESENT
+    # same nonce, other content: a replay, refused
+    other = pb.UpdateFirstNameRequest(user_id="u", first_name="B")
+    auth.sign_request(m, other, key, 1_000_000, nonce=req.auth.nonce)
+    with pytest.raises(Unauthenticated, match="replay"):
+        a.admit(m, other, 1_000_600)
+    assert a.admit(m, req, 1_031_000)[1] is auth.Admission.EXPIRED
+    assert a.admit(m, req, 969_000)[1] is auth.Admission.EARLY
+    # reads keep refusing any second use
+    with pytest.raises(Unauthenticated, match="replay"):
+        a.authenticate(m, req, 1_000_700)

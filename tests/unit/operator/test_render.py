@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import kubernetes_validate
 import pytest
 from beco_operator import diff, names, render
 from beco_operator.names import Obj
+from beco_operator.spec import ManagedDatabase
 
 from .conftest import make_spec
 
@@ -178,3 +181,301 @@ def test_diff_ignores_server_defaults_and_catches_edits() -> None:
         "metadata": {**have["metadata"], "annotations": {names.APPLIED_HASH_ANNOTATION: "old"}},
     }
     assert diff.needs_apply(want, stale)
+
+
+def _workloads(objs: list[Obj]) -> list[Obj]:
+    return [o for o in objs if o["kind"] in ("StatefulSet", "Deployment")]
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_probes_use_the_plaintext_health_port_whatever_the_transport(insecure: bool) -> None:
+    """With mutual TLS on the main port a kubelet probe there can only fail (issue 8, item 1)."""
+    objs = _render(transport={"insecure": insecure})
+    beco = [w for w in _workloads(objs) if w["metadata"]["name"] != "demo-postgres"]
+    assert len(beco) == 6
+    for w in beco:
+        (c,) = w["spec"]["template"]["spec"]["containers"]
+        assert f"--health-listen=0.0.0.0:{names.HEALTH_PORT}" in c["args"]
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert ports["health"] == names.HEALTH_PORT
+        assert c["readinessProbe"]["grpc"] == {"port": names.HEALTH_PORT}
+        liveness = {"port": names.HEALTH_PORT, "service": "liveness"}
+        assert c["livenessProbe"]["grpc"] == liveness
+        assert c["startupProbe"]["grpc"] == liveness
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert c[probe]["grpc"]["port"] != names.PORT, (w["metadata"]["name"], probe)
+
+
+def test_every_statefulset_names_a_headless_service() -> None:
+    objs = _by(_render(userNodes={"perZone": 2}))
+    sts = [o for o in objs.values() if o["kind"] == "StatefulSet"]
+    assert len(sts) == 6
+    for s in sts:
+        svc = objs.get(("Service", s["spec"]["serviceName"]))
+        assert svc is not None, f"{s['metadata']['name']} names no rendered Service"
+        assert svc["spec"].get("clusterIP") == "None", f"{svc['metadata']['name']} is not headless"
+        assert svc["spec"]["selector"] == s["spec"]["selector"]["matchLabels"]
+
+
+def test_postgres_does_not_change_with_the_node_image() -> None:
+    """A node upgrade must not restart Postgres (issue 8, item 6): byte-identical objects."""
+
+    def pg(tag: str) -> tuple[str, str]:
+        objs = _by(_render(image={"tag": tag}))
+        sts = objs[("StatefulSet", "demo-postgres")]
+        return (
+            json.dumps(sts["spec"]["template"], sort_keys=True),
+            json.dumps([sts, objs[("Service", "demo-postgres")]], sort_keys=True),
+        )
+
+    assert pg("0.1.0") == pg("0.2.0")
+    sts = _by(_render())[("StatefulSet", "demo-postgres")]
+    assert sts["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/version"] == "15"
+
+
+def test_postgres_runs_as_the_postgres_user_not_root() -> None:
+    pod = _by(_render())[("StatefulSet", "demo-postgres")]["spec"]["template"]["spec"]
+    sc = pod["securityContext"]
+    assert (sc["runAsNonRoot"], sc["runAsUser"], sc["runAsGroup"], sc["fsGroup"]) == (
+        True,
+        999,
+        999,
+        999,
+    )
+    (c,) = pod["containers"]
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert {"/var/lib/postgresql/data", "/var/run/postgresql", "/tmp"} <= mounts
+
+
+def _allows(policy: Obj, port: int, peer: dict[str, str] | None) -> bool:
+    """Whether ``policy`` admits TCP ``port`` from a pod labelled ``peer`` (None: the node)."""
+    for rule in policy["spec"]["ingress"]:
+        if not any(p["port"] == port for p in rule.get("ports", [])):
+            continue
+        sources = rule.get("from")
+        if not sources:
+            return True
+        for src in sources:
+            sel = src.get("podSelector", {}).get("matchLabels")
+            if peer is not None and sel is not None and sel.items() <= peer.items():
+                return True
+    return False
+
+
+def _policies_for(objs: list[Obj], pod_labels: dict[str, str]) -> list[Obj]:
+    out = []
+    for o in objs:
+        if o["kind"] != "NetworkPolicy":
+            continue
+        sel = o["spec"]["podSelector"]
+        if not sel.get("matchLabels", {}).items() <= pod_labels.items():
+            continue
+        if all(pod_labels.get(e["key"]) in e["values"] for e in sel.get("matchExpressions", [])):
+            out.append(o)
+    return out
+
+
+def test_network_policies_admit_the_kubelet_probes_and_the_members() -> None:
+    objs = _render()
+    member = _by(objs)[("StatefulSet", "demo-user-a")]["spec"]["template"]["metadata"]["labels"]
+    sst = _by(objs)[("StatefulSet", "demo-sst")]["spec"]["template"]["metadata"]["labels"]
+    stranger = {"app": "other"}
+    for w in _workloads(objs):
+        tmpl = w["spec"]["template"]
+        policies = _policies_for(objs, tmpl["metadata"]["labels"])
+        assert policies, f"{w['metadata']['name']} is selected by no NetworkPolicy"
+        (c,) = tmpl["spec"]["containers"]
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            port = c[probe].get("grpc", {}).get("port")
+            if port is not None:  # network probes come from the node, not from a pod
+                assert any(_allows(p, port, None) for p in policies), (w["metadata"], probe)
+        if w["metadata"]["name"] == "demo-postgres":
+            assert any(_allows(p, names.PG_PORT, sst) for p in policies)
+            assert not any(_allows(p, names.PG_PORT, member) for p in policies)
+            assert not any(_allows(p, names.PG_PORT, None) for p in policies)
+        else:
+            assert any(_allows(p, names.PORT, member) for p in policies), w["metadata"]["name"]
+            assert any(_allows(p, names.PORT, sst) for p in policies), w["metadata"]["name"]
+    for role in ("validator", "sst", "rendezvous"):
+        tmpl = next(w for w in _workloads(objs) if w["metadata"]["name"] == f"demo-{role}")
+        policies = _policies_for(objs, tmpl["spec"]["template"]["metadata"]["labels"])
+        assert not any(_allows(p, names.PORT, stranger) for p in policies), role
+
+
+def _lint(obj: Obj) -> list[str]:
+    """The checks of kube-linter's and kube-score's defaults that apply to our workloads."""
+    if obj["kind"] not in ("StatefulSet", "Deployment"):
+        return []
+    where = f"{obj['kind']}/{obj['metadata']['name']}"
+    pod = obj["spec"]["template"]["spec"]
+    found = []
+    psc = pod.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True or not psc.get("runAsUser"):
+        found.append(f"{where}: run-as-non-root")
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        found.append(f"{where}: seccomp")
+    if pod.get("automountServiceAccountToken") is not False:
+        found.append(f"{where}: service account token mounted")
+    if pod.get("hostNetwork") or pod.get("hostPID") or pod.get("hostIPC"):
+        found.append(f"{where}: host namespaces")
+    for c in pod["containers"]:
+        sc = c.get("securityContext", {})
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{where}: privilege-escalation-container")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            found.append(f"{where}: no-read-only-root-fs")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append(f"{where}: drop-all-capabilities")
+        if sc.get("privileged"):
+            found.append(f"{where}: privileged-container")
+        res = c.get("resources", {})
+        for kind in ("cpu", "memory"):
+            if kind not in res.get("requests", {}):
+                found.append(f"{where}: unset-{kind}-requirements")
+        if "memory" not in res.get("limits", {}):
+            found.append(f"{where}: unset-memory-limit")
+        for probe in ("readinessProbe", "livenessProbe"):
+            if probe not in c:
+                found.append(f"{where}: no-{probe}")
+        image = c["image"]
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            found.append(f"{where}: latest-tag")
+        if c.get("ports") and any("hostPort" in p for p in c["ports"]):
+            found.append(f"{where}: host-port")
+    return found
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"userNodes": {"perZone": 2}}, {"database": {"external": {"secretRef": {"name": "pg"}}}}],
+)
+def test_rendered_workloads_pass_the_best_practice_checks(overrides: dict[str, Any]) -> None:
+    problems = [p for o in _render(**overrides) for p in _lint(o)]
+    assert not problems, problems
+
+
+def test_the_postgres_password_lives_as_long_as_its_volume() -> None:
+    owner = render.owner_reference("demo", "uid-1")
+    retain = make_spec().database
+    delete = make_spec(database={"managed": {"reclaimPolicy": "Delete"}}).database
+    assert isinstance(retain, ManagedDatabase) and isinstance(delete, ManagedDatabase)
+    assert render.postgres_secret_owners(retain, owner) == []  # survives the network, as the PVC
+    assert render.postgres_secret_owners(delete, owner) == [owner]
+
+
+def test_a_service_that_must_become_headless_is_recreated() -> None:
+    want = diff.with_hash(_by(_render())[("Service", "demo-validator")])
+    had_ip: Obj = {**want, "spec": {**want["spec"], "clusterIP": "10.0.0.7"}}
+    assert diff.must_recreate(want, had_ip)
+    assert not diff.must_recreate(want, {**want, "spec": {**want["spec"]}})
+    assert not diff.must_recreate(want, None)
+    client = diff.with_hash(_by(_render())[("Service", "demo")])
+    assert not diff.must_recreate(client, {**client, "spec": {**client["spec"], "clusterIP": "1"}})
+
+
+def _leaves(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _leaves(v, (*path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _leaves(v, (*path, i))]
+    return [path]
+
+
+def _perturbed(template: Obj, path: tuple[Any, ...]) -> Obj:
+    out = json.loads(json.dumps(template))
+    node = out
+    for k in path[:-1]:
+        node = node[k]
+    old = node[path[-1]]
+    node[path[-1]] = (not old) if isinstance(old, bool) else f"{old}-changed"
+    return dict(out)
+
+
+def _excluded(template: Obj, path: tuple[Any, ...]) -> bool:
+    """The one part a restart need not follow: the key Secrets projected into the volume."""
+    if path[:1] == ("metadata",) and path[1:3] == ("annotations", names.CONFIG_HASH_ANNOTATION):
+        return True
+    if path[:2] == ("spec", "volumes") and len(path) > 4:
+        vol = template["spec"]["volumes"][path[2]]
+        return bool(vol["name"] == "key" and path[3:5] == ("projected", "sources"))
+    return False
+
+
+@pytest.mark.parametrize("workload", ["demo-user-a", "demo-sst", "demo-rendezvous"])
+def test_the_config_hash_covers_every_field_of_the_pod_template(workload: str) -> None:
+    """A field added to the template restarts pods when it changes: nothing to remember."""
+    objs = _by(_render(podTemplate={"labels": {"team": "x"}, "priorityClassName": "high"}))
+    kind = "Deployment" if workload.endswith("rendezvous") else "StatefulSet"
+    template = objs[(kind, workload)]["spec"]["template"]
+    base = render.config_hash(template)
+    assert template["metadata"]["annotations"][names.CONFIG_HASH_ANNOTATION] == base
+    leaves = _leaves(template)
+    assert len(leaves) > 40
+    for path in leaves:
+        changed = render.config_hash(_perturbed(template, path)) != base
+        assert changed != _excluded(template, path), path
+
+
+def test_scaling_up_changes_the_statefulset_but_not_the_config_hash() -> None:
+    one = _by(_render())[("StatefulSet", "demo-user-a")]
+    two = _by(
+        render.render(
+            "demo",
+            "ns",
+            "uid-1",
+            make_spec(),
+            singleton_key_hashes={},
+            pod_monitor=True,
+            user_replicas={"a": 2},
+        )
+    )[("StatefulSet", "demo-user-a")]
+    assert two["spec"]["replicas"] == 2 and one["spec"]["replicas"] == 1
+    ann = names.CONFIG_HASH_ANNOTATION
+    assert (
+        one["spec"]["template"]["metadata"]["annotations"][ann]
+        == two["spec"]["template"]["metadata"]["annotations"][ann]
+    )
+
+
+def test_one_table_of_kinds_covers_every_rendered_child() -> None:
+    from beco_operator import handlers, kinds, kube
+
+    rendered = {o["kind"] for o in _render(userNodes={"perZone": 2})}
+    assert rendered <= set(kinds.prunable(optional_served=True))
+    assert "PodMonitor" not in kinds.prunable(optional_served=False)
+    for k in rendered:
+        assert kube.path(k, "ns", "x").endswith(f"/namespaces/ns/{kinds.BY_KIND[k].plural}/x")
+    assert not [k for k in kinds.watched() if k.optional]
+    # kopf watches exactly the table's watched kinds
+    ids = {h.id for h in kopf_registry_handlers() if str(h.id).startswith("child-")}
+    assert ids == {f"child-{k.plural}" for k in kinds.watched()}
+    assert not hasattr(handlers, "STATE") and not hasattr(handlers, "NODE_IMAGE")
+
+
+def kopf_registry_handlers() -> list[Any]:
+    import kopf
+
+    reg = kopf.get_default_registry()
+    return list(reg._watching.get_all_handlers())
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_the_node_accepts_the_rendered_command_line(
+    insecure: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flags the operator passes are the node's own (beco_node.settings parses them)."""
+    from beco_node import settings
+
+    for key in [k for k in os.environ if k.startswith("BECO_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("BECO_DATABASE_URL", "postgresql://x@db/beco")  # the SST's, from a Secret
+    for w in _workloads(_render(transport={"insecure": insecure})):
+        if w["metadata"]["name"] == "demo-postgres":
+            continue
+        (c,) = w["spec"]["template"]["spec"]["containers"]
+        argv = [a.replace("$(BECO_NODE_NAME)", "demo-user-a-0") for a in c["args"]]
+        s = settings.parse(argv)
+        assert s.health_listen == f"0.0.0.0:{names.HEALTH_PORT}"
+        assert s.insecure is insecure
+        assert not s.advertise  # the node registers its membership address

@@ -90,3 +90,64 @@ def test_failed_spec() -> None:
     )
     assert st["phase"] == "Failed" and st["members"] == 3
     assert cond(st, "Ready")["reason"] == "InvalidSpec"
+
+
+def test_database_ready_follows_the_sst_not_the_postgres_pod_alone() -> None:
+    """A retained volume with another password: Postgres is ready, the SST cannot log in."""
+
+    def managed(pg: bool | None, sst: bool) -> tuple[bool, str]:
+        return status.database(
+            managed=True, where="demo-postgres-0", problem="", postgres_ready=pg, sst_ready=sst
+        )
+
+    assert managed(True, True)[0] is True
+    ok, msg = managed(True, False)
+    assert ok is False and "SST" in msg and "demo-postgres-0" in msg
+    assert managed(False, True) == (False, "managed Postgres demo-postgres-0 is not ready")
+    assert managed(None, False) == (False, "managed Postgres demo-postgres-0 has no pod yet")
+
+    def external(problem: str, sst: bool) -> tuple[bool, str]:
+        return status.database(
+            managed=False, where="pg", problem=problem, postgres_ready=None, sst_ready=sst
+        )
+
+    assert external("the database Secret pg does not exist", True) == (
+        False,
+        "the database Secret pg does not exist",
+    )
+    assert external("", False)[0] is False
+    assert external("", True)[0] is True
+
+
+def test_database_condition_false_while_the_sst_is_not_connected() -> None:
+    ok, msg = status.database(
+        managed=True, where="demo-postgres-0", problem="", postgres_ready=True, sst_ready=False
+    )
+    st = status.compute(
+        1,
+        obs(
+            database_ready=ok,
+            database_message=msg,
+            singletons_ready={"rendezvous": True, "validator": True, "sst": False},
+        ),
+        {},
+        NOW,
+    )
+    cond = {c["type"]: c for c in st["conditions"]}["DatabaseReady"]
+    assert cond["status"] == "False" and "the SST is not" in cond["message"]
+    assert st["phase"] != "Ready"
+
+
+def test_a_propagating_membership_holds_ready_and_says_why() -> None:
+    prev = status.compute(1, obs(), {}, NOW)
+    assert prev["phase"] == "Ready"
+    st = status.compute(
+        1,
+        obs(membership_settled=False, membership_message="generation 2 reached 2 of 3 pods"),
+        prev,
+        NOW,
+    )
+    ready = {c["type"]: c for c in st["conditions"]}["Ready"]
+    assert ready["reason"] == "MembershipPropagating"
+    assert "2 of 3 pods" in ready["message"]
+    assert st["phase"] == "Progressing"  # a change under way, not a fault

@@ -1,0 +1,346 @@
+"""The commit path under faults, deterministic: the validator, the SST (real store on
+PostgreSQL) and three user nodes in one event loop over the in-process transport
+(``beco_node.testkit``), one manual clock, faults injected per call."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from beco.v1 import identity_pb2 as pb
+from beco.v1 import identity_pb2_grpc as pb_grpc
+from beco.v1 import peer_pb2_grpc as ppb_grpc
+from beco_node import auth, keys, membership, settings
+from beco_node.client import Client, proposal_id
+from beco_node.clock import ManualClock, now_ms
+from beco_node.services import user as user_mod
+from beco_node.services import validator as validator_mod
+from beco_node.services.runtime import Runtime
+from beco_node.services.sst import SstService
+from beco_node.services.user import IdentityService, UserNode, VoterService
+from beco_node.services.validator import ValidatorService
+from beco_node.sst.store import SstStore
+from beco_node.testkit import Fault, InProcessNetwork
+
+pytestmark = pytest.mark.postgres
+
+USERS = ("user-a", "user-b", "user-c")
+ADDR = {
+    "rendezvous": "127.0.0.1:7100",
+    "validator": "127.0.0.1:7101",
+    "sst": "127.0.0.1:7102",
+    "user-a": "127.0.0.1:7103",
+    "user-b": "127.0.0.1:7104",
+    "user-c": "127.0.0.1:7105",
+}
+ROLE = {
+    "rendezvous": "rendezvous",
+    "validator": "validator",
+    "sst": "sst",
+    **{u: "user" for u in USERS},
+}
+
+
+class Net:
+    """Every role of a network, in process. Background catch-up is off: tests call it."""
+
+    def __init__(self, tmp: Path, dsn: str) -> None:
+        self.tmp, self.dsn = tmp, dsn
+        self.clock = ManualClock(now_ms())
+        self.net = InProcessNetwork()
+        self.keys = {n: keys.generate_private_key() for n in ADDR}
+        members = [
+            membership.make_member(n, ROLE[n], "a", a, keys.public_key_bytes(self.keys[n]))
+            for n, a in ADDR.items()
+        ]
+        ms = membership.build("test", 1, 2, members)
+        (tmp / "membership.json").write_text(ms.dumps())
+        for n, k in self.keys.items():
+            (tmp / f"{n}.key").write_bytes(keys.private_key_to_pem(k))
+        self.nodes: dict[str, UserNode] = {}
+        self.rts: list[Runtime] = []
+
+    def runtime(self, name: str) -> Runtime:
+        s = settings.parse(
+            [
+                "--role",
+                ROLE[name],
+                "--membership",
+                str(self.tmp / "membership.json"),
+                "--key-file",
+                str(self.tmp / f"{name}.key"),
+                "--insecure",
+                "--vote-timeout-ms",
+                "2000",
+                "--database-url",
+                self.dsn,
+            ]
+        )
+        rt = Runtime(s, self.clock, transport=self.net.channel)
+        self.rts.append(rt)
+        return rt
+
+    async def start(self) -> None:
+        self.store = await SstStore.open(self.dsn, self.keys["sst"])
+        self.sst = SstService(self.runtime("sst"), self.store)
+        self.net.serve(ADDR["sst"], [(ppb_grpc.add_SstServicer_to_server, self.sst)])
+        self.start_validator()
+        for u in USERS:
+            node = UserNode(self.runtime(u), sync_interval_s=None)
+            self.net.serve(
+                ADDR[u],
+                [
+                    (pb_grpc.add_IdentityServicer_to_server, IdentityService(node)),
+                    (ppb_grpc.add_UserNodeServicer_to_server, VoterService(node)),
+                ],
+            )
+            await node.load_all()
+            self.nodes[u] = node
+
+    def start_validator(self) -> ValidatorService:
+        """A (new) validator process: nothing of a previous one's memory survives."""
+        self.net.stop(ADDR["validator"])
+        self.validator = ValidatorService(self.runtime("validator"))
+        self.net.serve(
+            ADDR["validator"], [(ppb_grpc.add_ValidatorServicer_to_server, self.validator)]
+        )
+        return self.validator
+
+    def client(self, key: Any, node: str = "user-a") -> Client:
+        return Client(ADDR[node], key, channel=self.net.channel(ADDR[node]), retry_for=10)
+
+    async def settle(self) -> None:
+        """Let every task the runtimes own finish (notices, bookkeeping)."""
+        for _ in range(200):
+            pending = [t for rt in self.rts for t in rt._tasks if not t.done()]
+            if not pending:
+                return
+            await asyncio.wait(pending, timeout=0.05)
+        raise AssertionError("background tasks never finished")
+
+    async def close(self) -> None:
+        for rt in self.rts:
+            await rt.close()
+        await self.store.close()
+
+
+@pytest.fixture
+async def net(tmp_path: Path, dsn: str) -> AsyncIterator[Net]:
+    n = Net(tmp_path, dsn)
+    await n.start()
+    try:
+        yield n
+    finally:
+        await n.close()
+
+
+def signed(key: Any, method: str, req: Any) -> Any:
+    auth.sign_request("/beco.v1.Identity/" + method, req, key, now_ms())
+    return req
+
+
+async def expect(code: grpc.StatusCode, coro: Awaitable[Any]) -> str:
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await coro
+    assert ei.value.code() == code, ei.value.details()
+    return ei.value.details() or ""
+
+
+async def test_lost_answers_resolve_to_the_one_commit(net: Net) -> None:
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")
+        # the validator's answer to the origin is lost after the commit: the origin looks
+        # the outcome up at the SST and answers it
+        net.net.faults.append(Fault(address=ADDR["validator"], method="Propose", drop="reply"))
+        r = await a.set_first(a.user_id, "Al")
+        assert r.commit.sequence == 2 and list(r.user.first_name.values) == ["Al"]
+        net.net.faults.clear()
+        # the node's answer to the client is lost: the client re-sends the same signed
+        # request and gets the same commit back, applied once
+        net.net.faults.append(
+            Fault(address=ADDR["user-a"], method="UpdateFirstName", drop="reply", times=1)
+        )
+        r = await a.set_first(a.user_id, "Ally")
+        assert a.resends == 1
+        assert r.commit.sequence == 3 and r.commit.duplicate
+        hist = await a.history(a.user_id)
+        assert [e.sequence for e in hist.entries] == [1, 2, 3]
+        assert net.store.tree_head().tree_size == 3
+        # re-sent to another node: same answer; and its outcome by id
+        req = signed(
+            alice, "UpdateLastName", pb.UpdateLastNameRequest(user_id=a.user_id, last_name="L")
+        )
+        first = await a.stub.UpdateLastName(req)
+        async with net.client(alice, "user-c") as c:
+            again = await c.stub.UpdateLastName(req)
+            assert again.commit.leaf_index == first.commit.leaf_index
+            out = await c.get_outcome(proposal_id(req))
+            assert out.status == pb.PROPOSAL_STATUS_COMMITTED
+            assert out.commit.sequence == first.commit.sequence
+            unknown = await c.get_outcome("ab" * 32)
+            assert unknown.status == pb.PROPOSAL_STATUS_UNKNOWN
+        assert net.store.tree_head().tree_size == 4
+
+
+async def test_commit_bookkeeping_survives_the_callers_deadline(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL committed, then the validator's Commit call timed out (its handler is
+    cancelled): the client still gets the commit, and cache and notices follow."""
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")
+        await net.settle()
+        gate = asyncio.Event()
+        real_commit = net.store.commit
+
+        async def slow_after_commit(entry: Any) -> Any:
+            res = await real_commit(entry)
+            await gate.wait()  # committed in PostgreSQL; the rest waits
+            return res
+
+        monkeypatch.setattr(net.store, "commit", slow_after_commit)
+        monkeypatch.setattr(validator_mod, "COMMIT_TIMEOUT_S", 0.3)
+        r = await a.set_first(a.user_id, "Late")
+        assert r.commit.sequence == 2 and list(r.user.first_name.values) == ["Late"]
+        assert a.resends == 0
+        gate.set()
+        await net.settle()
+        assert (net.sst.cache.get(a.user_id) or (0, b""))[0] == 2
+        for u in USERS:  # notified (b, c) or answered (a): no catch-up needed
+            assert net.nodes[u].store.sequence(a.user_id) == 2, u
+        monkeypatch.setattr(net.store, "commit", real_commit)
+        assert (await a.set_last(a.user_id, "Next")).commit.sequence == 3
+
+
+async def test_a_failed_request_never_commits_after_a_validator_restart(net: Net) -> None:
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")
+        for u in ("user-b", "user-c"):
+            net.net.faults.append(Fault(address=ADDR[u], method="Vote", drop="request"))
+        req = signed(
+            alice, "UpdateFirstName", pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="X")
+        )
+        details = await expect(grpc.StatusCode.ABORTED, a.stub.UpdateFirstName(req))
+        assert "quorum not reached" in details
+        net.net.faults.clear()
+        net.start_validator()  # its memory is gone; the SST's record is not
+        async with net.client(alice, "user-b") as b:
+            again = await expect(grpc.StatusCode.ABORTED, b.stub.UpdateFirstName(req))
+            assert "quorum not reached" in again
+            out = await b.get_outcome(proposal_id(req))
+            assert out.status == pb.PROPOSAL_STATUS_FAILED and out.code == "ABORTED"
+        assert net.store.tree_head().tree_size == 1
+        assert [e.sequence for e in (await a.history(a.user_id)).entries] == [1]
+        # a new request commits normally
+        assert (await a.set_first(a.user_id, "Y")).commit.sequence == 2
+
+
+async def test_missed_notices_are_bounded_by_the_catch_up(net: Net) -> None:
+    alice, bob = keys.generate_private_key(), keys.generate_private_key()
+    bob_id = keys.peer_id(keys.public_key_bytes(bob))
+    c_node = net.nodes["user-c"]
+    async with net.client(alice) as a, net.client(bob, "user-c") as b:
+        await b.create_user("Bob")
+        await a.create_user("Alice")
+        await net.settle()
+        assert c_node.store.sequence(a.user_id) == 1
+        # user-c misses every notice from now on (and does not vote)
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        await a.grant(a.user_id, "first", bob_id, "editor")
+        await net.settle()
+        assert c_node.store.sequence(a.user_id) == 1  # behind
+        # a stale copy refuses nothing before refreshing: Bob's edit through user-c works
+        r = await b.set_first(a.user_id, "By Bob")
+        assert r.commit.sequence == 3
+        await a.set_last(a.user_id, "Later")
+        await net.settle()
+        assert c_node.store.sequence(a.user_id) == 3
+        # within the bound a read may be that stale; past it the node refreshes first
+        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        assert (await b.get_user(a.user_id)).sequence == 4
+        # the catch-up by log position brings everything, and the lag gauge to 0
+        await c_node.catch_up()
+        assert c_node.synced_size == net.store.tree_head().tree_size == 5
+        assert c_node.fresh()
+
+
+async def test_a_restarted_node_loads_then_catches_up(net: Net) -> None:
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")
+        fresh = UserNode(net.runtime("user-c"), sync_interval_s=None)
+        await fresh.load_all()
+        assert fresh.synced_size == 1 and fresh.store.sequence(a.user_id) == 1
+        await a.set_first(a.user_id, "Two")
+        # the new process was not served: it got no notice; the catch-up brings it
+        await fresh.catch_up()
+        assert fresh.store.sequence(a.user_id) == 2
+
+
+async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a, net.client(alice, "user-b") as b:
+        await a.create_user("Alice")
+        hold = asyncio.Event()
+        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", hold=hold))
+        req = signed(
+            alice, "UpdateLastName", pb.UpdateLastNameRequest(user_id=a.user_id, last_name="J")
+        )
+        first = asyncio.create_task(a.stub.UpdateLastName(req))
+        for _ in range(100):  # until the validator holds it at the SST
+            if any(m.endswith("/Commit") for _, m in net.net.calls[-3:]):
+                break
+            await asyncio.sleep(0.01)
+        second = asyncio.create_task(b.stub.UpdateLastName(req))
+        await asyncio.sleep(0.1)
+        hold.set()
+        r1, r2 = await asyncio.gather(first, second)
+        assert r1.commit.leaf_index == r2.commit.leaf_index
+        commits = [m for _, m in net.net.calls if m.endswith("/Commit")]
+        assert len(commits) == 2  # the creation, and this request once
+        assert net.store.tree_head().tree_size == 2
+
+
+async def test_list_users_past_the_bound_catches_up_first(net: Net) -> None:
+    alice, bob = keys.generate_private_key(), keys.generate_private_key()
+    bob_id = keys.peer_id(keys.public_key_bytes(bob))
+    async with net.client(alice) as a, net.client(bob, "user-c") as b:
+        await b.create_user("Bob")
+        await a.create_user("Alice")
+        await net.settle()
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        await a.grant(a.user_id, "last", bob_id, "viewer")
+        await net.settle()
+        assert [u.user_id for u in (await b.list_users()).users] == [bob_id]  # within the bound
+        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        listed = {u.user_id for u in (await b.list_users()).users}
+        assert listed == {bob_id, a.user_id}
+        # and with the SST gone, a node past the bound answers UNAVAILABLE, never stale data
+        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        net.net.faults.append(Fault(address=ADDR["sst"], drop="request"))
+        details = await expect(grpc.StatusCode.UNAVAILABLE, b.get_user(a.user_id))
+        assert "behind" in details
+
+
+async def test_the_validator_retries_a_commit_the_sst_could_not_take(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(validator_mod, "COMMIT_RETRY_PAUSES_S", (0.01, 0.01, 0.01))
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")
+        # the certificate is lost twice on the way, then the answer once: still one commit
+        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="request", times=2))
+        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="reply", times=1))
+        r = await a.set_first(a.user_id, "Once")
+        assert r.commit.sequence == 2 and a.resends == 0
+        assert net.store.tree_head().tree_size == 2

@@ -1,0 +1,129 @@
+"""`kubectl beco status` and `rotate-keys` on the kwok control plane, run as kubectl runs plugins.
+
+kubectl finds ``kubectl-beco`` on PATH (the package's console script), so these tests call
+``kubectl beco ...`` exactly as a user does, against a BecoNetwork the operator reconciled.
+kwok runs no containers: the tree head is "not reachable" here, which status must say
+plainly (the reachable case runs on the real cluster: e2e/kubernetes/test_kubectl_beco.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.plane import ControlPlane
+
+from .harness import OperatorProcess, items, net_path, network, wait_ready
+
+pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(420)]
+SEL = "app.kubernetes.io/managed-by=beco-operator,beco.dev/network={}"
+
+
+def kubectl_beco(
+    cp: ControlPlane, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    # HOME: kubectl keeps its discovery cache there (the plane's own dir, not the repo or ~)
+    env = {**os.environ, **cp.env(), "HOME": str(cp.workdir)}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return subprocess.run(
+        ["kubectl", "beco", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def _ok(out: subprocess.CompletedProcess[str]) -> str:
+    assert out.returncode == 0, f"exit {out.returncode}: {out.stdout}\n{out.stderr}"
+    return out.stdout
+
+
+def test_status_of_a_reconciled_network(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    cp.api("POST", net_path(ns), network("demo", ns))
+    wait_ready(cp, ns, "demo")
+
+    data: dict[str, Any] = json.loads(
+        _ok(kubectl_beco(cp, "status", "demo", "-n", ns, "-o", "json"))
+    )
+    assert (data["phase"], data["members"], data["quorum"]) == ("Ready", 3, 2)
+    assert (data["ready_user_nodes"], data["margin"]) == (3, 1)
+    assert {z: [m["ready"] for m in row] for z, row in data["user_nodes"].items()} == {
+        "a": [True],
+        "b": [True],
+        "c": [True],
+    }
+    assert {m["role"] for m in data["singletons"] if m["ready"]} == {
+        "rendezvous",
+        "validator",
+        "sst",
+    }
+    conds = {c["type"]: c["status"] for c in data["conditions"]}
+    assert conds["Ready"] == conds["QuorumAvailable"] == "True"
+    assert data["advice"] == [] and data["rotation"] is None
+    # no container runs on kwok: the head cannot be read, and status says so instead of failing
+    assert data["treeHead"]["reachable"] is False and data["treeHead"]["error"]
+
+    text = _ok(kubectl_beco(cp, "--kubeconfig", str(cp.kubeconfig), "-n", ns, "status", "demo"))
+    assert f"BecoNetwork {ns}/demo: Ready" in text
+    assert "quorum 2 of 3 user nodes; ready 3; margin +1" in text
+    assert "tree head: not reachable (" in text
+
+    as_yaml = yaml.safe_load(
+        _ok(kubectl_beco(cp, "status", "demo", "-n", ns, "-o", "yaml", "--no-head"))
+    )
+    assert as_yaml["phase"] == "Ready" and "treeHead" not in as_yaml
+
+    missing = kubectl_beco(cp, "status", "nope", "-n", ns, "--no-head")
+    assert missing.returncode == 3, missing.stderr
+    assert f"BecoNetwork {ns}/nope not found" in missing.stderr
+
+
+def test_rotate_keys_waits_for_the_operator(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    cp.api("POST", net_path(ns), network("demo", ns))
+    wait_ready(cp, ns, "demo")
+    out = kubectl_beco(
+        cp,
+        "rotate-keys",
+        "demo",
+        "-n",
+        ns,
+        "--token",
+        "k1",
+        "--wait",
+        "--timeout",
+        "240",
+        "-o",
+        "json",
+        timeout=300,
+    )
+    result = json.loads(_ok(out))
+    obj = cp.api("GET", net_path(ns, "demo"))
+    assert obj["metadata"]["annotations"]["beco.dev/rotate-keys"] == "k1"
+    secrets = items(
+        cp, f"/api/v1/namespaces/{ns}/secrets", SEL.format("demo") + ",beco.dev/key=node"
+    )
+    assert {s["metadata"]["annotations"]["beco.dev/rotation-token"] for s in secrets} == {"k1"}
+    n = len(secrets)
+    assert n == 6  # 3 user nodes, rendezvous, validator, SST
+    assert result == {"token": "k1", "waited": True, "done": n, "total": n, "phase": "Ready"}
+
+    data = json.loads(_ok(kubectl_beco(cp, "status", "demo", "-n", ns, "-o", "json", "--no-head")))
+    assert data["rotation"] == {"token": "k1", "done": n, "total": n, "inProgress": False}
+
+    # a network that does not exist: exit 3, nothing annotated
+    assert kubectl_beco(cp, "rotate-keys", "nope", "-n", ns).returncode == 3
