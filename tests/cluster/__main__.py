@@ -1,4 +1,5 @@
-"""``python -m tests.cluster up|down|env``: a control plane for manual use.
+"""``python -m tests.cluster up|down|env``: a control plane for manual use;
+``real-up|real-down|real-env``: the real cluster (tests/cluster/real.py, make cluster-up).
 
 ``up`` starts a plane in ``--workdir`` (default ``.state/cluster``) and returns, leaving it
 running (or, with ``--foreground``, runs until Ctrl-C); ``down`` stops it; ``env`` prints shell
@@ -16,8 +17,10 @@ from pathlib import Path
 
 from .binaries import REPO_ROOT, BinariesMissing
 from .plane import ControlPlane, ControlPlaneError
+from .real import RealCluster
 
 DEFAULT_WORKDIR = REPO_ROOT / ".state" / "cluster"
+REAL_WORKDIR = REPO_ROOT / ".state" / "real-cluster"
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -71,19 +74,56 @@ def _env(args: argparse.Namespace) -> int:
     return 0
 
 
+def _real_up(args: argparse.Namespace) -> int:
+    workdir: Path = args.workdir
+    if (workdir / "state.json").exists():
+        print(f"a real cluster is already up in {workdir} (run `real-down` first)", file=sys.stderr)
+        return 1
+    zones = tuple(z for z in args.zones.split(",") if z)
+    images = tuple(i for i in args.images.split(",") if i)
+    rc = RealCluster(workdir, zones, extra_images=images, die_with_parent=False)
+    try:
+        rc.start()
+    except (BinariesMissing, ControlPlaneError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    rc.detach()
+    print(f"real cluster up: {rc.plane.api_url} (nodes {', '.join(rc.node_names)})")
+    print("timings: " + ", ".join(f"{k} {v:.1f}s" for k, v in rc.timings.items()))
+    print(f"kubeconfig: {rc.kubeconfig}")
+    print(f"stop it with: python -m tests.cluster real-down --workdir {shlex.quote(str(workdir))}")
+    return 0
+
+
+def _real_down(args: argparse.Namespace) -> int:
+    try:
+        done = RealCluster.stop_detached(args.workdir)
+    except ControlPlaneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("real cluster stopped" if done else f"no real cluster up in {args.workdir}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.cluster", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("up", "down", "env"):
+    for name in ("up", "down", "env", "real-up", "real-down"):
         p = sub.add_parser(name)
-        p.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
+        real = name.startswith("real-")
+        p.add_argument("--workdir", type=Path, default=REAL_WORKDIR if real else DEFAULT_WORKDIR)
+        if name == "real-up":
+            p.add_argument("--zones", default="a,b,c", help="comma-separated zone names")
+            p.add_argument(
+                "--images", default="", help="extra local images to load, comma-separated"
+            )
         if name == "up":
             p.add_argument("--zones", default="a,b,c", help="comma-separated zone names")
             p.add_argument("--nodes-per-zone", type=int, default=2)
             p.add_argument("--foreground", action="store_true", help="run until Ctrl-C")
     args = parser.parse_args(argv)
     args.workdir = args.workdir.absolute()
-    handlers = {"up": _up, "down": _down, "env": _env}
+    handlers = {"up": _up, "down": _down, "env": _env, "real-up": _real_up, "real-down": _real_down}
     return handlers[args.command](args)
 
 

@@ -49,13 +49,13 @@ def default_bin_dir() -> Path:
     return cache_dir() / "controlplane" / key / "bin"
 
 
-def missing_binaries(bin_dir: Path) -> list[str]:
-    return [name for name in REQUIRED if not os.access(bin_dir / name, os.X_OK)]
+def missing_binaries(bin_dir: Path, required: tuple[str, ...] = REQUIRED) -> list[str]:
+    return [name for name in required if not os.access(bin_dir / name, os.X_OK)]
 
 
-def check_bin_dir(bin_dir: Path) -> Path:
+def check_bin_dir(bin_dir: Path, required: tuple[str, ...] = REQUIRED) -> Path:
     """Return bin_dir if it holds every required binary, else raise BinariesMissing."""
-    missing = missing_binaries(bin_dir)
+    missing = missing_binaries(bin_dir, required)
     if missing:
         raise BinariesMissing(
             f"control-plane binaries missing in {bin_dir}: {', '.join(missing)} "

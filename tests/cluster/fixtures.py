@@ -20,6 +20,13 @@ from .binaries import default_bin_dir, missing_binaries
 from .plane import ControlPlane
 from .rest import ApiError
 
+#: Tests on the real cluster start kubelets and containerd as root and take minutes: they run
+#: only when asked for (``make e2e-k8s`` sets BECO_REAL_CLUSTER=1).
+real_cluster_only = pytest.mark.skipif(
+    os.environ.get("BECO_REAL_CLUSTER") != "1",
+    reason="real-cluster tests are opt-in: BECO_REAL_CLUSTER=1 (make e2e-k8s)",
+)
+
 
 def require_binaries() -> None:
     """Skip (or, under CI=true, fail) the calling test if the binaries are not built."""

@@ -92,6 +92,37 @@ class CertificateAuthority:
             _write(directory / "ca.key", _key_pem(self._key), private=True),
         )
 
+    @classmethod
+    def load(cls, directory: Path) -> CertificateAuthority:
+        """The CA already written to ``directory`` (to issue more certificates later)."""
+        ca = cls.__new__(cls)
+        ca.directory = directory
+        key = serialization.load_pem_private_key((directory / "ca.key").read_bytes(), None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        ca._key = key
+        ca._cert = x509.load_pem_x509_certificate((directory / "ca.crt").read_bytes())
+        ca.pair = CertPair(directory / "ca.crt", directory / "ca.key")
+        return ca
+
+    def issue_in(
+        self,
+        directory: Path,
+        name: str,
+        common_name: str,
+        orgs: tuple[str, ...] = (),
+        *,
+        server: bool = False,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+    ) -> CertPair:
+        """``issue`` with the files written to another directory."""
+        directory.mkdir(parents=True, exist_ok=True)
+        saved, self.directory = self.directory, directory
+        try:
+            return self.issue(name, common_name, orgs, server=server, dns=dns, ips=ips)
+        finally:
+            self.directory = saved
+
     def issue(
         self,
         name: str,

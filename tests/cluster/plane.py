@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import ssl
+import sys
 import time
 import urllib.request
 from collections.abc import Callable, Sequence
@@ -39,7 +40,8 @@ from typing import Any
 
 import yaml
 
-from .binaries import check_bin_dir, default_bin_dir, stages_dir
+from . import netns as ns
+from .binaries import REQUIRED, check_bin_dir, default_bin_dir, stages_dir
 from .kubeconfig import write_kubeconfig
 from .pki import CertificateAuthority, CertPair, service_account_keys
 from .process import Process, forget, pid_alive, stop_pids
@@ -103,21 +105,33 @@ class ControlPlane:
         bin_dir: Path | None = None,
         start_timeout: float = 180.0,
         die_with_parent: bool = True,
+        netns: str | None = None,
+        advertise_ip: str | None = None,
+        kwok: bool = True,
     ) -> None:
+        """``netns``/``advertise_ip``/``kwok=False`` are for the real cluster (real.py): every
+        component runs inside that network namespace, the API server listens on
+        ``advertise_ip`` there too (pods reach it), clients on the host reach it through a
+        forwarder on 127.0.0.1, and real kubelets replace kwok's fake nodes."""
         self.workdir = Path(workdir).absolute()
         self.zones = tuple(zones)
         self.nodes_per_zone = nodes_per_zone
         self.bin_dir = (bin_dir or default_bin_dir()).absolute()
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
+        self.netns = netns
+        self.advertise_ip = advertise_ip or "127.0.0.1"
+        self.kwok = kwok
         self.ports: dict[str, int] = {}
         self.processes: list[Process] = []
         self._admin: CertPair | None = None
         self._ca: CertPair | None = None
         self._rest: RestClient | None = None
         self._detail = ""  # why the current readiness check is still false, for timeouts
-        if not self.zones or nodes_per_zone < 1:
+        if kwok and (not self.zones or nodes_per_zone < 1):
             raise ValueError("need at least one zone and one node per zone")
+        if (netns is None) != (advertise_ip is None):
+            raise ValueError("netns and advertise_ip go together")
 
     # ---- public attributes -------------------------------------------------------------------
 
@@ -136,7 +150,16 @@ class ControlPlane:
 
     @property
     def node_names(self) -> list[str]:
+        if not self.kwok:
+            return []
         return [f"kwok-{z}-{i}" for z in self.zones for i in range(self.nodes_per_zone)]
+
+    @property
+    def internal_api_url(self) -> str:
+        """The API server as components and nodes reach it (== api_url without a netns)."""
+        if self.netns is None:
+            return self.api_url
+        return f"https://{self.advertise_ip}:{self.ports['apiserver-internal']}"
 
     @property
     def rest(self) -> RestClient:
@@ -220,9 +243,9 @@ class ControlPlane:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
-        check_bin_dir(self.bin_dir)
+        check_bin_dir(self.bin_dir, REQUIRED if self.kwok else REQUIRED[:-1])
         stages = stages_dir(self.bin_dir)
-        missing = [s for s in KWOK_STAGES if not (stages / s).is_file()]
+        missing = [s for s in KWOK_STAGES if not (stages / s).is_file()] if self.kwok else []
         if missing:
             raise ControlPlaneError(f"kwok stage files missing in {stages}: {', '.join(missing)}")
         if self.processes:
@@ -304,6 +327,9 @@ class ControlPlane:
         wd = self.workdir
         names = ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler")
         self.ports = dict(zip(names, free_ports(len(names)), strict=True))
+        if self.netns is not None:
+            # Inside the namespace every port is ours; "apiserver" is the host-side forwarder.
+            self.ports["apiserver-internal"] = 6443
         deadline = time.monotonic() + self.start_timeout
         shutil.rmtree(wd / "etcd", ignore_errors=True)
         shutil.rmtree(wd / "logs", ignore_errors=True)
@@ -322,17 +348,24 @@ class ControlPlane:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ips=("127.0.0.1", "10.96.0.1"),
+            ips=tuple(dict.fromkeys(("127.0.0.1", self.advertise_ip, "10.96.0.1"))),
         )
         self._admin = ca.issue("admin", "beco-admin", ("system:masters",))
         kcm = ca.issue("controller-manager", "system:kube-controller-manager")
         sched = ca.issue("scheduler", "system:kube-scheduler")
         kwok = ca.issue("kwok", "kwok", ("system:masters",))
+        kubelet_client = ca.issue("apiserver-kubelet-client", "kube-apiserver", ("system:masters",))
         sa = service_account_keys(pki)
 
+        # Components beside the API server reach it on loopback (inside the netns if any).
+        local = (
+            f"https://127.0.0.1:{p_api}"
+            if (p_api := self.ports.get("apiserver-internal"))
+            else None
+        )
         self._kubeconfig(self.kubeconfig, "beco-admin", self._admin)
-        kcm_cfg = self._kubeconfig(wd / "controller-manager.kubeconfig", "kcm", kcm)
-        sched_cfg = self._kubeconfig(wd / "scheduler.kubeconfig", "scheduler", sched)
+        kcm_cfg = self._kubeconfig(wd / "controller-manager.kubeconfig", "kcm", kcm, local)
+        sched_cfg = self._kubeconfig(wd / "scheduler.kubeconfig", "scheduler", sched, local)
         kwok_cfg = self._kubeconfig(wd / "kwok.kubeconfig", "kwok", kwok)
 
         b = self.bin_dir
@@ -352,23 +385,36 @@ class ControlPlane:
                 "--log-level=warn",
             ],
         )
-        self._wait(deadline, etcd, lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"))
+        self._wait(
+            deadline, etcd, self._inside(lambda: _http_ok(f"http://127.0.0.1:{p['etcd']}/health"))
+        )
+        real: list[str] = []
+        if self.netns is not None:
+            real = [
+                "--authorization-mode=Node,RBAC",
+                "--enable-admission-plugins=NodeRestriction",
+                f"--kubelet-client-certificate={kubelet_client.cert}",
+                f"--kubelet-client-key={kubelet_client.key}",
+                f"--kubelet-certificate-authority={ca.pair.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
+            ]
+            self.processes.append(self._forwarder())
 
         apiserver = self._spawn(
             "kube-apiserver",
             [
                 str(b / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{p['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={p['apiserver']}",
+                f"--bind-address={'0.0.0.0' if self.netns else '127.0.0.1'}",
+                f"--advertise-address={self.advertise_ip}",
+                f"--secure-port={p.get('apiserver-internal', p['apiserver'])}",
                 f"--cert-dir={wd / 'apiserver'}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
                 f"--client-ca-file={ca.pair.cert}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
-                "--authorization-mode=RBAC",
+                *(real or ["--authorization-mode=RBAC"]),
                 f"--service-account-issuer={SA_ISSUER}",
                 f"--service-account-key-file={sa.cert}",
                 f"--service-account-signing-key-file={sa.key}",
@@ -394,6 +440,7 @@ class ControlPlane:
                 f"--cluster-signing-key-file={ca.pair.key}",
                 "--use-service-account-credentials=true",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                *([f"--cluster-cidr={POD_CIDR}", "--allocate-node-cidrs=false"] if real else []),
                 *secure_common,
             ],
         )
@@ -407,6 +454,27 @@ class ControlPlane:
                 *secure_common,
             ],
         )
+        if not self.kwok:
+            self._wait(
+                deadline,
+                kcm_proc,
+                self._inside(
+                    lambda: _https_ok(f"https://127.0.0.1:{p['controller-manager']}/healthz")
+                ),
+            )
+            self._wait(
+                deadline,
+                sched_proc,
+                self._inside(lambda: _https_ok(f"https://127.0.0.1:{p['scheduler']}/healthz")),
+            )
+            self._wait(
+                deadline,
+                kcm_proc,
+                lambda: _rest_ok(rest, "/api/v1/namespaces/default/serviceaccounts/default"),
+                "the default ServiceAccount",
+            )
+            self.save_state()
+            return
         stage_file = wd / "kwok-stages.yaml"
         stages = stages_dir(self.bin_dir)
         stage_file.write_text(
@@ -444,18 +512,46 @@ class ControlPlane:
         )
         self.save_state()
 
-    def _kubeconfig(self, path: Path, user: str, pair: CertPair) -> Path:
+    def _kubeconfig(self, path: Path, user: str, pair: CertPair, server: str | None = None) -> Path:
         assert self._ca is not None
         return write_kubeconfig(
             path,
-            self.api_url,
+            server or self.api_url,
             self._ca.cert_pem(),
             user=user,
             cert_pem=pair.cert_pem(),
             key_pem=pair.key_pem(),
         )
 
+    def _inside(self, check: Callable[[], bool]) -> Callable[[], bool]:
+        """``check`` run from inside the plane's network namespace (as is without one)."""
+        if self.netns is None:
+            return check
+        name = self.netns
+        return lambda: ns.call_in(name, check)
+
+    def _forwarder(self) -> Process:
+        """127.0.0.1:<apiserver> on the host -> the API server inside the namespace."""
+        assert self.netns is not None
+        argv = [
+            sys.executable,
+            str(Path(__file__).with_name("forward.py")),
+            f"127.0.0.1:{self.ports['apiserver']}",
+            str(ns.path(self.netns)),
+            f"127.0.0.1:{self.ports['apiserver-internal']}",
+        ]
+        proc = Process(
+            "api-forwarder",
+            argv,
+            self.workdir / "logs" / "api-forwarder.log",
+            die_with_parent=self.die_with_parent,
+        )
+        proc.start()
+        return proc
+
     def _spawn(self, name: str, argv: list[str]) -> Process:
+        if self.netns is not None:
+            argv = ns.prefix(self.netns) + argv
         proc = Process(
             name, argv, self.workdir / "logs" / f"{name}.log", die_with_parent=self.die_with_parent
         )

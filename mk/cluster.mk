@@ -1,0 +1,28 @@
+# The real test cluster: the control plane (mk/controlplane.mk) plus three real nodes
+# (kubelet, containerd, kube-proxy, kube-router) in zones a, b, c, each in its own network
+# namespace, with CoreDNS and the local-path StorageClass; every image built here.
+# See tests/cluster/real.py and docs/testing.md.
+CLUSTER_BIN := $(shell CACHE=$(CACHE) tools/cluster/bindir)
+export BECO_CLUSTER_BIN ?= $(CLUSTER_BIN)
+REAL_CLUSTER_DIR ?= $(CURDIR)/.state/real-cluster
+E2E_K8S_DIR ?= $(CURDIR)/.state/e2e-k8s
+
+.PHONY: cluster-tools cluster-up cluster-down e2e-k8s
+
+cluster-tools:  ## build (or reuse) CoreDNS, kube-router, crictl, local-path-provisioner
+	@CACHE=$(CACHE) tools/cluster/build.sh
+
+cluster-up: venv system-packages controlplane cluster-tools base-image  ## start the real 3-zone cluster in .state/real-cluster
+	$(PY) -m tests.cluster real-up --workdir $(REAL_CLUSTER_DIR) --images "$(CLUSTER_IMAGES)"
+	@echo 'eval "$$($(PY) -m tests.cluster env --workdir $(REAL_CLUSTER_DIR)/control-plane)"'
+
+cluster-down: venv  ## stop the real cluster and undo everything it changed on the host
+	$(PY) -m tests.cluster real-down --workdir $(REAL_CLUSTER_DIR)
+
+# Brings the real cluster up (inside pytest, one per test module), runs the cluster's own
+# tests and e2e/kubernetes, and tears every cluster down, also when a test fails or pytest is
+# killed (the real-down afterwards finds what a killed run left).
+e2e-k8s: venv system-packages controlplane cluster-tools base-image image  ## the e2e suite on the real cluster
+	@rc=0; BECO_REAL_CLUSTER=1 BECO_E2E_WORKDIR=$(E2E_K8S_DIR) BECO_E2E_IMAGE=$(IMAGE) \
+	  $(PY) -m pytest -q -ra -p no:cacheprovider tests/realcluster e2e/kubernetes $(PYTEST_ARGS) || rc=$$?; \
+	$(PY) -m tests.cluster real-down --workdir $(E2E_K8S_DIR) >/dev/null; exit $$rc
