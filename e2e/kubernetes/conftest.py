@@ -10,9 +10,12 @@ here (in ``BECO_E2E_WORKDIR`` or a temporary dir), loads ``BECO_E2E_IMAGE`` (def
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,3 +75,94 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         yield Target(rc.kubeconfig, image, rc.bin_dir)
     finally:
         rc.stop()
+
+
+FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
+
+
+@contextmanager
+def port_forward(k8s: Target, target: str, port: int, timeout: float = 60) -> Iterator[int]:
+    """``kubectl port-forward <target> :port`` on 127.0.0.1; yields the local port."""
+    cmd = [str(k8s.bin_dir / "kubectl"), "port-forward", "--address", "127.0.0.1", target]
+    proc = subprocess.Popen(
+        [*cmd, f":{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=k8s.env(),
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:  # kubectl prints the line once the forward listens
+            line = proc.stdout.readline()
+            m = FORWARDING.search(line)
+            if m:
+                break
+            if not line or time.monotonic() > deadline:
+                err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+                raise AssertionError(f"port-forward to {target} did not start: {err}")
+        yield int(m[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+RELEASE = "beco"
+OPERATOR_NS = "beco-system"
+NETWORK = "demo"  # examples/network.yaml, in the default namespace
+FIGURES: dict[str, float] = {}  # what the journey measured, printed at the end (pytest -s)
+
+
+def _image_values(image: str) -> list[str]:
+    repo, _, tag = image.rpartition(":")
+    return ["--set", f"image.repository={repo}", "--set", f"image.tag={tag}",
+            "--set", "image.pullPolicy=IfNotPresent"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def operator(k8s: Target) -> Target:
+    """The chart installed with our image: the operator runs as a pod."""
+    k8s.helm(
+        "install",
+        RELEASE,
+        "charts/beco-operator",
+        "--namespace",
+        OPERATOR_NS,
+        "--create-namespace",
+        *_image_values(k8s.image),
+        "--wait",
+        "--timeout",
+        "180s",
+        timeout=240,
+    )
+    return k8s
+
+
+@pytest.fixture(scope="session")
+def demo(operator: Target) -> Iterator[Target]:
+    """``examples/network.yaml`` applied as written and Ready (the time it took is a figure)."""
+    start = time.monotonic()
+    operator.kubectl("apply", "-f", "examples/network.yaml")
+    try:
+        operator.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            f"beconetwork/{NETWORK}",
+            "--timeout=180s",
+            timeout=240,
+        )
+    except AssertionError as exc:  # say why: the pods and the network's own conditions
+        pods = operator.kubectl("get", "pods", "-o", "wide", check=False)
+        conds = operator.kubectl(
+            "get", f"beconetwork/{NETWORK}", "-o", "jsonpath={.status.conditions}", check=False
+        )
+        raise AssertionError(f"{exc}\n{pods}\n{conds}") from None
+    FIGURES["apply -> Ready (s)"] = time.monotonic() - start
+    yield operator
+    if FIGURES:
+        print("\njourney figures: " + ", ".join(f"{k}: {v:.2f}" for k, v in FIGURES.items()))
