@@ -1,0 +1,1 @@
+"""End-to-end tests: the user's journeys (local network, real Kubernetes cluster)."""
