@@ -60,6 +60,15 @@ def desired_slots(network: str, namespace: str, spec: NetworkSpec) -> list[Slot]
     return slots
 
 
+def follows_log(slot: Slot) -> bool:
+    """Whether ``slot``'s key lives as long as the SST's log rather than as the network.
+
+    The SST signs every tree head with its key and refuses, on start, a log whose latest head
+    another key signed; so its key Secret is owned as :func:`render.log_owners` says.
+    """
+    return slot.role == names.ROLE_SST
+
+
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

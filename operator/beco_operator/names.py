@@ -55,7 +55,8 @@ KEY_LABEL = f"{GROUP}/key"
 TOPOLOGY_ZONE = "topology.kubernetes.io/zone"
 
 ROLE_USER = "user"
-SINGLETON_ROLES = ("rendezvous", "validator", "sst")
+ROLE_SST = "sst"
+SINGLETON_ROLES = ("rendezvous", "validator", ROLE_SST)
 
 
 def component(role: str) -> str:

@@ -262,7 +262,7 @@ class Reconciler:
                 p.now,
                 tls_pair=self._tls_for(p, slot),
             )
-            obj["metadata"]["ownerReferences"] = [p.owner]
+            obj["metadata"]["ownerReferences"] = self._key_owners(p, slot)
             created = await self.kube.create(obj)
             if created is None:  # created concurrently (e.g. by a previous operator run)
                 created = await self.kube.get(path("Secret", p.ns, obj["metadata"]["name"]))
@@ -278,10 +278,36 @@ class Reconciler:
             if sec is None:
                 p.key_problems.append(f"no key Secret for {slot.name}")
                 continue
+            if keyring.follows_log(slot):
+                kept = await self._own(
+                    p.body, sec, self._key_owners(p, slot), f"the key Secret of {slot.name}"
+                )
+                sec = p.key_secrets[names.key_secret(slot.name)] = kept
             try:
                 p.public_keys[slot.name] = keyring.public_key(sec)
             except keys.KeyError_ as exc:
                 p.key_problems.append(f"{names.key_secret(slot.name)}: {exc}")
+
+    @staticmethod
+    def _key_owners(p: Pass, slot: keyring.Slot) -> list[Obj]:
+        return (
+            render.log_owners(p.spec.database, p.owner) if keyring.follows_log(slot) else [p.owner]
+        )
+
+    async def _own(self, body: Mapping[str, Any], sec: Obj, owners: list[Obj], what: str) -> Obj:
+        """Give an existing Secret ``owners`` (the reclaim policy changed, or a Secret kept
+        with a retained log is found again); its data is never rewritten."""
+        if (_meta(sec).get("ownerReferences") or []) == owners:
+            return sec
+        replaced = {**sec, "apiVersion": "v1", "kind": "Secret"}
+        replaced["metadata"] = {**_meta(sec), "ownerReferences": owners}
+        out = await self.kube.replace(replaced)
+        if owners:
+            msg = f"{what} ({_meta(sec).get('name')}) now goes with the network"
+        else:
+            msg = f"{what} ({_meta(sec).get('name')}) is kept with the retained log"
+        await self.event(body, "Normal", "Retention", msg)
+        return out
 
     async def _phase_database_secret(self, p: Pass) -> None:
         """Managed database credentials: created once, kept as long as the data volume."""
@@ -633,7 +659,7 @@ class Reconciler:
                     "name": ca_name,
                     "namespace": ns,
                     "labels": names.labels(network, "ca", spec.image_tag),
-                    "ownerReferences": [owner],
+                    "ownerReferences": render.log_owners(spec.database, owner),
                 },
                 "data": {names.CA_CERT_KEY: _b64(cert), names.TLS_KEY_KEY: _b64(key)},
             }
@@ -643,6 +669,8 @@ class Reconciler:
                 await self.event(body, "Normal", "CertificateAuthority", "created the network CA")
         if sec is None:
             raise RuntimeError(f"the CA Secret {ca_name} vanished")
+        # Kept with the log: the retained SST key Secret holds a certificate this CA issued.
+        sec = await self._own(body, sec, render.log_owners(spec.database, owner), "the CA Secret")
         data = sec.get("data") or {}
         cert = base64.b64decode(str(data.get(names.CA_CERT_KEY, "")))
         key = base64.b64decode(str(data.get(names.TLS_KEY_KEY, "")))
@@ -685,7 +713,7 @@ class Reconciler:
         ``reclaimPolicy: Retain`` the Secret is not owned and survives the network, like the
         volume claim; with ``Delete`` both go with the network.
         """
-        owners = render.postgres_secret_owners(db, owner)
+        owners = render.log_owners(db, owner)
         sec_name = names.postgres(network)
         have = await self.kube.get(path("Secret", ns, sec_name))
         if have is None:
@@ -697,26 +725,7 @@ class Reconciler:
                     body, "Normal", "DatabaseCredentials", "generated the Postgres password"
                 )
             return
-        if (_meta(have).get("ownerReferences") or []) != owners:
-            # Only the ownership changes (the reclaim policy changed, or a retained Secret is
-            # found again): the password itself is never rewritten.
-            replaced = {**have, "apiVersion": "v1", "kind": "Secret"}
-            replaced["metadata"] = {**_meta(have), "ownerReferences": owners}
-            await self.kube.replace(replaced)
-            if not owners:
-                await self.event(
-                    body,
-                    "Normal",
-                    "DatabaseCredentials",
-                    f"the Postgres password Secret {sec_name} is kept with the retained volume",
-                )
-            else:
-                await self.event(
-                    body,
-                    "Normal",
-                    "DatabaseCredentials",
-                    f"the Postgres password Secret {sec_name} now goes with the network",
-                )
+        await self._own(body, have, owners, "the Postgres password Secret")
 
     async def _database(
         self, ns: str, network: str, spec: NetworkSpec, pods: Sequence[Mapping[str, Any]]

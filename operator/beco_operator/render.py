@@ -520,9 +520,19 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
     return [sts, svc]
 
 
-def postgres_secret_owners(db: ManagedDatabase, owner: Obj) -> list[Obj]:
-    """The owners of the Postgres password Secret: the network's only when the volume goes too."""
-    return [owner] if db.reclaim_policy == "Delete" else []
+def log_owners(database: ManagedDatabase | ExternalDatabase, owner: Obj) -> list[Obj]:
+    """The owners of what must live exactly as long as the SST's log: the network's only
+    when the log goes with it.
+
+    The log is the managed volume (kept or deleted per ``reclaimPolicy``) or the external
+    database (never deleted by the operator). What follows it: the Postgres password the
+    volume was initialised with, the SST's key that signed its tree heads, and the CA that
+    issued the certificate kept in that key's Secret. A network re-created with the same
+    name then finds all of them again.
+    """
+    if isinstance(database, ManagedDatabase) and database.reclaim_policy == "Delete":
+        return [owner]
+    return []
 
 
 def postgres_secret(network: str, namespace: str, version: str, password: str) -> Obj:

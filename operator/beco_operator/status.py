@@ -59,7 +59,8 @@ def database(
 
     The SST is ready only once it has connected (and authenticated) to its database, so the
     condition follows the SST: a ready Postgres pod alone proves nothing (for instance a
-    retained volume that still holds an older password). ``where`` names the Postgres pod or
+    retained volume that still holds an older password, or a log signed by another key).
+    Why the SST is not ready is visible only in its log, so the message does not guess. ``where`` names the Postgres pod or
     the DSN Secret; ``problem`` is what is wrong with the external Secret; ``postgres_ready``
     is None when the Postgres pod does not exist.
     """
@@ -69,17 +70,15 @@ def database(
         if not postgres_ready:
             return False, f"managed Postgres {where} is not ready"
         if not sst_ready:
-            return False, (
-                f"managed Postgres {where} is ready but the SST is not: it has not connected "
-                "to it yet (see the SST's log if this lasts, e.g. a wrong password)"
-            )
+            # Only the SST knows why (no login yet, a refused password, a log it cannot
+            # verify): its log says; the operator must not guess.
+            return False, f"managed Postgres {where} is ready but the SST is not ready; see its log"
         return True, f"managed Postgres {where} is ready and the SST is connected"
     if problem:
         return False, problem
     if not sst_ready:
         return False, (
-            f"the SST is not ready: it has not connected to the external database "
-            f"(DSN in Secret {where}) yet"
+            f"the SST is not ready with the external database (DSN in Secret {where}); see its log"
         )
     return True, f"the SST is connected to the external database (DSN in Secret {where})"
 

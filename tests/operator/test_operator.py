@@ -355,6 +355,13 @@ def test_a_recreated_network_reuses_its_retained_database_password(
     wait_ready(cp, ns, "demo")
     secret = f"/api/v1/namespaces/{ns}/secrets/demo-postgres"
     before = cp.api("GET", secret)
+    # The SST's key signed the retained log's tree heads, and the CA issued the certificate
+    # in that key's Secret: both must be found again, as the password is.
+    sst_key = f"/api/v1/namespaces/{ns}/secrets/demo-sst-key"
+    ca = f"/api/v1/namespaces/{ns}/secrets/demo-ca"
+    key_before, ca_before = cp.api("GET", sst_key), cp.api("GET", ca)
+    user_key = f"/api/v1/namespaces/{ns}/secrets/demo-user-a-0-key"
+    user_key_before = cp.api("GET", user_key)
     cp.api("DELETE", net_path(ns, "demo"))
     apps = f"/apis/apps/v1/namespaces/{ns}/statefulsets"
     wait(lambda: not items(cp, apps, SEL.format("demo")), 90, "the StatefulSets to go")
@@ -362,11 +369,25 @@ def test_a_recreated_network_reuses_its_retained_database_password(
     kept = cp.api("GET", secret)
     assert kept["metadata"]["uid"] == before["metadata"]["uid"]
     assert not kept["metadata"].get("ownerReferences")
+    for p in (sst_key, ca):
+        assert cp.api("GET", p)["metadata"].get("ownerReferences") is None
+    secrets = f"/api/v1/namespaces/{ns}/secrets"
+    wait(
+        lambda: (
+            user_key_before["metadata"]["name"]
+            not in [s["metadata"]["name"] for s in items(cp, secrets)]
+        ),
+        90,
+        "the user node's key (not tied to the log) to go with the network",
+    )
     create(cp, ns)
     wait_ready(cp, ns, "demo")
     again = cp.api("GET", secret)
     assert again["data"]["password"] == before["data"]["password"]
     assert again["data"]["dsn"] == before["data"]["dsn"]
+    assert cp.api("GET", sst_key)["data"] == key_before["data"]
+    assert cp.api("GET", ca)["data"] == ca_before["data"]
+    assert cp.api("GET", user_key)["data"] != user_key_before["data"]  # a fresh key
     sts = cp.api("GET", f"{apps}/demo-postgres")
     env = sts["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "demo-postgres", "key": "password"} in [

@@ -6,7 +6,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from beco_operator import diff, names, render
+from beco_operator import diff, keyring, names, render
 from beco_operator.names import Obj
 from beco_operator.spec import ManagedDatabase
 
@@ -355,13 +355,22 @@ def test_rendered_workloads_pass_the_best_practice_checks(overrides: dict[str, A
     assert not problems, problems
 
 
-def test_the_postgres_password_lives_as_long_as_its_volume() -> None:
+def test_what_the_log_needs_lives_as_long_as_the_log() -> None:
     owner = render.owner_reference("demo", "uid-1")
     retain = make_spec().database
     delete = make_spec(database={"managed": {"reclaimPolicy": "Delete"}}).database
+    external = make_spec(database={"external": {"secretRef": {"name": "pg"}}}).database
     assert isinstance(retain, ManagedDatabase) and isinstance(delete, ManagedDatabase)
-    assert render.postgres_secret_owners(retain, owner) == []  # survives the network, as the PVC
-    assert render.postgres_secret_owners(delete, owner) == [owner]
+    assert render.log_owners(retain, owner) == []  # survives the network, as the PVC
+    assert render.log_owners(delete, owner) == [owner]
+    assert render.log_owners(external, owner) == []  # the operator never deletes that log
+
+
+def test_only_the_sst_key_follows_the_log() -> None:
+    """The SST's key signed the log's tree heads; every other key goes with the network."""
+    slots = keyring.desired_slots("demo", "ns", make_spec())
+    follow = [s.name for s in slots if keyring.follows_log(s)]
+    assert follow == [names.singleton("demo", names.ROLE_SST)] == ["demo-sst"]
 
 
 def test_a_service_that_must_become_headless_is_recreated() -> None:

@@ -102,7 +102,8 @@ def test_database_ready_follows_the_sst_not_the_postgres_pod_alone() -> None:
 
     assert managed(True, True)[0] is True
     ok, msg = managed(True, False)
-    assert ok is False and "SST" in msg and "demo-postgres-0" in msg
+    assert ok is False and "SST" in msg and "demo-postgres-0" in msg and "see its log" in msg
+    assert "password" not in msg  # the operator cannot see why the SST is not ready
     assert managed(False, True) == (False, "managed Postgres demo-postgres-0 is not ready")
     assert managed(None, False) == (False, "managed Postgres demo-postgres-0 has no pod yet")
 
@@ -115,7 +116,8 @@ def test_database_ready_follows_the_sst_not_the_postgres_pod_alone() -> None:
         False,
         "the database Secret pg does not exist",
     )
-    assert external("", False)[0] is False
+    ok, msg = external("", False)
+    assert ok is False and "see its log" in msg and "pg" in msg
     assert external("", True)[0] is True
 
 
