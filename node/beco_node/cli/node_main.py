@@ -56,9 +56,9 @@ async def run(s: settings.Settings) -> None:
         rt.set_ready("sst", "the validator has not reached the SST yet")
         background.append(lambda: rt.watch_ready("sst", "sst"))
     elif s.role == "sst":
-        from beco_node.services.startup import DB_CONDITION
+        from beco_node.services.startup import DB_CONDITION, DB_CONNECTING
 
-        rt.set_ready(DB_CONDITION, "the SST is connecting to PostgreSQL")
+        rt.set_ready(DB_CONDITION, DB_CONNECTING)
         desc = peer_services["Sst"]
         ppb_grpc.add_SstServicer_to_server(
             rt.gated(desc, lambda: sst_service[0] if sst_service else None, label_prefix="sst."),

@@ -28,6 +28,7 @@ from beco_node.sst.store import SstStore, StoreUnavailableError
 log = logging.getLogger("beco.startup")
 
 DB_CONDITION = "database"
+DB_CONNECTING = "the SST is connecting to PostgreSQL"  # readiness reason until the store opens
 MAX_BACKOFF_S = 10.0
 # Refusals the database's owner can fix without restarting us (secret, role, database).
 _FIXABLE = (asyncpg.InvalidAuthorizationSpecificationError, asyncpg.InvalidCatalogNameError)
@@ -55,7 +56,7 @@ def _cause(exc: BaseException) -> str:
 
 async def open_store(rt: Runtime, *, first_delay_s: float = 0.5) -> SstStore:
     """Open the SST's store, waiting for PostgreSQL with backoff (NOT_SERVING meanwhile)."""
-    rt.set_ready(DB_CONDITION, "the SST is connecting to PostgreSQL")
+    rt.set_ready(DB_CONDITION, DB_CONNECTING)
     delay = first_delay_s
     last = ""
     while True:
