@@ -6,6 +6,9 @@ CLUSTER_BIN := $(shell CACHE=$(CACHE) tools/cluster/bindir)
 export BECO_CLUSTER_BIN ?= $(CLUSTER_BIN)
 REAL_CLUSTER_DIR ?= $(CURDIR)/.state/real-cluster
 E2E_K8S_DIR ?= $(CURDIR)/.state/e2e-k8s
+# One real cluster per host: its network namespaces, kubelet paths and sysctls are fixed.
+# Runs from several checkouts take turns on this lock instead of tearing each other down.
+REAL_CLUSTER_LOCK ?= /run/lock/beco-real-cluster.lock
 
 .PHONY: cluster-tools cluster-up cluster-down e2e-k8s
 
@@ -23,6 +26,8 @@ cluster-down: venv  ## stop the real cluster and undo everything it changed on t
 # tests and e2e/kubernetes, and tears every cluster down, also when a test fails or pytest is
 # killed (the real-down afterwards finds what a killed run left).
 e2e-k8s: venv system-packages controlplane cluster-tools base-image image  ## the e2e suite on the real cluster
-	@rc=0; BECO_REAL_CLUSTER=1 BECO_E2E_WORKDIR=$(E2E_K8S_DIR) BECO_E2E_IMAGE=$(IMAGE) \
+	@mkdir -p $(dir $(REAL_CLUSTER_LOCK)); exec 8>$(REAL_CLUSTER_LOCK); \
+	flock -n 8 || { echo "another real cluster is running on this host; waiting for it"; flock 8; }; \
+	rc=0; BECO_REAL_CLUSTER=1 BECO_E2E_WORKDIR=$(E2E_K8S_DIR) BECO_E2E_IMAGE=$(IMAGE) \
 	  $(PY) -m pytest -q -ra -p no:cacheprovider tests/realcluster e2e/kubernetes $(PYTEST_ARGS) || rc=$$?; \
 	$(PY) -m tests.cluster real-down --workdir $(E2E_K8S_DIR) >/dev/null; exit $$rc
