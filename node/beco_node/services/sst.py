@@ -363,8 +363,9 @@ class SstService(ppb_grpc.SstServicer):
             self._query(request)
         except BecoError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-        for uid, seq, state in await self.store.load_all_users():
-            del uid
+        # Paged: a user changed while the stream runs may come at its old state; the
+        # node's catch-up from the head it read before the stream brings it.
+        async for _, seq, state in self.store.iter_users():
             yield ppb.UserStateReply(found=True, sequence=seq, state=state)
 
     @rpc_handler("sst.History")
