@@ -190,7 +190,7 @@ async def test_lost_answers_resolve_to_the_one_commit(net: Net) -> None:
 async def test_commit_bookkeeping_survives_the_callers_deadline(
     net: Net, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL committed, then the validator's Commit call timed out (its handler is
+    """PostgreSQL committed, then the validator's CommitBatch call timed out (its handler is
     cancelled): the client still gets the commit, and cache and notices follow."""
     alice = keys.generate_private_key()
     async with net.client(alice) as a:
@@ -223,7 +223,7 @@ async def test_a_failed_request_never_commits_after_a_validator_restart(net: Net
     async with net.client(alice) as a:
         await a.create_user("Alice")
         for u in ("user-b", "user-c"):
-            net.net.faults.append(Fault(address=ADDR[u], method="Vote", drop="request"))
+            net.net.faults.append(Fault(address=ADDR[u], method="VoteBatch", drop="request"))
         req = signed(
             alice, "UpdateFirstName", pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="X")
         )
@@ -252,8 +252,8 @@ async def test_missed_notices_are_bounded_by_the_catch_up(net: Net) -> None:
         await net.settle()
         assert c_node.store.sequence(a.user_id) == 1
         # user-c misses every notice from now on (and does not vote)
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="ApplyBatch", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="VoteBatch", drop="request"))
         await a.grant(a.user_id, "first", bob_id, "editor")
         await net.settle()
         assert c_node.store.sequence(a.user_id) == 1  # behind
@@ -290,13 +290,13 @@ async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
     async with net.client(alice) as a, net.client(alice, "user-b") as b:
         await a.create_user("Alice")
         hold = asyncio.Event()
-        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", hold=hold))
+        net.net.faults.append(Fault(address=ADDR["sst"], method="CommitBatch", hold=hold))
         req = signed(
             alice, "UpdateLastName", pb.UpdateLastNameRequest(user_id=a.user_id, last_name="J")
         )
         first = asyncio.create_task(a.stub.UpdateLastName(req))
         for _ in range(100):  # until the validator holds it at the SST
-            if any(m.endswith("/Commit") for _, m in net.net.calls[-3:]):
+            if any(m.endswith("/CommitBatch") for _, m in net.net.calls[-3:]):
                 break
             await asyncio.sleep(0.01)
         second = asyncio.create_task(b.stub.UpdateLastName(req))
@@ -304,7 +304,7 @@ async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
         hold.set()
         r1, r2 = await asyncio.gather(first, second)
         assert r1.commit.leaf_index == r2.commit.leaf_index
-        commits = [m for _, m in net.net.calls if m.endswith("/Commit")]
+        commits = [m for _, m in net.net.calls if m.endswith("/CommitBatch")]
         assert len(commits) == 2  # the creation, and this request once
         assert net.store.tree_head().tree_size == 2
 
@@ -316,8 +316,8 @@ async def test_list_users_past_the_bound_catches_up_first(net: Net) -> None:
         await b.create_user("Bob")
         await a.create_user("Alice")
         await net.settle()
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="ApplyBatch", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="VoteBatch", drop="request"))
         await a.grant(a.user_id, "last", bob_id, "viewer")
         await net.settle()
         assert [u.user_id for u in (await b.list_users()).users] == [bob_id]  # within the bound
@@ -339,8 +339,12 @@ async def test_the_validator_retries_a_commit_the_sst_could_not_take(
     async with net.client(alice) as a:
         await a.create_user("Alice")
         # the certificate is lost twice on the way, then the answer once: still one commit
-        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="request", times=2))
-        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="reply", times=1))
+        net.net.faults.append(
+            Fault(address=ADDR["sst"], method="CommitBatch", drop="request", times=2)
+        )
+        net.net.faults.append(
+            Fault(address=ADDR["sst"], method="CommitBatch", drop="reply", times=1)
+        )
         r = await a.set_first(a.user_id, "Once")
         assert r.commit.sequence == 2 and a.resends == 0
         assert net.store.tree_head().tree_size == 2
