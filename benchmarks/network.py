@@ -20,6 +20,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +34,7 @@ from beco_node import auth, keys
 from beco_node.client import Client
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 ROOT = Path(__file__).resolve().parent.parent
 GET = "/beco.v1.Identity/GetUser"
@@ -85,6 +87,53 @@ def cpu_by_role(net: LocalNetwork) -> dict[str, float]:
     return out
 
 
+# ---------------------------------------------------------------- profiles (py-spy)
+def start_profiles(
+    net: LocalNetwork,
+    out: Path,
+    seconds: float,
+    roles: tuple[str, ...] = ("user", "validator", "sst"),
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the first process of each role for ``seconds``: collapsed stacks in ``out``
+    (the first user node is the one the read phase uses)."""
+    out.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    procs = []
+    for n in net.nodes.values():
+        if n.proc is None or n.role in seen or n.role not in roles:
+            continue
+        seen.add(n.role)
+        cmd = [
+            str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+            "-d", str(int(seconds)), "-r", "200", "-f", "raw",
+            "-o", str(out / f"{n.role}.txt"), "-p", str(n.proc.pid),
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def top_self(path: Path, n: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most samples on top of the stack (self time), as shares."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, k = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(k)
+        total += int(k)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [(name, c / max(total, 1)) for name, c in ranked]
+
+
+def print_profiles(where: Path) -> None:
+    for f in sorted(where.rglob("*.txt")):
+        print(f"profile {f.relative_to(where)} (self time):", flush=True)
+        for name, share in top_self(f):
+            print(f"  {share:6.1%}  {name}", flush=True)
+
+
 # ---------------------------------------------------------------- load workers
 def _signed_gets(key_pem: bytes, uid: str, n: int) -> list[pb.GetUserRequest]:
     key = keys.private_key_from_pem(key_pem)
@@ -100,30 +149,47 @@ def _health(ch: grpc.aio.Channel) -> Any:
     return ch.unary_unary(HEALTH, request_serializer=lambda _: b"", response_deserializer=bytes)
 
 
-async def _read_load(endpoint: str, reqs: list[Any], concurrency: int, floor: bool) -> float:
+async def _read_load(
+    endpoint: str, reqs: list[Any], concurrency: int, floor: bool, seconds: float
+) -> tuple[int, float]:
+    """Send ``reqs`` for at most ``seconds``; return (answered, wall seconds)."""
     async with grpc.aio.insecure_channel(endpoint) as ch:
         call = _health(ch) if floor else pb_grpc.IdentityStub(ch).GetUser
         await call(reqs.pop(), timeout=10)  # connect
         it = iter(reqs)
+        done = 0
+        t0 = time.perf_counter()
+        end = t0 + seconds
 
         async def worker() -> None:
+            nonlocal done
             for r in it:
+                if time.perf_counter() > end:
+                    return
                 await call(r, timeout=10)
+                done += 1
 
-        t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - t0
+        return done, time.perf_counter() - t0
 
 
 def read_worker(
-    endpoint: str, key_pem: bytes, uid: str, n: int, conc: int, floor: bool, go: Any, q: Any
+    endpoint: str,
+    key_pem: bytes,
+    uid: str,
+    n: int,
+    conc: int,
+    floor: bool,
+    seconds: float,
+    go: Any,
+    q: Any,
 ) -> None:
     reqs: list[Any] = [None] * (n + 1) if floor else _signed_gets(key_pem, uid, n + 1)
     q.put("ready")
     go.wait()
     c0 = time.process_time()
-    wall = asyncio.run(_read_load(endpoint, reqs, conc, floor))
-    q.put((n, wall, time.process_time() - c0))
+    done, wall = asyncio.run(_read_load(endpoint, reqs, conc, floor, seconds))
+    q.put((done, wall, time.process_time() - c0))
 
 
 async def _commit_load(
@@ -141,16 +207,22 @@ async def _commit_load(
         t0 = time.perf_counter()
         end = t0 + seconds
 
+        errors: list[str] = []
+
         async def run(c: Client) -> None:
             i = 0
             while time.perf_counter() < end:
                 s = time.perf_counter()
-                await c.set_first(c.user_id, f"tp{i}")
+                try:
+                    await c.set_first(c.user_id, f"tp{i}")
+                except grpc.aio.AioRpcError as exc:  # counted, never hidden
+                    errors.append(exc.code().name)
+                    continue
                 lat.append(time.perf_counter() - s)
                 i += 1
 
         await asyncio.gather(*(run(c) for c in clients))
-        q.put((len(lat), time.perf_counter() - t0, time.process_time() - c0, lat))
+        q.put((len(lat), time.perf_counter() - t0, time.process_time() - c0, lat, errors))
     finally:
         for c in clients:
             await c.close()
@@ -161,7 +233,7 @@ def commit_worker(eps: list[str], users: int, seconds: float, first: int, go: An
 
 
 def _run_workers(
-    net: LocalNetwork, target: Any, arg_sets: list[tuple[Any, ...]]
+    net: LocalNetwork, target: Any, arg_sets: list[tuple[Any, ...]], on_start: Any = None
 ) -> tuple[list[Any], dict[str, float]]:
     """Start load processes, wait until each is ready, then time them together; return
     their results and the servers' CPU seconds spent meanwhile, per role."""
@@ -175,7 +247,10 @@ def _run_workers(
         assert msg == "ready", msg
     before = cpu_by_role(net)
     go.set()
+    profilers = on_start() if on_start else []
     res = [q.get(timeout=300) for _ in ws]
+    for p in profilers:
+        p.wait()
     after = cpu_by_role(net)
     for w in ws:
         w.join()
@@ -183,18 +258,20 @@ def _run_workers(
 
 
 # ---------------------------------------------------------------- phases
-async def bench_reads(net: LocalNetwork, n: int, procs: int, conc: int) -> dict[str, float]:
+async def bench_reads(
+    net: LocalNetwork, n: int, procs: int, conc: int, seconds: float, profile: Path | None = None
+) -> dict[str, float]:
     key = keys.generate_private_key()
     ep = net.user_endpoints()[0]
     pem = keys.private_key_to_pem(key)
     async with Client(ep, key) as c:
         await c.create_user("Bench", ["Read"], "Er")
         uid = c.user_id
-        reqs = _signed_gets(pem, uid, 1100)
         check = _health(c.channel)
         lat: list[float] = []
         flo: list[float] = []
-        for i, r in enumerate(reqs):  # one in flight, reads and empty calls interleaved
+        for i in range(1100):  # one in flight, reads and empty calls interleaved
+            r = _signed_gets(pem, uid, 1)[0]  # signed outside the timed call
             t0 = time.perf_counter()
             await c.stub.GetUser(r)
             t1 = time.perf_counter()
@@ -212,8 +289,12 @@ async def bench_reads(net: LocalNetwork, n: int, procs: int, conc: int) -> dict[
     }
     for floor, name in ((False, "read"), (True, "floor")):
         per = n // procs
+        where = profile / name if profile else None
         res, cpu = _run_workers(
-            net, read_worker, [(ep, pem, uid, per, conc, floor) for _ in range(procs)]
+            net,
+            read_worker,
+            [(ep, pem, uid, per, conc, floor, seconds) for _ in range(procs)],
+            lambda w=where: start_profiles(net, w, seconds, ("user",)) if w else [],
         )
         total = sum(r[0] for r in res)
         out[f"{name}_per_s"] = total / max(r[1] for r in res)
@@ -235,14 +316,20 @@ async def commit_latency(net: LocalNetwork, n: int) -> dict[str, float]:
     return {"commit1_p50_ms": pct(lat, 50) * 1000, "commit1_p99_ms": pct(lat, 99) * 1000}
 
 
-def commit_load(net: LocalNetwork, users: int, procs: int, seconds: float) -> dict[str, Any]:
+def commit_load(
+    net: LocalNetwork, users: int, procs: int, seconds: float, profile: Path | None = None
+) -> dict[str, Any]:
     eps = net.user_endpoints()
     res, cpu = _run_workers(
-        net, commit_worker, [(eps, users // procs, seconds, i) for i in range(procs)]
+        net,
+        commit_worker,
+        [(eps, users // procs, seconds, i) for i in range(procs)],
+        lambda: start_profiles(net, profile, seconds) if profile else [],
     )
     total = sum(r[0] for r in res)
     lat = [x for r in res for x in r[3]]
     out: dict[str, Any] = {
+        "errors": sum(len(r[4]) for r in res),
         "commits_per_s": total / max(r[1] for r in res),
         "commits": total,
         "load_p50_ms": pct(lat, 50) * 1000,
@@ -254,19 +341,33 @@ def commit_load(net: LocalNetwork, users: int, procs: int, seconds: float) -> di
     return out
 
 
-def verify_costs() -> dict[str, float]:
-    """µs per Ed25519 verification and signature with the node's backend (``keys``)."""
+def verify_costs(n: int = 300) -> dict[str, float]:
+    """µs per Ed25519 verification and signature: with the nodes' backend (``keys``:
+    libsodium through PyNaCl) and with OpenSSL through ``cryptography``, same run. Distinct
+    messages, so ``keys.verify``'s cache of verified signatures never answers."""
     key = keys.generate_private_key()
-    pub, msg = keys.public_key_bytes(key), b"x" * 128
-    sig = key.sign(msg)
+    pub = keys.public_key_bytes(key)
+    msgs = [os.urandom(128) for _ in range(n)]
     t0 = time.perf_counter()
-    for _ in range(1000):
-        keys.verify(pub, sig, msg)
+    sigs = [keys.sign(key, m) for m in msgs]
     t1 = time.perf_counter()
-    for _ in range(1000):
-        key.sign(msg)
+    for m, sig in zip(msgs, sigs, strict=True):
+        assert keys.verify(pub, sig, m)
     t2 = time.perf_counter()
-    return {"verify_us": (t1 - t0) * 1000, "sign_us": (t2 - t1) * 1000}
+    for m in msgs:
+        key.sign(m)
+    t3 = time.perf_counter()
+    openssl = Ed25519PublicKey.from_public_bytes(pub)
+    for m, sig in zip(msgs, sigs, strict=True):
+        openssl.verify(sig, m)
+    t4 = time.perf_counter()
+    us = 1e6 / n
+    return {
+        "sign_us": (t1 - t0) * us,
+        "verify_us": (t2 - t1) * us,
+        "openssl_sign_us": (t3 - t2) * us,
+        "openssl_verify_us": (t4 - t3) * us,
+    }
 
 
 async def one_network(
@@ -283,10 +384,18 @@ async def one_network(
     r: dict[str, Any] = {"user_nodes": n_users}
     try:
         if full:
-            r |= await bench_reads(net, ns.reads, ns.read_procs, ns.read_concurrency)
+            rprof = Path(ns.profile) / "reads" if ns.profile else None
+            r |= await bench_reads(
+                net, ns.reads, ns.read_procs, ns.read_concurrency, ns.seconds, rprof
+            )
+            if rprof is not None:
+                print_profiles(rprof)
             print(f"reads: {r}", flush=True)
             r |= await commit_latency(net, ns.latency_commits)
-        r |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds)
+        prof = Path(ns.profile) / f"{n_users}-nodes" if ns.profile and full else None
+        r |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds, prof)
+        if prof is not None:
+            print_profiles(prof)
         print(f"commits ({n_users} user nodes): {r}", flush=True)
     finally:
         await net.down()
@@ -319,8 +428,11 @@ def render(
         f" gRPC on loopback; load generators in {ns.commit_procs} separate processes on the same"
         f" cores, {ns.commit_users} users writing for {ns.seconds:g} s per phase. "
         f"Load average (1 min) at the start / end of the run: {ns.load0:.1f} / "
-        f"{os.getloadavg()[0]:.1f}. Ed25519 here: verify {ns.crypto['verify_us']:.0f} µs, sign "
-        f'{ns.crypto["sign_us"]:.0f} µs (`keys`). Column "{label}": '
+        f"{os.getloadavg()[0]:.1f}. Ed25519 here, same run: verify "
+        f"{ns.crypto['verify_us']:.0f} µs, sign {ns.crypto['sign_us']:.0f} µs with libsodium "
+        f"(`keys`, PyNaCl); {ns.crypto['openssl_verify_us']:.0f} µs and "
+        f"{ns.crypto['openssl_sign_us']:.0f} µs with OpenSSL (`cryptography`). "
+        f'Column "{label}": '
         + (before.get("note", "") if before else "no earlier run given")
         + ".",
         "",
@@ -343,6 +455,7 @@ def render(
         row(
             "load generator CPU per commit (signing, client gRPC)", "client_cpu_ms", "{:.2f}", " ms"
         ),
+        row("writes that failed under load (any status)", "errors", "{}"),
         row("read p50 / empty-call p50, 1 in flight (ratio)", "read_ratio", "{:.2f}", "x"),
         row("read p50 (GetUser)", "read_p50_ms", "{:.2f}", " ms"),
         row("read p99 (GetUser)", "read_p99_ms", "{:.2f}", " ms"),
@@ -418,7 +531,7 @@ def report(runs: list[dict[str, Any]], ns: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--reads", type=int, default=6000)
+    p.add_argument("--reads", type=int, default=20000, help="signed in advance (at most)")
     p.add_argument("--read-procs", type=int, default=2)
     p.add_argument("--read-concurrency", type=int, default=16)
     p.add_argument("--latency-commits", type=int, default=200)
@@ -431,6 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="")
     p.add_argument("--note", default="")
     p.add_argument("--notes", default=str(ROOT / "benchmarks" / "network_notes.md"))
+    p.add_argument("--profile", help="py-spy each role during the commit load; stacks here")
     p.add_argument("--no-write", action="store_true")
     ns = p.parse_args(argv)
     ns.scale = [int(x) for x in ns.scale.split(",")]

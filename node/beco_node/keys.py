@@ -147,6 +147,25 @@ def _is_weak_cached(public_key: bytes) -> bool:
     return weak
 
 
+# key -> its libsodium secret key (seed || public key), derived once per key object.
+_SODIUM_KEYS: dict[int, tuple[Ed25519PrivateKey, bytes]] = {}
+_SODIUM_KEYS_LIMIT = 4096
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """``key``'s Ed25519 signature over ``message``, made by libsodium (PyNaCl): the same
+    bytes as ``key.sign(message)`` (Ed25519 is deterministic), in about two thirds of the
+    time here."""
+    hit = _SODIUM_KEYS.get(id(key))
+    if hit is None or hit[0] is not key:
+        if len(_SODIUM_KEYS) >= _SODIUM_KEYS_LIMIT:
+            _SODIUM_KEYS.clear()
+        _, secret = nacl.bindings.crypto_sign_seed_keypair(key.private_bytes_raw())
+        hit = _SODIUM_KEYS[id(key)] = (key, secret)
+    signed: bytes = nacl.bindings.crypto_sign(message, hit[1])
+    return signed[:SIGNATURE_SIZE]
+
+
 # Signatures this process has already verified (a notice forwarded and delivered, a
 # certificate re-sent): never verified twice. Keyed by the signature and a digest of key and
 # message; only successes are remembered, and the oldest go first.

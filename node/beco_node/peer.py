@@ -77,7 +77,7 @@ def seal(
     kind: str, payload: Message | bytes, key: Ed25519PrivateKey, sender: str, now_ms: int
 ) -> ppb.PeerEnvelope:
     data = payload if isinstance(payload, bytes) else payload.SerializeToString(deterministic=True)
-    sig = key.sign(envelope_signing_bytes(kind, sender, now_ms, data))
+    sig = keys.sign(key, envelope_signing_bytes(kind, sender, now_ms, data))
     return ppb.PeerEnvelope(
         sender=sender, kind=kind, timestamp_ms=now_ms, payload=data, signature=sig
     )
@@ -130,7 +130,7 @@ def sign_batch_vote(
 ) -> ppb.BatchVote:
     """A voter's one signature over a batch: VALID for every change not in ``rejected``."""
     rejected = sorted(rejected, key=lambda r: r.index)
-    sig = key.sign(batch.vote_signing_bytes(batch_root, rejected))
+    sig = keys.sign(key, batch.vote_signing_bytes(batch_root, rejected))
     return ppb.BatchVote(
         root=batch_root,
         voter=voter,

@@ -130,6 +130,12 @@ class InProcessNetwork:
             resp = await asyncio.wait_for(h.unary_unary(req, _Context()), deadline_s)
         except TimeoutError:
             raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller was cancelled
+            # the server's side died mid-call (a crash): the caller sees a lost connection
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"connection to {address} lost") from None
         if fault is not None and fault.drop == "reply":
             raise _error(grpc.StatusCode.UNAVAILABLE, f"injected: reply of {method} lost")
         out: bytes = h.response_serializer(resp)
