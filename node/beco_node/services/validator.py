@@ -33,7 +33,7 @@ import grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import batch, metrics, peer, tally
+from beco_node import batch, metrics, model, peer, tally
 from beco_node.errors import BecoError
 from beco_node.lru import BoundedLru
 from beco_node.services.relay import refused, relayed
@@ -52,6 +52,14 @@ RECORD_TIMEOUT_S = 5
 MAX_ROUNDS = 2
 BATCH_BYTES = 24 * 1024
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def _signed_ms(prop: ppb.Proposal) -> int:
+    """The request's signed timestamp (0 if unreadable: the SST then keeps the record)."""
+    try:
+        return int(model.parse_mutation(prop.method, prop.request).auth.timestamp_ms)  # type: ignore[attr-defined]
+    except BecoError:
+        return 0
 
 
 class ValidatorService(ppb_grpc.ValidatorServicer):
@@ -150,7 +158,10 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         never commit later); if it committed first, answer that commit."""
         self.sequences.pop(prop.user_id)  # voters may know a newer sequence: re-read
         rec = ppb.FailureRecord(
-            proposal_id=prop.proposal_id, code=tally.definitive_code(code), reason=reason
+            proposal_id=prop.proposal_id,
+            code=tally.definitive_code(code),
+            reason=reason,
+            signed_ms=_signed_ms(prop),
         )
         env = peer.seal("record_failure", rec, self.rt.key, self.rt.peer_id, self.rt.now_ms())
         try:
