@@ -1,18 +1,19 @@
 """The SST service: verifies quorum certificates and commits through the SstStore.
 
-For a ``commit`` from the validator it checks, in order: the envelope (sender
-is the membership's validator), the certificate (distinct current user-node
-members, valid signatures over the same proposal digest, at least ``quorum``
-VALID votes, ``sequence == current + 1``), the client's signature on the
-embedded request, and runs the same state transition the voters ran
-(``model.apply``) on its own copy. Only then does it hand the new state, the
-change and the Merkle leaf to ``SstStore.commit`` (one Postgres transaction).
-The same proposal delivered twice is stored once; a retried proposal whose first
-attempt committed is answered with that commit. Once verified, the commit and its
-bookkeeping (cache, notices) run in a task the runtime owns, so a caller's deadline
-or disconnect cannot skip them. Afterwards it tells every user node (``applied``,
-signed; retried a few times) so they update their memory; nodes also catch up by
-log position (``Changes``).
+For a ``commit_batch`` from the validator it checks, in order: the envelope (sender
+is the membership's validator), the batch certificate (each vote's signature once: distinct
+current user-node members over the same batch root), then per change: its header digest
+is the batch's at its index, at least ``quorum`` voters did not reject it, ``sequence ==
+current + 1``, the client's signature on the embedded request, and the same state
+transition the voters ran (``model.apply``) on its own copy. A change that fails is
+answered alone (``OUTCOME_REJECTED`` with its status). The others go to
+``SstStore.commit`` together, so they share one Postgres transaction. The same proposal
+delivered twice is stored once; a retried proposal whose first attempt committed is
+answered with that commit. Once verified, the commits and their bookkeeping (cache,
+notices) run in a task the runtime owns, so a caller's deadline or disconnect cannot skip
+them. Afterwards it tells every user node (``applied_batch``, signed once per batch;
+retried a few times) so they update their memory; nodes also catch up by log position
+(``Changes``).
 
 Outcomes are durable: ``GetOutcome`` answers from the database, and
 ``RecordFailure`` records a proposal as failed for good (unless it committed first),

@@ -7,15 +7,19 @@
   (same id) joins its attempt in flight; otherwise it is proposed again, and the
   SST answers the first attempt's commit or recorded failure (it commits an id
   at most once and never after recording it failed).
-- The validator assigns ``sequence = current + 1`` and a timestamp, signs the
-  header, and fans it out to every user node of the current membership in
-  parallel over persistent channels. VALIDATED at ``quorum`` VALID votes;
-  FAILED as soon as the quorum can no longer be reached (INVALID votes,
-  unreachable nodes) or at ``--vote-timeout-ms`` (see ``tally.Tally``). A
+- The validator assigns ``sequence = current + 1`` and a timestamp, and queues the
+  header for a round: a round takes every queued header (one per user, at most
+  ``batch.MAX_BATCH`` and ``BATCH_BYTES``) and starts at once while fewer than
+  ``MAX_ROUNDS`` are in flight, so an idle validator adds no wait and a busy one
+  batches. One signed vote request per batch goes to every user node of the current
+  membership in parallel; each answers one batch vote (``beco_node.batch``). Per
+  change: VALIDATED at ``quorum`` voters that did not reject it; FAILED as soon as the
+  quorum can no longer be reached (rejections, unreachable nodes) or at
+  ``--vote-timeout-ms`` (see ``tally.Tally``). A
   failure is answered only after the SST recorded it (``RecordFailure``); if
   that is impossible the answer is UNAVAILABLE: outcome unknown.
-- A VALIDATED proposal goes to the SST with its quorum certificate; the SST
-  verifies, commits and notifies the user nodes. The outcome goes back to the
+- The VALIDATED changes of a batch go to the SST in one batch certificate; the SST
+  verifies, commits them in one transaction and notifies the user nodes once. The outcome goes back to the
   origin user node, which answers the client.
 """
 
@@ -260,8 +264,12 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 if take and size + self.pending[0].size > BATCH_BYTES:
                     break
                 slot = self.pending.popleft()
+                if slot.result.done():  # its proposal was cancelled while it waited
+                    continue
                 take.append(slot)
                 size += slot.size
+            if not take:
+                continue
             self.rounds += 1
             metrics.BATCH_SIZE.observe(len(take))
             self.rt.start(self._round(take)).add_done_callback(self._round_done)
@@ -367,7 +375,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         certified = [i for i in range(n) if counts[i].reached]
         for i in range(n):
             if i not in certified:
-                slots[i].result.set_result(_Decided(counts[i], reasons[i]))
+                slots[i].settle(_Decided(counts[i], reasons[i]))
         if not certified:
             return
         cert = ppb.BatchCertificate(
@@ -392,18 +400,16 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             else:
                 err = exc
             for i in certified:
-                slots[i].result.set_result(_Decided(counts[i], [], error=err))
+                slots[i].settle(_Decided(counts[i], [], error=err))
             return
         notices = _notices(out.applied)
         for i, o in zip(certified, out.outcomes, strict=True):
             uid = slots[i].header.proposal.user_id
             if o.status == ppb.OUTCOME_REJECTED:
                 err = refused(o.code, o.reason, "the SST")
-                slots[i].result.set_result(_Decided(counts[i], [], error=err))
+                slots[i].settle(_Decided(counts[i], [], error=err))
             else:
-                slots[i].result.set_result(
-                    _Decided(counts[i], [], outcome=o, notice=notices.get(uid))
-                )
+                slots[i].settle(_Decided(counts[i], [], outcome=o, notice=notices.get(uid)))
 
     async def _commit(self, env: ppb.PeerEnvelope) -> ppb.BatchOutcome:
         """Send the certificate to the SST; UNAVAILABLE (e.g. PostgreSQL restarting) is
@@ -433,6 +439,11 @@ class _Slot:
     result: asyncio.Future[_Decided] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    def settle(self, decided: _Decided) -> None:
+        """Answer the proposal (unless it was cancelled meanwhile: nobody waits)."""
+        if not self.result.done():
+            self.result.set_result(decided)
 
 
 @dataclass
