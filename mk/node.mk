@@ -23,7 +23,7 @@ run: venv  ## start the local network (beco-local up); Ctrl-C stops it
 	$(VENV)/bin/beco-local up $(RUN_ARGS)
 
 bench-network: venv  ## network benchmarks -> docs/benchmarks.md (section network)
-	$(PY) -m benchmarks.network $(BENCH_ARGS)
+	$(PY) -m benchmarks.network --before benchmarks/baseline-network.json $(BENCH_ARGS)
 
 bench-memory: venv  ## node RSS vs commits on the local network -> docs/benchmarks-memory.md
 	$(PY) -m benchmarks.memory $(BENCH_MEMORY_ARGS)
