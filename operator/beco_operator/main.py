@@ -141,6 +141,8 @@ async def run(args: argparse.Namespace) -> int:
             await operator
         else:
             holder.cancel()
+            # kopf stopped (SIGTERM): nothing reconciles any more, so the successor may lead.
+            await elector.release()
     else:
         await operator
     if lease_kube is not None:

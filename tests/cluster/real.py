@@ -180,6 +180,23 @@ class RealCluster:
     def node_names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
+    def load_images(self, refs: Sequence[str]) -> None:
+        """Import more local images (``podman`` refs) into every node's containerd, as
+        :meth:`start` does for ``extra_images``: e.g. a second tag for an upgrade."""
+        archives = [images.archive(r) for r in refs]
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(
+                pool.map(
+                    lambda n: images.import_into(
+                        shutil.which("ctr") or "ctr",
+                        n.socket,
+                        archives,
+                        n.dir / "containerd" / "imported.json",
+                    ),
+                    self.nodes,
+                )
+            )
+
     def env(self) -> dict[str, str]:
         env = self.plane.env()
         env["PATH"] = f"{self.cluster_bin}{os.pathsep}{env['PATH']}"
