@@ -346,6 +346,7 @@ def _new_image(k8s: Target) -> str:
     return new
 
 
+@pytest.mark.timeout(2400)
 def test_helm_upgrade_and_image_change_under_load_lose_no_acknowledged_write(
     net: Target, writer: Writer, tmp_path: Path
 ) -> None:
