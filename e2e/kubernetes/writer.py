@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 from beco.v1 import identity_pb2 as pb
 from beco_node import keys, membership
-from beco_node.client import INDETERMINATE, Client
+from beco_node.client import DEFAULT_RETRY_FOR_S, INDETERMINATE, Client
 from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
 from beco_node.merkle.verify import ProofError, verify_inclusion
@@ -92,9 +92,13 @@ async def write_loop(a: argparse.Namespace, cl: Client) -> list[dict[str, Any]]:
     return out
 
 
-async def resolve(cl: Client, pid: str, within: float) -> str:
-    """committed / failed / unknown: the write's final outcome, asked until it is final."""
-    deadline = time.monotonic() + within
+async def resolve(cl: Client, pid: str, signed_at: float, within: float) -> str:
+    """committed / failed / unknown: the write's final outcome, asked until it is final.
+
+    ``unknown`` is final only once the request is older than the client's retry window
+    (1.5 x the nodes' skew window): then it can no longer commit (verify() checks it is not
+    in the log either)."""
+    deadline = max(time.time() + within, signed_at + DEFAULT_RETRY_FOR_S + 5)
     while True:
         try:
             r = await cl.get_outcome(pid)
@@ -104,7 +108,7 @@ async def resolve(cl: Client, pid: str, within: float) -> str:
                 return "failed"
         except grpc.aio.AioRpcError:
             pass
-        if time.monotonic() > deadline:
+        if time.time() > deadline:
             return "unknown"
         await asyncio.sleep(2)
 
@@ -142,8 +146,12 @@ async def verify(cl: Client, sst_key: bytes, writes: list[dict[str, Any]]) -> di
             verified += 1
         except ProofError as exc:
             lost.append({**w, "proof_error": str(exc)})
+    pids = {e.proposal_id for e in hist.entries}
+    unknown = [w for w in writes if w.get("outcome") == "unknown"]
     seqs = sorted(by_seq)
     return {
+        # an unknown outcome must mean "not committed": such a write is not in the log
+        "unknown_in_log": sum(1 for w in unknown if w["pid"] in pids),
         "history": len(hist.entries),
         "contiguous": seqs == list(range(seqs[0], seqs[0] + len(seqs))) if seqs else True,
         "verified": verified,
@@ -157,7 +165,7 @@ async def main_async(a: argparse.Namespace, sst_key: bytes) -> int:
         writes = await write_loop(a, cl)
         for w in writes:
             if w["result"] == "indeterminate":
-                w["outcome"] = await resolve(cl, w["pid"], a.resolve_timeout)
+                w["outcome"] = await resolve(cl, w["pid"], w["t0"], a.resolve_timeout)
                 emit(kind="resolved", i=w["i"], pid=w["pid"], outcome=w["outcome"])
         check = await verify(cl, sst_key, writes)
         counts = {r: sum(1 for w in writes if w["result"] == r) for r in ("acked", "failed")}
@@ -186,7 +194,7 @@ def main() -> int:
     p.add_argument("--membership", required=True)
     p.add_argument("--pause", type=float, default=0.2)
     p.add_argument("--timeout", type=float, default=10.0)
-    p.add_argument("--resolve-timeout", type=float, default=120.0)
+    p.add_argument("--resolve-timeout", type=float, default=30.0)
     a = p.parse_args()
     sst_key = membership.loads(Path(a.membership).read_text()).one("sst").public_key
     return asyncio.run(main_async(a, sst_key))

@@ -535,7 +535,15 @@ class Reconciler:
             if names.key_secret(m) in p.key_secrets
         }
         views = p.views
-        p.decision = rollout.decide(p.user_members, views, p.want_hash, rotated, p.spec.quorum)
+        p.decision = rollout.decide(
+            p.user_members,
+            views,
+            p.want_hash,
+            rotated,
+            p.spec.quorum,
+            p.now,
+            self.config.rollout_settle,
+        )
         d = p.decision
         if d.delete is not None:
             pod = p.by_name[d.delete]
@@ -561,7 +569,9 @@ class Reconciler:
             return
         ok, why = (True, "")
         if slot.role == names.ROLE_USER:
-            ok, why = rollout.may_disrupt_one(p.user_members, p.views, p.spec.quorum)
+            ok, why = rollout.may_disrupt_one(
+                p.user_members, p.views, p.spec.quorum, p.now, self.config.rollout_settle
+            )
         if ok:
             await self._rotate(
                 p.body,
