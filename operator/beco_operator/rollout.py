@@ -11,8 +11,8 @@ same guard. Pure: the caller deletes the pod it is told to.
 Ready is not yet reachable: peers dial a member by its DNS name, and a replaced pod's
 new address reaches them only when the cluster DNS's cached answer expires (CoreDNS
 caches for 30 s) and their gRPC channel resolves again. Seen on real pods: a user node
-restarted 9 s after its neighbour came back left the proposer with no reachable voter,
-and commits failed until the old address expired. So a member may go down only once
+restarted 27 s after its neighbour was replaced left the proposer with no reachable voter
+(it still dialled the neighbour's old pod IP), and commits failed until that expired. So a member may go down only once
 every member's pod is ``settle`` seconds old (like a Deployment's ``minReadySeconds``).
 """
 

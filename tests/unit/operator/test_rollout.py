@@ -73,7 +73,7 @@ def test_a_pod_started_before_its_key_rotation_is_outdated() -> None:
 
 
 def test_a_member_goes_down_only_once_every_pod_is_settled() -> None:
-    """Real pods: a neighbour restarted 9 s earlier was still dialled at its old address
+    """Real pods: a neighbour replaced 27 s earlier was still dialled at its old address
     (cluster DNS cache), so the next restart left the proposer without a reachable voter."""
     now = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
     p = pods(dict.fromkeys(MEMBERS, True))
