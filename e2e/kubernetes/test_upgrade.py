@@ -455,32 +455,25 @@ def test_helm_upgrade_and_image_change_under_load_lose_no_acknowledged_write(
     assert min(users.ready_counts) >= quorum, users.ready_counts
     assert max(users.unready_counts) <= 1, users.unready_counts
 
-    # ---- 3. kubectl beco restart --role user -----------------------------------------------------
-    if (
-        KUBECTL_BECO.exists()
-        and "restart"
-        in subprocess.run(
-            [str(KUBECTL_BECO), "--help"], capture_output=True, text=True, check=False
-        ).stdout
-    ):
-        users.ready_counts.clear()
-        users.unready_counts.clear()
-        before_restart = _user_uids(k8s)
-        ph = Phase("kubectl beco restart --role user", time.time())
-        k8s.run(
-            str(KUBECTL_BECO), "restart", NETWORK, "--role", "user", "--wait",
-            "--timeout", "600", "-o", "json", timeout=660,
-        )  # fmt: skip
-        ph.end = time.time()
-        phases.append(ph)
-        after = _user_uids(k8s)
-        assert all(after[n] != before_restart[n] for n in after), "a user node kept running"
-        assert min(users.ready_counts) >= quorum, users.ready_counts
-        assert max(users.unready_counts) <= 1, users.unready_counts
-        ph.notes.update(
-            min_ready_user_nodes=min(users.ready_counts),
-            max_unready_user_nodes=max(users.unready_counts),
-        )
+    # ---- 3. kubectl beco restart --role user (the plugin of this installation) ---------------
+    users.ready_counts.clear()
+    users.unready_counts.clear()
+    before_restart = _user_uids(k8s)
+    ph = Phase("kubectl beco restart --role user", time.time())
+    k8s.run(
+        str(KUBECTL_BECO), "restart", NETWORK, "--role", "user", "--wait",
+        "--timeout", "600", "-o", "json", timeout=660,
+    )  # fmt: skip
+    ph.end = time.time()
+    phases.append(ph)
+    after = _user_uids(k8s)
+    assert all(after[n] != before_restart[n] for n in after), "a user node kept running"
+    assert min(users.ready_counts) >= quorum, users.ready_counts
+    assert max(users.unready_counts) <= 1, users.unready_counts
+    ph.notes.update(
+        min_ready_user_nodes=min(users.ready_counts),
+        max_unready_user_nodes=max(users.unready_counts),
+    )
     users.stop()
 
     # ---- 4. nothing acknowledged lost --------------------------------------------------------
