@@ -497,6 +497,14 @@ def test_helm_upgrade_and_image_change_under_load_lose_no_acknowledged_write(
                 "not_committed": sum(1 for x in missed if p.start <= float(x["t0"]) <= p.end),
                 "indeterminate": sum(1 for x in during if x["result"] == "indeterminate"),
                 "errors": sorted({str(x.get("code")) for x in during if x["result"] != "acked"}),
+                # why: the first few distinct answers (the writer's log goes with the cluster)
+                "error_samples": sorted(
+                    {
+                        f"{x.get('code')}: {x.get('details', '')}"
+                        for x in during
+                        if x["result"] != "acked"
+                    }
+                )[:5],
                 **p.notes,
             }
         )
