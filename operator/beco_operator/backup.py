@@ -442,7 +442,9 @@ class Verdict:
     message: str
 
 
-def rewind_check(backup_size: int, backup_root_hex: str, seen_size: int, seen_root_hex: str) -> Verdict:
+def rewind_check(
+    backup_size: int, backup_root_hex: str, seen_size: int, seen_root_hex: str
+) -> Verdict:
     """May a backup whose log has ``backup_size`` leaves replace a log already seen at
     ``seen_size``? Fewer leaves is a rewind; as many with another root is a fork."""
     if backup_size < seen_size:
