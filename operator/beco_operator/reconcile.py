@@ -256,6 +256,13 @@ class Reconciler:
             return
         job_name = backup.restore_job_name(p.name)
         job = await self.kube.get(path("Job", p.ns, job_name))
+        if job is not None and not any(
+            o.get("uid") == p.uid for o in _meta(job).get("ownerReferences") or []
+        ):
+            # left by an earlier network of this name (deleted with --cascade=orphan): its
+            # outcome says nothing about this network's database
+            await self.kube.delete("Job", p.ns, job_name, uid=str(_meta(job).get("uid")))
+            job = None
         state = None
         if job is not None:
             pods = await self.kube.list(path("Pod", p.ns), f"{backup.BACKUP_LABEL}={job_name}")

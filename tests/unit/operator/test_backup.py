@@ -24,6 +24,12 @@ STAMP = "20261130T080000Z"
 DUMP = f"demo/{STAMP}.dump"
 
 
+def test_the_doc_shows_exactly_the_commands_the_e2e_test_runs() -> None:
+    from e2e.kubernetes.test_backup import COMMANDS, doc_commands
+
+    assert doc_commands() == list(COMMANDS.values())
+
+
 def test_names_and_paths_round_trip() -> None:
     assert backup.dump_path("demo", STAMP) == DUMP
     assert backup.parse_path(DUMP) == ("demo", STAMP)
@@ -242,3 +248,28 @@ async def test_a_refused_restore_keeps_the_sst_down_with_the_reason() -> None:
     assert (cond["status"], cond["reason"]) == ("False", "BackupKeyMissing")
     assert path("Job", NS, "demo-restore") not in kube.objs
     assert "restore: the backup's SST key Secret" in _cond(net, "Ready")["message"]
+
+
+async def test_a_restore_job_left_by_an_earlier_network_is_not_taken_for_this_ones() -> None:
+    clock = Clock()
+    kube = FakeKube(clock)
+    r = Reconciler(kube, clock, OperatorConfig())  # type: ignore[arg-type]
+    await kube.create(_network())
+    pem = keys.private_key_to_pem(keys.generate_private_key())
+    await kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": backup.key_secret_of(DUMP), "namespace": NS},
+            "data": {names.NODE_KEY: base64.b64encode(pem).decode()},
+        }
+    )
+    old = backup.restore_job("demo", NS, "b", DUMP, "p", "v", {"uid": "earlier"})
+    old["status"] = {"succeeded": 1}
+    await kube.create(old)
+    net = await _round(r, kube)
+    job = kube.objs[path("Job", NS, "demo-restore")]
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "net-uid"
+    assert "status" not in job
+    assert kube.objs[path("StatefulSet", NS, "demo-sst")]["spec"]["replicas"] == 0
+    assert _cond(net, backup.RESTORED)["reason"] == "Restoring"
