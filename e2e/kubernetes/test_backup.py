@@ -154,17 +154,32 @@ def _head(path: Path) -> tuple[int, str]:
 
 
 def _ready(k8s: Target, timeout: int) -> None:
-    k8s.kubectl(
-        "wait",
-        "--for=condition=Ready",
-        f"beconetwork/{NET}",
-        "-n",
-        NS,
-        f"--timeout={timeout}s",
-        timeout=timeout + 30,
-    )
+    try:
+        k8s.kubectl(
+            "wait",
+            "--for=condition=Ready",
+            f"beconetwork/{NET}",
+            "-n",
+            NS,
+            f"--timeout={timeout}s",
+            timeout=timeout + 30,
+        )
+    except AssertionError as exc:  # say why: the pods, the network's conditions, the events
+        pods = k8s.kubectl("get", "pods", "-n", NS, "-o", "wide", check=False)
+        conds = k8s.kubectl(
+            "get",
+            f"beconetwork/{NET}",
+            "-n",
+            NS,
+            "-o",
+            "jsonpath={.status.conditions}",
+            check=False,
+        )
+        events = k8s.kubectl("get", "events", "-n", NS, "--sort-by=.lastTimestamp", check=False)
+        raise AssertionError(f"{exc}\n{pods}\n{conds}\n{events[-4000:]}") from None
 
 
+@pytest.mark.timeout(2400)  # the first test of a session also starts the cluster
 def test_backup_under_writes_delete_restore_ready_and_consistent(
     operator: Target, tmp_path: Path
 ) -> None:

@@ -281,7 +281,7 @@ class Reconciler:
             )
             if await self.kube.create(obj) is not None:
                 await self.event(p.body, "Normal", "RestoreStarted", g.message)
-        if g.done and key is not None:
+        if key is not None:
             raw = str((key.get("data") or {}).get(names.NODE_KEY, ""))
             p.restore_pem = base64.b64decode(raw) if raw else None
         p.restore = g
@@ -289,12 +289,16 @@ class Reconciler:
             p.result.requeue_after = 2.0
 
     def _held_by_restore(self, p: Pass, slot: keyring.Slot) -> bool:
-        """The SST's key waits for the restore: it must be the backup's, not a fresh one."""
-        return keyring.follows_log(slot) and p.restore is not None and not p.restore.done
+        """A restored SST's key is the backup's, never a fresh one: without it, none."""
+        return keyring.follows_log(slot) and p.restore is not None and p.restore_pem is None
 
     async def _restored_key(self, p: Pass, slot: keyring.Slot, sec: Obj) -> Obj:
-        """After a restore the SST signs with the key that signed the restored log."""
-        if p.restore_pem is None or not keyring.follows_log(slot):
+        """After a restore the SST signs with the key that signed the restored log (a key
+        Secret kept from before is replaced only once the restore succeeded: until then it
+        may belong to a log the restore refuses to overwrite)."""
+        if p.restore is None or not p.restore.done or p.restore_pem is None:
+            return sec
+        if not keyring.follows_log(slot):
             return sec
         want = keys.public_key_bytes(keys.private_key_from_pem(p.restore_pem))
         try:
@@ -327,8 +331,6 @@ class Reconciler:
             if self._held_by_restore(p, slot):
                 continue
             from_backup = keyring.follows_log(slot) and p.restore is not None
-            if from_backup and p.restore_pem is None:
-                continue  # the backup's key Secret went away: never sign with a fresh key
             obj = keyring.key_secret(
                 p.name,
                 p.ns,
@@ -353,7 +355,7 @@ class Reconciler:
         for slot in p.slots:
             sec = p.key_secrets.get(names.key_secret(slot.name))
             if sec is None and self._held_by_restore(p, slot):
-                p.key_problems.append(f"the key of {slot.name} comes from the backup once restored")
+                p.key_problems.append(f"the key of {slot.name} comes from the backup's key Secret")
                 continue
             if sec is None:
                 p.key_problems.append(f"no key Secret for {slot.name}")

@@ -202,7 +202,10 @@ async def test_restore_holds_the_sst_until_the_job_succeeded_then_uses_the_backu
     sst = kube.objs[path("StatefulSet", NS, "demo-sst")]
     assert sst["spec"]["replicas"] == 0
     assert path("Pod", NS, "demo-sst-0") not in kube.objs
-    assert path("Secret", NS, "demo-sst-key") not in kube.objs  # never a fresh log key
+    # the SST key is the backup's from the start (the membership is published meanwhile)
+    key = kube.objs[path("Secret", NS, "demo-sst-key")]
+    assert base64.b64decode(key["data"][names.NODE_KEY]) == pem
+    assert path("ConfigMap", NS, "demo-membership") in kube.objs
     cond = _cond(net, backup.RESTORED)
     assert (cond["status"], cond["reason"]) == ("False", "Restoring")
     assert _cond(net, "Ready")["status"] == "False"
@@ -236,6 +239,46 @@ async def test_restore_holds_the_sst_until_the_job_succeeded_then_uses_the_backu
     net = await _round(r, kube)
     assert path("Job", NS, "demo-restore") not in kube.objs
     assert _cond(net, backup.RESTORED)["status"] == "True"
+
+
+async def test_a_kept_sst_key_is_replaced_only_once_the_restore_succeeded() -> None:
+    clock = Clock()
+    kube = FakeKube(clock)
+    r = Reconciler(kube, clock, OperatorConfig())  # type: ignore[arg-type]
+    await kube.create(_network())
+    pem = keys.private_key_to_pem(keys.generate_private_key())
+    await kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": backup.key_secret_of(DUMP), "namespace": NS},
+            "data": {names.NODE_KEY: base64.b64encode(pem).decode()},
+        }
+    )
+    kept = keys.private_key_to_pem(keys.generate_private_key())
+    await kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {
+                "name": "demo-sst-key",
+                "namespace": NS,
+                "labels": {
+                    **names.labels("demo", names.ROLE_SST, "v"),
+                    names.KEY_LABEL: "node",
+                },
+            },
+            "data": {names.NODE_KEY: base64.b64encode(kept).decode()},
+        }
+    )
+    await _round(r, kube)
+    key = kube.objs[path("Secret", NS, "demo-sst-key")]
+    assert base64.b64decode(key["data"][names.NODE_KEY]) == kept  # may sign a kept log
+    job = kube.objs[path("Job", NS, "demo-restore")]
+    job["status"] = {"succeeded": 1}
+    await _round(r, kube)
+    key = kube.objs[path("Secret", NS, "demo-sst-key")]
+    assert base64.b64decode(key["data"][names.NODE_KEY]) == pem
 
 
 async def test_a_refused_restore_keeps_the_sst_down_with_the_reason() -> None:
