@@ -190,6 +190,7 @@ def test_backup_under_writes_delete_restore_ready_and_consistent(
     backup_path = ""
 
     def run(step: str) -> subprocess.CompletedProcess[str]:
+        print(f"\n[test_backup] {step}: {COMMANDS[step]}", flush=True)
         argv = shlex.split(COMMANDS[step].replace("$BACKUP", backup_path))
         argv[0] = str(k8s.bin_dir / "kubectl")
         return subprocess.run(
@@ -295,12 +296,26 @@ def test_backup_under_writes_delete_restore_ready_and_consistent(
         assert rolled.returncode == 5 and "rolled back" in rolled.stderr, rolled.stderr
 
         _the_operator_refuses_to_restore_over_a_log(k8s, backup_path, tmp_path)
-    finally:
-        k8s.kubectl("delete", "beconetwork", NET, "-n", NS, "--ignore-not-found", check=False)
-        k8s.kubectl("delete", "pvc", PVC, "-n", NS, "--ignore-not-found", check=False)
-        k8s.kubectl(
-            "delete", "secret", "-n", NS, "-l", "beco.dev/backup", "--ignore-not-found", check=False
-        )
+    finally:  # best effort, never waiting: the cluster is torn down after the session
+        for target in (
+            ["beconetwork", NET],
+            ["job", "-l", "beco.dev/backup"],
+            ["secret", "-l", "beco.dev/backup"],
+            ["pvc", PVC],
+        ):
+            try:
+                k8s.kubectl(
+                    "delete",
+                    *target,
+                    "-n",
+                    NS,
+                    "--ignore-not-found",
+                    "--wait=false",
+                    check=False,
+                    timeout=60,
+                )
+            except subprocess.TimeoutExpired:
+                pass
         figures = ", ".join(f"{k}: {v:.2f}" for k, v in FIGURES.items())
         print(f"\nbackup figures: {figures}")
         out = REPO / ".state" / "backup-figures.json"
