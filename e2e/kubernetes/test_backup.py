@@ -350,18 +350,15 @@ def _the_operator_refuses_to_restore_over_a_log(k8s: Target, dump: str, d: Path)
     manifest["spec"]["restore"] = {"pvc": PVC, "path": dump}
     (d / "over-a-log.yaml").write_text(yaml.safe_dump(manifest))
     k8s.kubectl("create", "-f", str(d / "over-a-log.yaml"), "-n", NS)
-    k8s.kubectl(
-        "wait",
-        f"beconetwork/{NET}",
-        "-n",
-        NS,
-        '--for=jsonpath={.status.conditions[?(@.type=="Restored")].reason}=LogNotEmpty',
-        "--timeout=240s",
-        timeout=270,
-    )
-    net = json.loads(k8s.kubectl("get", "beconetwork", NET, "-n", NS, "-o", "json"))
-    cond = next(c for c in net["status"]["conditions"] if c["type"] == "Restored")
-    assert cond["status"] == "False"
+
+    def restored() -> dict[str, str]:
+        net = json.loads(k8s.kubectl("get", "beconetwork", NET, "-n", NS, "-o", "json"))
+        conds = (net.get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "Restored"), {})
+
+    _wait(lambda: restored().get("reason") not in (None, "Restoring"), 240, "the restore's end")
+    cond = restored()
+    assert (cond["status"], cond["reason"]) == ("False", "LogNotEmpty"), cond
     assert f"already holds a log of {size} leaves" in cond["message"], cond
     sst = json.loads(k8s.kubectl("get", "statefulset", f"{NET}-sst", "-n", NS, "-o", "json"))
     assert sst["spec"]["replicas"] == 0  # the SST is held; the log is untouched
