@@ -35,25 +35,30 @@ import yaml
 
 from tests.cluster.fixtures import real_cluster_only
 
-from .conftest import REPO, Target, port_forward
+from .conftest import FORWARDING, REPO, Target
 
 pytestmark = [pytest.mark.realcluster, pytest.mark.slow, real_cluster_only]
 
 BIN = Path(sys.executable).parent
 BECO = BIN / "beco"
-NET, NS, PVC = "ledger", "default", "beco-backups"
+NET, NS, PVC = (
+    "ledger",
+    "beco-backup",
+    "beco-backups",
+)  # its own namespace: the journey's stays as it expects
 DOC = REPO / "docs" / "operations.md"
 # The walkthrough of docs/operations.md, in the order this test runs it ($BACKUP: the path the
 # backup printed).
 COMMANDS = {
-    "apply": "kubectl apply -f examples/ledger.yaml",
-    "backup": "kubectl beco backup ledger -n default --pvc beco-backups --wait -o json",
-    "delete": "kubectl delete beconetwork ledger -n default --wait=true",
-    "refused": "kubectl beco restore ledger -n default --from-pvc beco-backups --path $BACKUP "
+    "namespace": "kubectl create namespace beco-backup",
+    "apply": "kubectl apply -f examples/ledger.yaml -n beco-backup",
+    "backup": "kubectl beco backup ledger -n beco-backup --pvc beco-backups --wait -o json",
+    "delete": "kubectl delete beconetwork ledger -n beco-backup --wait=true",
+    "refused": "kubectl beco restore ledger -n beco-backup --from-pvc beco-backups --path $BACKUP "
     "--latest-head after-backup.json",
-    "restore": "kubectl beco restore ledger -n default --from-pvc beco-backups --path $BACKUP "
+    "restore": "kubectl beco restore ledger -n beco-backup --from-pvc beco-backups --path $BACKUP "
     "--latest-head before-backup.json --wait -o json",
-    "verify": "kubectl beco verify-log ledger -n default --old-head before-backup.json",
+    "verify": "kubectl beco verify-log ledger -n beco-backup --old-head before-backup.json",
 }
 FIGURES: dict[str, float] = {}
 
@@ -93,6 +98,38 @@ class Session:
         res = self.run(*args)
         assert res.returncode == 0, f"beco {' '.join(args)}: exit {res.returncode}\n{res.stderr}"
         return res.stdout
+
+
+@contextmanager
+def port_forward(k8s: Target, target: str, port: int, timeout: float = 60) -> Iterator[int]:
+    """``kubectl port-forward -n NS <target> :port`` on 127.0.0.1; yields the local port."""
+    cmd = [str(k8s.bin_dir / "kubectl"), "port-forward", "-n", NS, "--address", "127.0.0.1"]
+    proc = subprocess.Popen(
+        [*cmd, target, f":{port}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=k8s.env(),
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while True:  # kubectl prints the line once the forward listens
+            line = proc.stdout.readline()
+            m = FORWARDING.search(line)
+            if m:
+                break
+            if not line or time.monotonic() > deadline:
+                err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
+                raise AssertionError(f"port-forward to {target} did not start: {err}")
+        yield int(m[1])
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager
@@ -203,6 +240,7 @@ def test_backup_under_writes_delete_restore_ready_and_consistent(
         return out.stdout
 
     try:
+        ok("namespace")
         start = time.monotonic()
         ok("apply")
         _ready(k8s, 300)
@@ -297,25 +335,10 @@ def test_backup_under_writes_delete_restore_ready_and_consistent(
 
         _the_operator_refuses_to_restore_over_a_log(k8s, backup_path, tmp_path)
     finally:  # best effort, never waiting: the cluster is torn down after the session
-        for target in (
-            ["beconetwork", NET],
-            ["job", "-l", "beco.dev/backup"],
-            ["secret", "-l", "beco.dev/backup"],
-            ["pvc", PVC],
-        ):
-            try:
-                k8s.kubectl(
-                    "delete",
-                    *target,
-                    "-n",
-                    NS,
-                    "--ignore-not-found",
-                    "--wait=false",
-                    check=False,
-                    timeout=60,
-                )
-            except subprocess.TimeoutExpired:
-                pass
+        try:
+            k8s.kubectl("delete", "namespace", NS, "--wait=false", check=False, timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
         figures = ", ".join(f"{k}: {v:.2f}" for k, v in FIGURES.items())
         print(f"\nbackup figures: {figures}")
         out = REPO / ".state" / "backup-figures.json"
