@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from beco_operator import names
+from beco_operator.spec import ManagedDatabase
 
 from beco_kubectl.summary import Head
 
@@ -20,6 +21,7 @@ USAGE = 2
 NOT_FOUND = 3  # the BecoNetwork (or a child connect needs) does not exist
 TIMEOUT = 4  # --wait ran out, or the port-forward never became ready
 FORK = 5  # verify-log: the log is NOT an extension of the saved head (fork or rollback)
+REWIND = 6  # restore: the backup is older than a head already seen (or forks it)
 # connect passes the beco CLI's own exit code through (17 PERMISSION_DENIED, ...).
 
 EXIT_CODES = {
@@ -29,6 +31,7 @@ EXIT_CODES = {
     NOT_FOUND: "the BecoNetwork does not exist",
     TIMEOUT: "timed out (--wait, or the port-forward did not come up)",
     FORK: "verify-log: the log does not extend the saved head (fork or rollback)",
+    REWIND: "restore: refused, the backup would rewind (or fork) a log already seen",
 }
 
 EPILOG = (
@@ -42,6 +45,9 @@ examples:
   kubectl beco connect demo -n beco-demo -- --key alice.key user get
   kubectl beco connect demo -n beco-demo -- --key alice.key tree head --save head.json
   kubectl beco verify-log demo -n beco-demo --old-head head.json
+  kubectl beco backup demo -n beco-demo --pvc beco-backups --wait
+  kubectl beco restore demo -n beco-demo --from-pvc beco-backups \\
+      --path demo/20261130T080000Z.dump --latest-head head.json --wait
 
 exit codes:
 """
@@ -94,7 +100,10 @@ def parser() -> argparse.ArgumentParser:
     _globals(common, defaults=False)
     p = _Parser(
         prog="kubectl beco",
-        description="Operate BecoNetworks: status, key rotation, restarts, a CLI session, log checks.",
+        description=(
+            "Operate BecoNetworks: status, key rotation, restarts, a CLI session, log checks, "
+            "backup and restore."
+        ),
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -163,6 +172,47 @@ def parser() -> argparse.ArgumentParser:
     vl.add_argument("--old-head", required=True, help="a file from `beco tree head --save`")
     vl.add_argument("--save", default="", help="also write the latest verified head here")
     vl.add_argument("--key", default="", help="key file to sign requests (default: a fresh one)")
+    bk = add(
+        "backup",
+        "pg_dump the network's managed database into a volume claim (a Job in its namespace); "
+        "the SST's log key is kept in a Secret <network>-backup-<stamp>-sst",
+        "kubectl beco backup demo -n beco-demo --pvc beco-backups --wait",
+    )
+    bk.add_argument("--pvc", required=True, help="the volume claim to write to (created if absent)")
+    bk.add_argument(
+        "--size", default="1Gi", help="size of the claim when it is created (default 1Gi)"
+    )
+    bk.add_argument("--wait", action="store_true", help="wait for the dump and print its figures")
+    bk.add_argument("--timeout", type=float, default=1800.0, help="seconds for --wait (1800)")
+    rs = add(
+        "restore",
+        "create the BecoNetwork NAME from a backup (spec.restore): refused if the backup is "
+        "older than the live network's head or a head saved earlier (--latest-head)",
+        "kubectl beco restore demo -n beco-demo --from-pvc beco-backups "
+        "--path demo/20261130T080000Z.dump --latest-head head.json --wait",
+    )
+    rs.add_argument("--from-pvc", required=True, help="the volume claim holding the backup")
+    rs.add_argument("--path", required=True, help="the dump in the claim: <network>/<stamp>.dump")
+    rs.add_argument(
+        "--latest-head",
+        default="",
+        help="a head saved earlier (beco tree head --save, kubectl beco verify-log --save): "
+        "the backup must not be older",
+    )
+    rs.add_argument(
+        "--allow-rewind",
+        action="store_true",
+        help="restore even if the backup is older than a head already seen (clients holding "
+        "proofs of the lost changes will see a rollback)",
+    )
+    rs.add_argument(
+        "--image",
+        default=ManagedDatabase().image,
+        help="image that reads the backup's metadata from the claim (default: the managed "
+        "database's default)",
+    )
+    rs.add_argument("--wait", action="store_true", help="wait until the network is Ready")
+    rs.add_argument("--timeout", type=float, default=900.0, help="seconds for --wait (900)")
     return p
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from beco_operator import names
+from beco_operator import backup, names
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
@@ -58,6 +58,7 @@ class Cluster:
         self.timeout = request_timeout
         self.core = client.CoreV1Api(self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
 
     def _call(self, what: str, fn: Any, *args: Any, **kw: Any) -> Any:
         try:
@@ -140,3 +141,89 @@ class Cluster:
         if missing:
             raise ClusterError(f"Secret {sec_name} lacks {', '.join(missing)}")
         return {k: base64.b64decode(v) for k, v in data.items()}
+
+    # ---- backup and restore ---------------------------------------------------------------
+
+    def _maybe(self, what: str, fn: Any, *args: Any) -> Obj | None:
+        try:
+            obj = self._call(what, fn, *args)
+        except NotFound:
+            return None
+        out: Obj = self.api_client.sanitize_for_serialization(obj)
+        return out
+
+    def network_or_none(self, name: str) -> Obj | None:
+        try:
+            return self.network(name)
+        except NotFound:
+            return None
+
+    def secret(self, name: str) -> Obj | None:
+        return self._maybe(
+            f"Secret {self.namespace}/{name}",
+            self.core.read_namespaced_secret,
+            name,
+            self.namespace,
+        )
+
+    def pvc(self, name: str) -> Obj | None:
+        return self._maybe(
+            f"PersistentVolumeClaim {self.namespace}/{name}",
+            self.core.read_namespaced_persistent_volume_claim,
+            name,
+            self.namespace,
+        )
+
+    def job(self, name: str) -> Obj | None:
+        return self._maybe(
+            f"Job {self.namespace}/{name}",
+            self.batch.read_namespaced_job,
+            name,
+            self.namespace,
+        )
+
+    def create(self, obj: Obj) -> None:
+        """Create a Secret, PersistentVolumeClaim, Job or BecoNetwork in this namespace."""
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        what = f"{kind} {self.namespace}/{name}"
+        obj["metadata"]["namespace"] = self.namespace
+        if kind == names.KIND:
+            self._call(
+                what,
+                self.custom.create_namespaced_custom_object,
+                names.GROUP,
+                names.VERSION,
+                self.namespace,
+                names.PLURAL,
+                obj,
+            )
+            return
+        fn = {
+            "Secret": self.core.create_namespaced_secret,
+            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
+            "Job": self.batch.create_namespaced_job,
+        }[kind]
+        self._call(what, fn, self.namespace, obj)
+
+    def delete_job(self, name: str) -> None:
+        self._call(
+            f"Job {self.namespace}/{name}",
+            self.batch.delete_namespaced_job,
+            name,
+            self.namespace,
+            propagation_policy="Background",
+        )
+
+    def job_pods(self, job: str) -> list[Obj]:
+        return self._list(
+            f"pods of Job {job}", self.core.list_namespaced_pod, f"{backup.BACKUP_LABEL}={job}"
+        )
+
+    def pod_log(self, pod: str) -> str:
+        out = self._call(
+            f"the log of pod {self.namespace}/{pod}",
+            self.core.read_namespaced_pod_log,
+            pod,
+            self.namespace,
+        )
+        return str(out)

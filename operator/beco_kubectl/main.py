@@ -8,16 +8,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 from beco_node import keys
-from beco_operator import names
+from beco_operator import backup, names
+from beco_operator.spec import ManagedDatabase, SpecError
+from beco_operator.spec import parse as parse_spec
 
 from beco_kubectl import args as cli
 from beco_kubectl import summary
-from beco_kubectl.cluster import Cluster, ClusterError, NotFound
+from beco_kubectl.cluster import Cluster, ClusterError, NotFound, Obj
 from beco_kubectl.forward import (
     ForwardError,
     ForwardTimeout,
@@ -210,6 +213,227 @@ def verify_log(cluster: Cluster, ns: argparse.Namespace) -> int:
         return cli.OK
 
 
+def _wait_job(cluster: Cluster, name: str, timeout: float) -> tuple[backup.JobState, str]:
+    """Wait for a Job to finish: (its state, the log of its pod)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = cluster.job(name)
+        if job is None:
+            raise Failure(cli.ERROR, f"Job {cluster.namespace}/{name} disappeared")
+        pods = cluster.job_pods(name)
+        state = backup.job_state(job, pods)
+        if state.succeeded or state.failed:
+            logs = cluster.pod_log(str(pods[-1]["metadata"]["name"])) if pods else ""
+            return state, logs
+        if time.monotonic() > deadline:
+            raise Failure(
+                cli.TIMEOUT,
+                f"Job {cluster.namespace}/{name} not finished after {timeout:.0f}s; "
+                f"see `kubectl describe job {name}`",
+            )
+        time.sleep(1)
+
+
+def _last_json(logs: str) -> dict[str, Any]:
+    for line in reversed(logs.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                got: dict[str, Any] = json.loads(line)
+                return got
+            except ValueError:
+                break
+    raise Failure(cli.ERROR, f"no backup metadata in the Job's output: {_last_line(logs)}")
+
+
+def do_backup(cluster: Cluster, ns: argparse.Namespace) -> int:
+    net = cluster.network(ns.name)
+    try:
+        spec = parse_spec(net.get("spec") or {})
+    except SpecError as exc:
+        raise Failure(cli.ERROR, f"the network's spec is not valid: {exc}") from None
+    if not isinstance(spec.database, ManagedDatabase):
+        raise Failure(
+            cli.ERROR,
+            f"{ns.name} uses an external database: back it up with that database's own tools "
+            "(and keep the SST key Secret with it)",
+        )
+    ts = backup.stamp(datetime.now(UTC))
+    sst_key_name = names.key_secret(names.singleton(ns.name, names.ROLE_SST))
+    sst_key = cluster.secret(sst_key_name)
+    if sst_key is None:
+        raise Failure(cli.ERROR, f"the SST key Secret {sst_key_name} does not exist yet")
+    if cluster.pvc(ns.pvc) is None:
+        cluster.create(backup.pvc(ns.pvc, cluster.namespace, ns.size))
+        print(f"created PersistentVolumeClaim {ns.pvc} ({ns.size})", file=sys.stderr)
+    cluster.create(backup.key_copy(ns.name, cluster.namespace, ts, ns.pvc, sst_key, spec.image_tag))
+    spec_json = json.dumps(net.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+    job = backup.backup_job(
+        ns.name, cluster.namespace, ts, ns.pvc, spec.database.image, spec.image_tag, spec_json
+    )
+    started = time.monotonic()
+    cluster.create(job)
+    result: dict[str, Any] = {
+        "network": ns.name,
+        "pvc": ns.pvc,
+        "path": backup.dump_path(ns.name, ts),
+        "keySecret": backup.key_secret(ns.name, ts),
+        "job": job["metadata"]["name"],
+    }
+    if not ns.wait:
+        _emit(
+            ns,
+            result,
+            f"backup {result['path']} started (Job {result['job']}); the SST key is kept in "
+            f"Secret {result['keySecret']}",
+        )
+        return cli.OK
+    state, logs = _wait_job(cluster, result["job"], ns.timeout)
+    if not state.succeeded:
+        raise Failure(cli.ERROR, f"backup Job {result['job']} failed: {state.message}")
+    meta = _last_json(logs)
+    meta.pop("spec", None)
+    result.update(meta)
+    result["seconds"] = round(time.monotonic() - started, 2)
+    _emit(
+        ns,
+        result,
+        f"backup {result['path']} in {ns.pvc}: {meta['dump_bytes']} bytes, tree size "
+        f"{meta['tree_size']}, pg_dump {meta['dump_ms'] / 1000:.2f}s, Job {result['seconds']}s; "
+        f"SST key in Secret {result['keySecret']}",
+    )
+    return cli.OK
+
+
+def read_backup_meta(cluster: Cluster, pvc: str, dump: str, image: str, timeout: float) -> Obj:
+    """The metadata file of a backup, read from the claim by a short Job."""
+    if cluster.pvc(pvc) is None:
+        raise NotFound(f"PersistentVolumeClaim {cluster.namespace}/{pvc} not found")
+    name = f"beco-inspect-{int(time.time() * 1000) % 10**10}"
+    cluster.create(backup.inspect_job(name, cluster.namespace, pvc, dump, image))
+    try:
+        state, logs = _wait_job(cluster, name, timeout)
+    finally:
+        cluster.delete_job(name)
+    if not state.succeeded:
+        raise Failure(
+            cli.ERROR, f"cannot read {backup.meta_path(dump)} in {pvc}: {_last_line(logs)}"
+        )
+    return _last_json(logs)
+
+
+def _seen_head(
+    cluster: Cluster, live: Obj | None, saved: str, timeout: float
+) -> tuple[summary.Head | None, str]:
+    """The largest head known: the live network's and a saved one; (head, where from)."""
+    heads: list[tuple[summary.Head, str]] = []
+    if saved:
+        try:
+            heads.append((cli.parse_head(Path(saved).read_text()), saved))
+        except (OSError, ValueError) as exc:
+            raise Failure(cli.ERROR, f"cannot read the saved head {saved}: {exc}") from None
+    if live is not None:
+        head = read_head(cluster, live, timeout)
+        if head.error:
+            print(f"kubectl beco: cannot read the live head: {head.error}", file=sys.stderr)
+        else:
+            heads.append((head, f"the live network {cluster.namespace}/{live['metadata']['name']}"))
+    if not heads:
+        return None, ""
+    return max(heads, key=lambda h: h[0].tree_size)
+
+
+def do_restore(cluster: Cluster, ns: argparse.Namespace) -> int:
+    try:
+        backup.parse_path(ns.path)
+    except ValueError as exc:
+        raise Failure(cli.USAGE, str(exc)) from None
+    meta = read_backup_meta(cluster, ns.from_pvc, ns.path, ns.image, ns.request_timeout + 120)
+    live = cluster.network_or_none(ns.name)
+    seen, where = _seen_head(cluster, live, ns.latest_head, ns.request_timeout)
+    size = int(meta["tree_size"])
+    if seen is not None:
+        verdict = backup.rewind_check(
+            size, str(meta["root_hash_hex"]), seen.tree_size, seen.root_hash
+        )
+        if not verdict.ok and not ns.allow_rewind:
+            raise Failure(
+                cli.REWIND,
+                f"refused: {verdict.message} ({where}); --allow-rewind restores it anyway",
+            )
+        print(f"kubectl beco: {verdict.message} ({where})", file=sys.stderr)
+    if live is not None:
+        raise Failure(
+            cli.ERROR,
+            f"BecoNetwork {cluster.namespace}/{ns.name} exists: a restore creates the network; "
+            "delete it first (or restore under another name)",
+        )
+    claim = f"data-{names.postgres(ns.name)}-0"
+    if cluster.pvc(claim) is not None:
+        raise Failure(
+            cli.ERROR,
+            f"the data volume claim {claim} of an earlier {ns.name} still exists: the operator "
+            "never restores over a log; delete the claim (after a backup) or restore under "
+            "another name",
+        )
+    key_name = str(meta.get("key_secret") or backup.key_secret_of(ns.path))
+    if cluster.secret(key_name) is None:
+        raise Failure(
+            cli.ERROR,
+            f"the backup's SST key Secret {cluster.namespace}/{key_name} does not exist: the "
+            "restored log cannot be served without the key that signed it",
+        )
+    spec = dict(meta.get("spec") or {})
+    spec["restore"] = {"pvc": ns.from_pvc, "path": ns.path}
+    if key_name != backup.key_secret_of(ns.path):
+        spec["restore"]["keySecret"] = key_name
+    body: Obj = {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": ns.name, "namespace": cluster.namespace},
+        "spec": spec,
+    }
+    started = time.monotonic()
+    cluster.create(body)
+    result: dict[str, Any] = {
+        "network": ns.name,
+        "path": ns.path,
+        "pvc": ns.from_pvc,
+        "tree_size": size,
+        "root_hash_hex": meta["root_hash_hex"],
+        "waited": bool(ns.wait),
+    }
+    if ns.wait:
+        result["seconds"] = _wait_restored(cluster, ns.name, ns.timeout, started)
+    text = f"restoring {ns.path} (tree size {size}) into {cluster.namespace}/{ns.name}" + (
+        f": Ready after {result['seconds']}s" if ns.wait else "; see `kubectl beco status`"
+    )
+    _emit(ns, result, text)
+    return cli.OK
+
+
+def _wait_restored(cluster: Cluster, name: str, timeout: float, started: float) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        conds = {
+            c.get("type"): c
+            for c in (cluster.network(name).get("status") or {}).get("conditions") or []
+        }
+        restored = conds.get(backup.RESTORED) or {}
+        if restored.get("status") == "False" and restored.get("reason") != backup.REASON_RUNNING:
+            raise Failure(
+                cli.ERROR, f"restore failed: {restored.get('reason')}: {restored.get('message')}"
+            )
+        ready = conds.get("Ready") or {}
+        if restored.get("status") == "True" and ready.get("status") == "True":
+            return round(time.monotonic() - started, 2)
+        if time.monotonic() > deadline:
+            raise Failure(
+                cli.TIMEOUT,
+                f"{name} not Ready after {timeout:.0f}s: {ready.get('message', 'no status yet')}",
+            )
+        time.sleep(2)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         inv = cli.parse(sys.argv[1:] if argv is None else argv)
@@ -227,6 +451,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return restart(cluster, ns)
         if ns.cmd == "connect":
             return connect(cluster, ns, inv.beco_args)
+        if ns.cmd == "backup":
+            return do_backup(cluster, ns)
+        if ns.cmd == "restore":
+            return do_restore(cluster, ns)
         return verify_log(cluster, ns)
     except NotFound as exc:
         print(f"kubectl beco: {exc}", file=sys.stderr)

@@ -38,6 +38,7 @@ KINDS: tuple[Kind, ...] = (
     Kind("PodMonitor", "monitoring.coreos.com/v1", "podmonitors", prune=True, optional=True),
     Kind("Event", "v1", "events"),
     Kind("PersistentVolumeClaim", "v1", "persistentvolumeclaims"),
+    Kind("Job", "batch/v1", "jobs"),  # the restore Job (backup.py)
     Kind("Node", "v1", "nodes", namespaced=False),
     Kind("Lease", "coordination.k8s.io/v1", "leases"),
     Kind(names.KIND, names.API_VERSION, names.PLURAL),

@@ -26,6 +26,7 @@ from typing import Any
 from beco_node import keys, membership
 
 from beco_operator import (
+    backup,
     diff,
     keyring,
     kinds,
@@ -132,6 +133,8 @@ class Pass:
     restart_tokens: dict[str, str] = field(default_factory=dict)
     restart_progress: list[dict[str, str]] = field(default_factory=list)
     restart_admitted: list[str] = field(default_factory=list)  # roles whose restart starts now
+    restore: backup.Gate | None = None  # spec.restore: what the restore phase decided
+    restore_pem: bytes | None = None  # the backup's SST key, once the restore succeeded
 
 
 class Reconciler:
@@ -223,6 +226,7 @@ class Reconciler:
             token=str((meta.get("annotations") or {}).get(names.ROTATE_KEYS_ANNOTATION, "")),
         )
         await self._phase_ca(p)
+        await self._phase_restore(p)
         await self._phase_keys(p)
         await self._phase_database_secret(p)
         await self._phase_observe(p)
@@ -249,6 +253,77 @@ class Reconciler:
             p.now,
         )
 
+    async def _phase_restore(self, p: Pass) -> None:
+        """``spec.restore``: the restore Job runs before the SST may start (backup.gate)."""
+        r = p.spec.restore
+        if r is None or not isinstance(p.spec.database, ManagedDatabase):
+            return
+        job_name = backup.restore_job_name(p.name)
+        job = await self.kube.get(path("Job", p.ns, job_name))
+        if job is not None and not any(
+            o.get("uid") == p.uid for o in _meta(job).get("ownerReferences") or []
+        ):
+            # left by an earlier network of this name (deleted with --cascade=orphan): its
+            # outcome says nothing about this network's database
+            await self.kube.delete("Job", p.ns, job_name, uid=str(_meta(job).get("uid")))
+            job = None
+        state = None
+        if job is not None:
+            pods = await self.kube.list(path("Pod", p.ns), f"{backup.BACKUP_LABEL}={job_name}")
+            state = backup.job_state(job, pods)
+        key = await self.kube.get(path("Secret", p.ns, r.key_secret))
+        before = any(
+            c.get("type") == backup.RESTORED and c.get("status") == "True"
+            for c in p.prev_status.get("conditions") or []
+        )
+        g = backup.gate(
+            r.pvc, r.path, previously_restored=before, key_present=key is not None, job=state
+        )
+        if g.create_job:
+            obj = backup.restore_job(
+                p.name, p.ns, r.pvc, r.path, p.spec.database.image, p.spec.image_tag, p.owner
+            )
+            if await self.kube.create(obj) is not None:
+                await self.event(p.body, "Normal", "RestoreStarted", g.message)
+        if key is not None:
+            raw = str((key.get("data") or {}).get(names.NODE_KEY, ""))
+            p.restore_pem = base64.b64decode(raw) if raw else None
+        p.restore = g
+        if g.hold_sst:
+            p.result.requeue_after = 2.0
+
+    def _held_by_restore(self, p: Pass, slot: keyring.Slot) -> bool:
+        """A restored SST's key is the backup's, never a fresh one: without it, none."""
+        return keyring.follows_log(slot) and p.restore is not None and p.restore_pem is None
+
+    async def _restored_key(self, p: Pass, slot: keyring.Slot, sec: Obj) -> Obj:
+        """After a restore the SST signs with the key that signed the restored log (a key
+        Secret kept from before is replaced only once the restore succeeded: until then it
+        may belong to a log the restore refuses to overwrite)."""
+        if p.restore is None or not p.restore.done or p.restore_pem is None:
+            return sec
+        if not keyring.follows_log(slot):
+            return sec
+        want = keys.public_key_bytes(keys.private_key_from_pem(p.restore_pem))
+        try:
+            if keyring.public_key(sec) == want:
+                return sec
+        except keys.KeyError_:
+            pass
+        replaced = {**sec, "apiVersion": "v1", "kind": "Secret"}
+        data = dict(sec.get("data") or {})
+        data[names.NODE_KEY] = _b64(p.restore_pem)
+        data["public_key"] = _b64(want)
+        replaced["data"] = data
+        out = await self.kube.replace(replaced)
+        await self.event(
+            p.body,
+            "Normal",
+            "RestoredKey",
+            f"the SST key of {slot.name} is the backup's: it signed the restored log",
+        )
+        return out
+
     async def _phase_keys(self, p: Pass) -> None:
         """Peer keys: create what is missing, never overwrite; then read every public key."""
         secret_sel = f"{names.network_selector(p.name)},{names.KEY_LABEL}=node"
@@ -257,6 +332,9 @@ class Reconciler:
         }
         p.key_plan = keyring.plan(p.slots, p.key_secrets.values())
         for slot in p.key_plan.create:
+            if self._held_by_restore(p, slot):
+                continue
+            from_backup = keyring.follows_log(slot) and p.restore is not None
             obj = keyring.key_secret(
                 p.name,
                 p.ns,
@@ -264,6 +342,7 @@ class Reconciler:
                 p.spec.image_tag,
                 p.token,
                 p.now,
+                p.restore_pem if from_backup else None,
                 tls_pair=self._tls_for(p, slot),
             )
             obj["metadata"]["ownerReferences"] = self._key_owners(p, slot)
@@ -279,9 +358,15 @@ class Reconciler:
                 p.key_secrets[str(created["metadata"]["name"])] = created
         for slot in p.slots:
             sec = p.key_secrets.get(names.key_secret(slot.name))
+            if sec is None and self._held_by_restore(p, slot):
+                p.key_problems.append(f"the key of {slot.name} comes from the backup's key Secret")
+                continue
             if sec is None:
                 p.key_problems.append(f"no key Secret for {slot.name}")
                 continue
+            sec = p.key_secrets[names.key_secret(slot.name)] = await self._restored_key(
+                p, slot, sec
+            )
             if keyring.follows_log(slot):
                 kept = await self._own(
                     p.body, sec, self._key_owners(p, slot), f"the key Secret of {slot.name}"
@@ -452,6 +537,7 @@ class Reconciler:
                 pod_monitor=p.caps.pod_monitor,
                 user_replicas=p.user_replicas,
                 restart_tokens=p.restart_tokens,
+                hold_sst=p.restore is not None and p.restore.hold_sst,
             )
         ]
         p.want_hash = {
@@ -640,12 +726,17 @@ class Reconciler:
             rollout_reason=d.reason if d.waiting else "",
             membership_settled=settled,
             membership_message="; ".join(membership_problems) if not settled else "",
+            extra_problems=(
+                (f"restore: {p.restore.message}",) if p.restore and not p.restore.ok else ()
+            ),
         )
         metrics.ROLLOUT_WAITING.labels(p.ns, p.name).set(1 if d.waiting else 0)
         metrics.ROLLOUT_PENDING.labels(p.ns, p.name).set(d.pending)
         new = status.compute(p.generation, obs, p.prev_status, p.now)
         if p.restart_progress:
             new["restart"] = p.restart_progress
+        if p.restore is not None:
+            await self._restore_condition(p, new)
         await self.write_status(p.body, new)
         p.result.status = new
         if p.result.requeue_after is None and not settled:
@@ -653,6 +744,21 @@ class Reconciler:
         if p.result.requeue_after is None and new["phase"] != "Ready":
             p.result.requeue_after = 5.0
         return p.result
+
+    async def _restore_condition(self, p: Pass, new: Obj) -> None:
+        g = p.restore
+        assert g is not None
+        prev_conds = p.prev_status.get("conditions") or []
+        cond = status.condition(
+            prev_conds, backup.RESTORED, g.ok, g.reason, g.message, p.generation, p.now
+        )
+        new["conditions"].append(cond)
+        before: Mapping[str, Any] = next(
+            (c for c in prev_conds if c.get("type") == backup.RESTORED), {}
+        )
+        if before.get("reason") != g.reason and g.reason != backup.REASON_RUNNING:
+            etype = "Normal" if g.ok else "Warning"
+            await self.event(p.body, etype, g.reason, g.message)
 
     async def _note_waiting(
         self, body: Mapping[str, Any], prev: Mapping[str, Any], reason: str

@@ -26,12 +26,12 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from beco_operator import names
+from beco_operator import backup, names
 from beco_operator.names import Obj
 from beco_operator.spec import ExternalDatabase, ManagedDatabase, NetworkSpec, split_image
 
-PG_USER = "beco"
-PG_DB = "beco"
+PG_USER = backup.PG_USER
+PG_DB = backup.PG_DB
 
 
 def digest(value: Any) -> str:
@@ -300,11 +300,13 @@ def render(
     pod_monitor: bool,
     user_replicas: Mapping[str, int] | None = None,
     restart_tokens: Mapping[str, str] | None = None,
+    hold_sst: bool = False,
 ) -> list[Obj]:
     """Every child except key Secrets, the membership ConfigMap and the Postgres password.
 
     ``user_replicas`` (pods per zone) may exceed the spec's while departing members wait for
-    the smaller membership to reach every pod (see propagation.py).
+    the smaller membership to reach every pod (see propagation.py). ``hold_sst``: the SST runs
+    no pod (a restore into its database has not finished; see backup.py).
     """
     version = spec.image_tag
     out: list[Obj] = []
@@ -345,7 +347,7 @@ def render(
                 "kind": "StatefulSet",
                 "metadata": _meta(name, namespace, labels),
                 "spec": {
-                    "replicas": 1,
+                    "replicas": 0 if hold_sst and role == names.ROLE_SST else 1,
                     "serviceName": name,
                     "selector": {"matchLabels": selector},
                     "podManagementPolicy": "Parallel",
@@ -625,12 +627,10 @@ def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: 
                     "policyTypes": ["Ingress"],
                     "ingress": [
                         {
+                            # the SST, and the backup and restore Jobs (backup.py)
                             "from": [
-                                {
-                                    "podSelector": {
-                                        "matchLabels": names.selector_labels(network, "sst")
-                                    }
-                                }
+                                {"podSelector": {"matchLabels": names.selector_labels(network, r)}}
+                                for r in (names.ROLE_SST, backup.ROLE)
                             ],
                             "ports": [{"port": names.PG_PORT, "protocol": "TCP"}],
                         }

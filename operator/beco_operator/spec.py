@@ -14,6 +14,8 @@ from typing import Any
 
 from beco_node.quorum import QuorumError, resolve_quorum
 
+from beco_operator import backup as backup_names
+
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
     "limits": {"memory": "512Mi"},
@@ -51,6 +53,15 @@ class ExternalDatabase:
 
 
 @dataclass(frozen=True, slots=True)
+class RestoreSource:
+    """``spec.restore``: a backup (``kubectl beco backup``) to create the network from."""
+
+    pvc: str
+    path: str  # <network>/<stamp>.dump inside the claim
+    key_secret: str  # the backup's copy of the SST key
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkSpec:
     zones: tuple[str, ...]
     per_zone: int
@@ -75,6 +86,7 @@ class NetworkSpec:
     pod_annotations: Mapping[str, str]
     priority_class: str | None
     tolerations: tuple[Mapping[str, Any], ...]
+    restore: RestoreSource | None = None
 
     @property
     def members(self) -> int:
@@ -135,6 +147,7 @@ def parse(raw: Mapping[str, Any], default_image: str = DEFAULT_IMAGE) -> Network
         if not ref.get("name"):
             raise SpecError("spec.database.external.secretRef.name is required")
         database = ExternalDatabase(str(ref["name"]), str(ref.get("key", "dsn")))
+    restore = _restore(raw, database)
     monitoring = _obj(raw.get("monitoring"), "spec.monitoring")
     pod = _obj(raw.get("podTemplate"), "spec.podTemplate")
     roles = {
@@ -167,4 +180,27 @@ def parse(raw: Mapping[str, Any], default_image: str = DEFAULT_IMAGE) -> Network
         pod_annotations=dict(pod.get("annotations") or {}),
         priority_class=pod.get("priorityClassName"),
         tolerations=tuple(pod.get("tolerations") or ()),
+        restore=restore,
     )
+
+
+def _restore(
+    raw: Mapping[str, Any], database: ManagedDatabase | ExternalDatabase
+) -> RestoreSource | None:
+    r = _obj(raw.get("restore"), "spec.restore")
+    if not r:
+        return None
+    if isinstance(database, ExternalDatabase):
+        raise SpecError(
+            "spec.restore needs a managed database (restore an external database with its "
+            "own tools)"
+        )
+    pvc, where = str(r.get("pvc") or ""), str(r.get("path") or "")
+    if not pvc:
+        raise SpecError("spec.restore.pvc names the volume claim holding the backup")
+    try:
+        network, ts = backup_names.parse_path(where)
+    except ValueError as exc:
+        raise SpecError(f"spec.restore.path: {exc}") from None
+    key = str(r.get("keySecret") or backup_names.key_secret(network, ts))
+    return RestoreSource(pvc, where, key)

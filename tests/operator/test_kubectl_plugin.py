@@ -199,3 +199,37 @@ def test_restart_goes_through_the_operator_one_pod_at_a_time(
     # not found: exit 3; a role that does not exist: usage, exit 2
     assert kubectl_beco(cp, "restart", "nope", "-n", ns).returncode == 3
     assert kubectl_beco(cp, "restart", "demo", "-n", ns, "--role", "postgres").returncode == 2
+
+
+def test_backup_creates_the_claim_the_key_copy_and_the_dump_job(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    """What `kubectl beco backup` asks of the API (the Job itself runs on real pods only:
+    e2e/kubernetes/test_backup.py)."""
+    cp, ns = control_plane, k8s_namespace
+    cp.api("POST", net_path(ns), network("demo", ns))
+    wait_ready(cp, ns, "demo")
+    out = json.loads(
+        _ok(kubectl_beco(cp, "backup", "demo", "-n", ns, "--pvc", "backups", "-o", "json"))
+    )
+    assert out["path"].startswith("demo/") and out["path"].endswith(".dump")
+    claim = cp.api("GET", f"/api/v1/namespaces/{ns}/persistentvolumeclaims/backups")
+    assert "storageClassName" not in claim["spec"] or claim["spec"]["storageClassName"]
+    key = cp.api("GET", f"/api/v1/namespaces/{ns}/secrets/{out['keySecret']}")
+    sst = cp.api("GET", f"/api/v1/namespaces/{ns}/secrets/demo-sst-key")
+    assert key["data"]["node.key"] == sst["data"]["node.key"]
+    assert set(key["data"]) == {"node.key", "public_key"}  # no TLS material copied
+    assert not key["metadata"].get("ownerReferences")  # it outlives the network
+    job = cp.api("GET", f"/apis/batch/v1/namespaces/{ns}/jobs/{out['job']}")
+    (c,) = job["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["BECO_STAMP"] in out["path"] and env["BECO_KEY_SECRET"] == out["keySecret"]
+    assert "node.key" not in json.dumps(job)  # the key never reaches the Job
+
+    # a missing network: exit 3; a bad path: usage, exit 2
+    missing = kubectl_beco(cp, "backup", "nope", "-n", ns, "--pvc", "backups")
+    assert missing.returncode == 3, missing.stderr
+    bad = kubectl_beco(
+        cp, "restore", "demo2", "-n", ns, "--from-pvc", "backups", "--path", "x.dump"
+    )
+    assert bad.returncode == 2 and "is not <network>/" in bad.stderr, bad.stderr

@@ -239,6 +239,15 @@ def test_deleted_or_edited_child_is_restored(
             "exactly one of managed or external",
         ),
         ({"userNodes": {"perZone": 0}}, "perZone"),
+        ({"restore": {"pvc": "b", "path": "../etc/x.dump"}}, "spec.restore.path"),
+        ({"restore": {"path": "demo/20261130T080000Z.dump"}}, "pvc: Required value"),
+        (
+            {
+                "database": {"external": {"secretRef": {"name": "x"}}},
+                "restore": {"pvc": "b", "path": "demo/20261130T080000Z.dump"},
+            },
+            "restore needs a managed database",
+        ),
     ],
 )
 def test_invalid_spec_is_refused_with_its_reason(
@@ -272,6 +281,14 @@ def test_immutable_and_quorum_breaking_updates_are_refused(
     with pytest.raises(ApiError) as err:
         merge_patch(cp, net_path(ns, "imm"), {"spec": {"userNodes": {"perZone": 2}}})
     assert "more than half" in str(err.value)
+    # restore is for creation only: a live network's log is never replaced by a backup
+    with pytest.raises(ApiError) as err:
+        merge_patch(
+            cp,
+            net_path(ns, "imm"),
+            {"spec": {"restore": {"pvc": "b", "path": "imm/20261130T080000Z.dump"}}},
+        )
+    assert "set when the network is created" in str(err.value)
 
 
 def test_what_the_schema_lets_through_becomes_a_condition(
