@@ -81,6 +81,12 @@ def may_disrupt_one(
             return False, f"user node {m} is restarting"
         if not p.ready:
             return False, f"user node {m} is not ready"
+    # The quorum first: it does not pass with time, the settle wait does.
+    ready = sum(1 for m in members if pods[m].ready)
+    if ready - 1 < quorum:
+        return False, (
+            f"restarting one of {ready} ready user nodes would leave fewer than the quorum {quorum}"
+        )
     if now is not None and settle > 0:
         for m in members:
             age = _age(pods[m].created, now)
@@ -89,11 +95,6 @@ def may_disrupt_one(
                     f"user node {m} started {max(age, 0):.0f}s ago: its peers may still dial its "
                     f"old address (cluster DNS cache); waiting until it is {settle:.0f}s old"
                 )
-    ready = sum(1 for m in members if pods[m].ready)
-    if ready - 1 < quorum:
-        return False, (
-            f"restarting one of {ready} ready user nodes would leave fewer than the quorum {quorum}"
-        )
     return True, ""
 
 
