@@ -34,8 +34,21 @@ from beco_node.errors import Unauthenticated, Unavailable
 
 DOMAIN = b"beco-request-v1\x00"
 DEFAULT_SKEW_MS = 30_000
+# Clock differences between nodes and the validator's commit retries, on top of 2 x skew.
+EXPIRY_MARGIN_MS = 60_000
 MIN_NONCE = 16
 MAX_NONCE = 64
+
+
+def admission_horizon_ms(skew_ms: int) -> int:
+    """How long after its signed timestamp a request can still commit.
+
+    A voter accepts the validator's timestamp within ``skew_ms`` of its clock, and the
+    request only if signed within ``skew_ms`` of that timestamp: later than
+    ``2 * skew_ms`` (plus the margin) after it was signed, no honest quorum votes for it,
+    so it can never commit.
+    """
+    return 2 * skew_ms + EXPIRY_MARGIN_MS
 
 
 def body_digest(request: Message) -> bytes:

@@ -20,6 +20,9 @@ ROLES = ("rendezvous", "validator", "user", "sst")
 # The grpc.health.v1 service a liveness probe asks for ("" is readiness); the operator's
 # probes name it too.
 LIVENESS_SERVICE = "liveness"
+# User nodes: the staleness bound (docs/reliability.md) and the catch-up period within it.
+DEFAULT_STALENESS_BOUND_MS = 5_000
+DEFAULT_SYNC_INTERVAL_MS = 1_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class Settings:
     membership_poll_ms: int
     log_level: str
     max_message_bytes: int
+    staleness_bound_ms: int
+    sync_interval_ms: int
 
 
 _SPEC: list[tuple[str, str, object, str]] = [
@@ -84,6 +89,19 @@ _SPEC: list[tuple[str, str, object, str]] = [
         "int",
         MAX_MESSAGE_BYTES,
         "largest gRPC message accepted on the public API",
+    ),
+    (
+        "staleness-bound-ms",
+        "int",
+        DEFAULT_STALENESS_BOUND_MS,
+        "user node: answer from memory only while its last catch-up with the SST was asked"
+        " for at most this long ago (else read the SST)",
+    ),
+    (
+        "sync-interval-ms",
+        "int",
+        DEFAULT_SYNC_INTERVAL_MS,
+        "user node: how often to catch up with the SST's log (below --staleness-bound-ms)",
     ),
 ]
 
@@ -136,6 +154,12 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         p.error("refusing plaintext gRPC: pass --tls-cert/--tls-key, or --insecure for local use")
     if ns.role == "sst" and not ns.database_url:
         p.error("the sst needs --database-url (BECO_DATABASE_URL)")
+    if not 0 < ns.sync_interval_ms < ns.staleness_bound_ms:
+        p.error(
+            f"--sync-interval-ms ({ns.sync_interval_ms}) must be positive and below"
+            f" --staleness-bound-ms ({ns.staleness_bound_ms}): a node that catches up less"
+            " often than the bound would read every user from the SST"
+        )
     if ns.advertise and is_wildcard(ns.advertise):
         p.error(
             f"--advertise {ns.advertise!r} is a wildcard address other nodes cannot reach:"

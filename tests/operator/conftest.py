@@ -13,9 +13,15 @@ from .harness import OperatorProcess, install_crd, install_rbac
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(control_plane: ControlPlane) -> Path:
+def beco_crd(control_plane: ControlPlane) -> ControlPlane:
+    """The control plane with the BecoNetwork CRD installed (schema tests need no operator)."""
     install_crd(control_plane)
-    return install_rbac(control_plane)
+    return control_plane
+
+
+@pytest.fixture(scope="session")
+def operator_kubeconfig(beco_crd: ControlPlane) -> Path:
+    return install_rbac(beco_crd)
 
 
 @pytest.fixture(scope="module")

@@ -242,9 +242,9 @@ def test_deleted_or_edited_child_is_restored(
     ],
 )
 def test_invalid_spec_is_refused_with_its_reason(
-    control_plane: ControlPlane, k8s_namespace: str, spec: dict[str, Any], message: str
+    beco_crd: ControlPlane, k8s_namespace: str, spec: dict[str, Any], message: str
 ) -> None:
-    cp, ns = control_plane, k8s_namespace
+    cp, ns = beco_crd, k8s_namespace
     with pytest.raises(ApiError) as err:
         create(cp, ns, "bad", **spec)
     assert err.value.status == 422
@@ -252,9 +252,9 @@ def test_invalid_spec_is_refused_with_its_reason(
 
 
 def test_immutable_and_quorum_breaking_updates_are_refused(
-    control_plane: ControlPlane, k8s_namespace: str
+    beco_crd: ControlPlane, k8s_namespace: str
 ) -> None:
-    cp, ns = control_plane, k8s_namespace
+    cp, ns = beco_crd, k8s_namespace
     create(cp, ns, "imm", quorum=2)
     with pytest.raises(ApiError) as err:
         merge_patch(

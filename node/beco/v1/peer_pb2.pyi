@@ -541,19 +541,26 @@ class FailureRecord(_message.Message):
     PROPOSAL_ID_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    SIGNED_MS_FIELD_NUMBER: _builtins.int
     proposal_id: _builtins.str
     code: _builtins.str
     reason: _builtins.str
+    signed_ms: _builtins.int
+    """The request's auth.timestamp_ms: once it is older than the admission horizon
+    (2 x skew + margin) the request can never commit and the SST forgets the record.
+    0: unknown (kept).
+    """
     def __init__(
         self,
         *,
         proposal_id: _builtins.str = ...,
         code: _builtins.str = ...,
         reason: _builtins.str = ...,
+        signed_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "proposal_id", b"proposal_id", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "proposal_id", b"proposal_id", "reason", b"reason", "signed_ms", b"signed_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

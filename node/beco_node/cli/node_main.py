@@ -84,8 +84,11 @@ async def run(s: settings.Settings) -> None:
 
             store = await open_store(rt)
             closers.append(store.close)
-            sst_service.append(SstService(rt, store))
-            await watch_database(rt, store)
+            svc = SstService(rt, store)
+            sst_service.append(svc)
+            async with asyncio.TaskGroup() as sst_tasks:  # within the node's TaskGroup
+                sst_tasks.create_task(watch_database(rt, store))
+                sst_tasks.create_task(svc.prune_loop())
         elif s.role == "user" and rt.is_member:  # else: once added (UserNode)
             node.start_loading()
 

@@ -16,7 +16,9 @@ log position (``Changes``).
 
 Outcomes are durable: ``GetOutcome`` answers from the database, and
 ``RecordFailure`` records a proposal as failed for good (unless it committed first),
-after which the store refuses to commit it (see ``sst/schema.py``).
+after which the store refuses to commit it (see ``sst/schema.py``). ``prune_loop``
+forgets a record once its request is past the admission horizon (``auth``, from
+``--skew-ms``): no quorum can vote for it any more, so the guard is no longer needed.
 
 The current state of users is cached in memory (the SST is the only writer).
 """
@@ -68,6 +70,8 @@ Ctx = grpc.aio.ServicerContext[Any, Any]
 STATE_CACHE_ENTRIES = 100_000
 STATE_CACHE_BYTES = 64 * 1024 * 1024
 RECENT = 50_000
+# How often failure records past the admission horizon are pruned.
+PRUNE_INTERVAL_S = 60.0
 # Pauses between the tries of a commit notice (the last try is followed by no pause).
 NOTICE_RETRY_PAUSES_S = (0.25, 1.0, 2.0, 0.0)
 
@@ -309,9 +313,30 @@ class SstService(ppb_grpc.SstServicer):
 
     async def _record(self, rec: ppb.FailureRecord) -> StoredCommit | FailedRecord:
         try:
-            return await self.store.record_failure(rec.proposal_id, rec.code, rec.reason)
+            return await self.store.record_failure(
+                rec.proposal_id, rec.code, rec.reason, rec.signed_ms or None
+            )
         except StoreUnavailableError as exc:
             raise Unavailable(str(exc)) from None  # a status, not a crash of the task
+
+    async def prune_failures(self) -> int:
+        """Forget the failure records of requests signed before the admission horizon."""
+        horizon = auth.admission_horizon_ms(self.rt.settings.skew_ms)
+        n = await self.store.prune_failures(self.rt.now_ms() - horizon)
+        if n:
+            log.info("pruned failure records past the admission horizon: %d", n)
+        return n
+
+    async def prune_loop(self, interval_s: float = PRUNE_INTERVAL_S) -> None:
+        """``prune_failures`` every ``interval_s`` (in the node's TaskGroup)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.prune_failures()
+            except StoreUnavailableError as exc:
+                log.info("pruning failure records postponed: %s", exc)
+            except StoreError as exc:  # the records stay: a cost, never a wrong answer
+                log.warning("pruning failure records failed: %s", exc)
 
     @rpc_handler("sst.Changes")
     async def Changes(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ChangesReply:

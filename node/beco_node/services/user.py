@@ -43,12 +43,6 @@ from beco_node.services.runtime import Runtime, rpc_handler
 log = logging.getLogger("beco.user")
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = model.SERVICE
-# Staleness: a node answers from memory only while its last catch-up with the SST was
-# asked for at most STALENESS_BOUND_S ago; it catches up every SYNC_INTERVAL_S.
-SYNC_INTERVAL_S = 1.0
-STALENESS_BOUND_S = 5.0
-# A request signed more than 2 x skew + this ago can no longer gather an honest quorum.
-EXPIRY_MARGIN_MS = 60_000
 
 
 class UserStore:
@@ -105,9 +99,14 @@ def _grantees(st: pb.UserState) -> set[str]:
 class UserNode:
     """Shared state of the two servicers of a user node."""
 
-    def __init__(self, rt: Runtime, sync_interval_s: float | None = SYNC_INTERVAL_S) -> None:
+    def __init__(self, rt: Runtime, background_sync: bool = True) -> None:
         self.rt = rt
-        self.sync_interval_s = sync_interval_s  # None: no background catch-up (tests)
+        # Staleness: answer from memory only while the last catch-up with the SST was asked
+        # for at most ``staleness_bound_s`` ago; catch up every ``sync_interval_s``
+        # (settings --staleness-bound-ms, --sync-interval-ms).
+        self.staleness_bound_s = rt.settings.staleness_bound_ms / 1000
+        self.sync_interval_s = rt.settings.sync_interval_ms / 1000
+        self.background_sync = background_sync  # False: tests call catch_up themselves
         self.store = UserStore()
         self.authn = Authenticator(rt.settings.skew_ms)
         self.loaded = asyncio.Event()
@@ -151,8 +150,8 @@ class UserNode:
         return self.store.get(uid)
 
     def fresh(self) -> bool:
-        """Whether memory holds every commit published more than STALENESS_BOUND_S ago."""
-        return self.rt.monotonic() - self.synced_at <= STALENESS_BOUND_S
+        """Whether memory holds every commit published more than the staleness bound ago."""
+        return self.rt.monotonic() - self.synced_at <= self.staleness_bound_s
 
     async def user(self, uid: str) -> pb.UserState | None:
         """The user, within the staleness bound: from memory while the catch-up keeps up,
@@ -222,7 +221,7 @@ class UserNode:
                 log.info("waiting for the SST: %s", exc.code().name)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-        if self.sync_interval_s is not None and (self._sync is None or self._sync.done()):
+        if self.background_sync and (self._sync is None or self._sync.done()):
             self._sync = self.rt.start(self.sync_loop(self.sync_interval_s))
 
     def _synced(self, size: int, head: int, started: float) -> None:
@@ -270,11 +269,17 @@ class UserNode:
         out: ppb.Outcome = await self.sst_call("GetOutcome", ppb.SstQuery(proposal_id=proposal_id))
         return out
 
-    async def record_failure(self, proposal_id: str, code: str, reason: str) -> ppb.Outcome:
-        """Make a refusal definitive at the SST before answering it (or learn it committed)."""
+    async def record_failure(
+        self, proposal_id: str, code: str, reason: str, signed_ms: int
+    ) -> ppb.Outcome:
+        """Make a refusal definitive at the SST before answering it (or learn it committed).
+        ``signed_ms``: the request's signed timestamp (the SST prunes the record once the
+        request can no longer commit)."""
         env = peer.seal(
             "record_failure",
-            ppb.FailureRecord(proposal_id=proposal_id, code=code, reason=reason),
+            ppb.FailureRecord(
+                proposal_id=proposal_id, code=code, reason=reason, signed_ms=signed_ms
+            ),
             self.rt.key,
             self.rt.peer_id,
             self.rt.now_ms(),
@@ -306,13 +311,15 @@ class IdentityService(pb_grpc.IdentityServicer):
         pid = peer.proposal_id(request.auth.signature)
         if admission in (auth.Admission.EXPIRED, auth.Admission.EARLY):
             reason = node.authn.skew_message(request, now)
-            if now - request.auth.timestamp_ms > 2 * node.authn.skew_ms + EXPIRY_MARGIN_MS:
+            if now - request.auth.timestamp_ms > auth.admission_horizon_ms(node.authn.skew_ms):
                 # No honest quorum votes for it any more: look its outcome up, record nothing.
                 out = await node.outcome(pid)
                 if out.status == ppb.OUTCOME_UNSPECIFIED:
                     raise Unauthenticated(reason)
             else:
-                out = await node.record_failure(pid, "UNAUTHENTICATED", reason)
+                out = await node.record_failure(
+                    pid, "UNAUTHENTICATED", reason, request.auth.timestamp_ms
+                )
             return self._answer(out, caller)
         model.check_limits(method, request)  # refusals on content alone can never commit
         uid = model.target_user(method, request, caller)
@@ -330,7 +337,10 @@ class IdentityService(pb_grpc.IdentityServicer):
                 self._check(method, request, caller, state)
             except BecoError as again:
                 return self._answer(
-                    await node.record_failure(pid, again.code, again.message), caller
+                    await node.record_failure(
+                        pid, again.code, again.message, request.auth.timestamp_ms
+                    ),
+                    caller,
                 )
         prop = ppb.Proposal(
             proposal_id=pid,

@@ -31,7 +31,7 @@ import grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import metrics, peer, tally
+from beco_node import metrics, model, peer, tally
 from beco_node.errors import BecoError
 from beco_node.lru import BoundedLru
 from beco_node.services.relay import relayed
@@ -46,6 +46,14 @@ COMMIT_TIMEOUT_S = 10
 COMMIT_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 RECORD_TIMEOUT_S = 5
 Ctx = grpc.aio.ServicerContext[Any, Any]
+
+
+def _signed_ms(prop: ppb.Proposal) -> int:
+    """The request's signed timestamp (0 if unreadable: the SST then keeps the record)."""
+    try:
+        return int(model.parse_mutation(prop.method, prop.request).auth.timestamp_ms)  # type: ignore[attr-defined]
+    except BecoError:
+        return 0
 
 
 class ValidatorService(ppb_grpc.ValidatorServicer):
@@ -132,7 +140,10 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         never commit later); if it committed first, answer that commit."""
         self.sequences.pop(prop.user_id)  # voters may know a newer sequence: re-read
         rec = ppb.FailureRecord(
-            proposal_id=prop.proposal_id, code=tally.definitive_code(code), reason=reason
+            proposal_id=prop.proposal_id,
+            code=tally.definitive_code(code),
+            reason=reason,
+            signed_ms=_signed_ms(prop),
         )
         env = peer.seal("record_failure", rec, self.rt.key, self.rt.peer_id, self.rt.now_ms())
         try:

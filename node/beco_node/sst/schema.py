@@ -11,7 +11,10 @@ Tables (all writes come from ``beco_commit``, one statement = one transaction):
   ``tree_size`` must match an existing last leaf in the same way;
 - ``failed_proposals``: proposals answered as failed for good (``beco_fail``, under
   the same lock as commits): ``beco_commit`` refuses them, so a request a client was
-  told failed can never commit later, whichever role restarts.
+  told failed can never commit later, whichever role restarts. A record goes
+  (``beco_prune_failures``) once its request, by its signed timestamp ``signed_ms``,
+  is past the admission horizon and so could never commit anyway; records without
+  ``signed_ms`` (written before migration 3) stay.
 
 ``beco_commit`` does the whole commit server-side in one round trip: it takes a
 transaction-scoped advisory lock (commits serialise even across processes), returns
@@ -171,6 +174,42 @@ MIGRATIONS: list[str] = [
              VALUES (p_proposal_id, p_code, p_reason, p_ms)
         ON CONFLICT (proposal_id) DO NOTHING;
         RETURN 'failed';
+    END
+    $fn$;
+    """,
+    # 3: failure records carry the request's signed time, and can be pruned by it
+    """
+    ALTER TABLE failed_proposals ADD COLUMN signed_ms bigint;
+    CREATE INDEX failed_proposals_signed_ms ON failed_proposals (signed_ms);
+
+    DROP FUNCTION beco_fail(text, text, text, bigint);
+    CREATE FUNCTION beco_fail(
+        p_proposal_id text, p_code text, p_reason text, p_ms bigint, p_signed_ms bigint)
+    RETURNS text LANGUAGE plpgsql AS $fn$
+    BEGIN
+        PERFORM pg_advisory_xact_lock(6962);
+        IF EXISTS (SELECT 1 FROM changes c WHERE c.proposal_id = p_proposal_id) THEN
+            RETURN 'committed';
+        END IF;
+        INSERT INTO failed_proposals (proposal_id, code, reason, failed_ms, signed_ms)
+             VALUES (p_proposal_id, p_code, p_reason, p_ms, p_signed_ms)
+        ON CONFLICT (proposal_id) DO NOTHING;
+        RETURN 'failed';
+    END
+    $fn$;
+
+    -- Under the commit lock, at most p_limit rows a call (commits wait meanwhile).
+    CREATE FUNCTION beco_prune_failures(p_signed_before bigint, p_limit integer)
+    RETURNS bigint LANGUAGE plpgsql AS $fn$
+    DECLARE
+        n bigint;
+    BEGIN
+        PERFORM pg_advisory_xact_lock(6962);
+        DELETE FROM failed_proposals WHERE proposal_id IN (
+            SELECT f.proposal_id FROM failed_proposals f
+             WHERE f.signed_ms < p_signed_before LIMIT p_limit);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        RETURN n;
     END
     $fn$;
     """,

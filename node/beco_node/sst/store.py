@@ -478,19 +478,42 @@ class SstStore:
         return None
 
     async def record_failure(
-        self, proposal_id: str, code: str, reason: str
+        self, proposal_id: str, code: str, reason: str, signed_ms: int | None = None
     ) -> StoredCommit | FailedRecord:
         """Record that a proposal failed for good, unless it committed first.
 
         Serialised with commits by their lock: afterwards ``commit`` refuses this proposal
         (``ProposalFailedError``). Returns the commit if it won, else the (first) failure.
+        ``signed_ms`` is the request's signed timestamp (None: unknown, never pruned).
         """
         await self._fetch(
-            "SELECT beco_fail($1, $2, $3, $4)", proposal_id, code, reason, self._clock()
+            "SELECT beco_fail($1, $2, $3, $4, $5)",
+            proposal_id,
+            code,
+            reason,
+            self._clock(),
+            signed_ms,
         )
         out = await self.outcome(proposal_id)
         assert out is not None
         return out
+
+    async def prune_failures(self, signed_before_ms: int, batch: int = 10_000) -> int:
+        """Forget the failure records of requests signed before ``signed_before_ms`` (the
+        caller's admission horizon: such a request can never commit); returns how many.
+        Deletes ``batch`` rows per transaction, so commits wait only briefly."""
+        total = 0
+        while True:
+            try:
+                rows = await self._fetch(
+                    "SELECT beco_prune_failures($1, $2) AS n", signed_before_ms, batch
+                )
+            except asyncpg.PostgresError as exc:
+                raise StoreError(f"pruning failure records: {exc}") from exc
+            n = int(rows[0]["n"])
+            total += n
+            if n < batch:
+                return total
 
     async def changed_users(
         self, from_size: int, limit: int = 1000

@@ -22,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 from beco.v1 import identity_pb2 as pb
-from beco_node import auth, keys
+from beco_node import auth, keys, settings
 from beco_node.client import INDETERMINATE, Client, proposal_id
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
@@ -31,7 +31,6 @@ from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
 from beco_node.merkle.verify import verify_inclusion
 from beco_node.pg.embedded import free_port
-from beco_node.services.user import STALENESS_BOUND_S
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
@@ -296,7 +295,7 @@ async def check(
                     assert (entry is not None) == committed, op.pid
             # every node serves the latest state within the bound after the last fault
             latest = seqs[-1]
-        await asyncio.sleep(STALENESS_BOUND_S)
+        await asyncio.sleep(settings.DEFAULT_STALENESS_BOUND_MS / 1000)
         for endpoint in net.user_endpoints():
             async with Client(endpoint, w.key) as c:
                 assert (await c.get_user(w.uid)).sequence == latest, endpoint

@@ -105,3 +105,28 @@ async def test_changed_users_by_log_position(
         assert await store.changed_users(4) == ([], 4)
     finally:
         await store.close()
+
+
+async def test_failure_records_are_pruned_by_their_requests_signed_time(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        old, recent, unknown = make_entry("a", 1), make_entry("b", 1), make_entry("c", 1)
+        await store.record_failure(old.proposal_id, "ABORTED", "x", signed_ms=1_000)
+        await store.record_failure(recent.proposal_id, "ABORTED", "x", signed_ms=5_000)
+        await store.record_failure(unknown.proposal_id, "ABORTED", "x")  # no signed time
+        assert await store.prune_failures(1_000) == 0  # strictly before the cut-off
+        with pytest.raises(ProposalFailedError):
+            await store.commit(old)
+        assert await store.prune_failures(1_001, batch=1) == 1
+        assert await store.outcome(old.proposal_id) is None
+        assert isinstance(await store.outcome(recent.proposal_id), FailedRecord)
+        assert isinstance(await store.outcome(unknown.proposal_id), FailedRecord)
+        # many at once, in several batches; a record without a signed time stays
+        assert await store.prune_failures(10**15, batch=1) == 1
+        assert isinstance(await store.outcome(unknown.proposal_id), FailedRecord)
+        with pytest.raises(ProposalFailedError):
+            await store.commit(unknown)
+    finally:
+        await store.close()

@@ -17,7 +17,6 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 from beco_node import auth, keys, membership, settings
 from beco_node.client import Client, proposal_id
 from beco_node.clock import ManualClock, now_ms
-from beco_node.services import user as user_mod
 from beco_node.services import validator as validator_mod
 from beco_node.services.runtime import Runtime
 from beco_node.services.sst import SstService
@@ -64,9 +63,10 @@ class Net:
         self.nodes: dict[str, UserNode] = {}
         self.rts: list[Runtime] = []
 
-    def runtime(self, name: str) -> Runtime:
+    def runtime(self, name: str, *extra: str) -> Runtime:
         s = settings.parse(
             [
+                *extra,
                 "--role",
                 ROLE[name],
                 "--membership",
@@ -90,7 +90,7 @@ class Net:
         self.net.serve(ADDR["sst"], [(ppb_grpc.add_SstServicer_to_server, self.sst)])
         self.start_validator()
         for u in USERS:
-            node = UserNode(self.runtime(u), sync_interval_s=None)
+            node = UserNode(self.runtime(u), background_sync=False)
             self.net.serve(
                 ADDR[u],
                 [
@@ -264,7 +264,7 @@ async def test_missed_notices_are_bounded_by_the_catch_up(net: Net) -> None:
         await net.settle()
         assert c_node.store.sequence(a.user_id) == 3
         # within the bound a read may be that stale; past it the node refreshes first
-        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        net.clock.advance(c_node.staleness_bound_s + 1)
         assert (await b.get_user(a.user_id)).sequence == 4
         # the catch-up by log position brings everything, and the lag gauge to 0
         await c_node.catch_up()
@@ -276,13 +276,25 @@ async def test_a_restarted_node_loads_then_catches_up(net: Net) -> None:
     alice = keys.generate_private_key()
     async with net.client(alice) as a:
         await a.create_user("Alice")
-        fresh = UserNode(net.runtime("user-c"), sync_interval_s=None)
+        fresh = UserNode(net.runtime("user-c"), background_sync=False)
         await fresh.load_all()
         assert fresh.synced_size == 1 and fresh.store.sequence(a.user_id) == 1
         await a.set_first(a.user_id, "Two")
         # the new process was not served: it got no notice; the catch-up brings it
         await fresh.catch_up()
         assert fresh.store.sequence(a.user_id) == 2
+
+
+async def test_the_staleness_bound_is_the_nodes_setting(net: Net) -> None:
+    node = UserNode(net.runtime("user-c", "--staleness-bound-ms", "2000"), background_sync=False)
+    await node.load_all()
+    assert node.staleness_bound_s == 2.0 and node.fresh()
+    net.clock.advance(1.5)
+    assert node.fresh()
+    net.clock.advance(1.0)  # 2.5 s since the catch-up was asked for: past the bound
+    assert not node.fresh()
+    await node.catch_up()
+    assert node.fresh()
 
 
 async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
@@ -321,11 +333,11 @@ async def test_list_users_past_the_bound_catches_up_first(net: Net) -> None:
         await a.grant(a.user_id, "last", bob_id, "viewer")
         await net.settle()
         assert [u.user_id for u in (await b.list_users()).users] == [bob_id]  # within the bound
-        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        net.clock.advance(net.nodes["user-c"].staleness_bound_s + 1)
         listed = {u.user_id for u in (await b.list_users()).users}
         assert listed == {bob_id, a.user_id}
         # and with the SST gone, a node past the bound answers UNAVAILABLE, never stale data
-        net.clock.advance(user_mod.STALENESS_BOUND_S + 1)
+        net.clock.advance(net.nodes["user-c"].staleness_bound_s + 1)
         net.net.faults.append(Fault(address=ADDR["sst"], drop="request"))
         details = await expect(grpc.StatusCode.UNAVAILABLE, b.get_user(a.user_id))
         assert "behind" in details
@@ -344,3 +356,51 @@ async def test_the_validator_retries_a_commit_the_sst_could_not_take(
         r = await a.set_first(a.user_id, "Once")
         assert r.commit.sequence == 2 and a.resends == 0
         assert net.store.tree_head().tree_size == 2
+
+
+async def test_failure_records_are_pruned_past_the_admission_horizon(net: Net) -> None:
+    """The SST forgets a failure record once its request (by its signed time) is past the
+    admission horizon of ``--skew-ms``; before that, and for a request signed ahead, the
+    record keeps it from ever committing."""
+    alice, bob = keys.generate_private_key(), keys.generate_private_key()
+
+    def at(key: Any, method: str, req: Any, ms: int) -> Any:
+        auth.sign_request("/beco.v1.Identity/" + method, req, key, ms)
+        return req
+
+    async def outcome(pid: str) -> int:
+        req = at(bob, "GetOutcome", pb.GetOutcomeRequest(proposal_id=pid), net.clock.now_ms())
+        r = await b.stub.GetOutcome(req)
+        return int(r.status)
+
+    async with net.client(alice) as a, net.client(bob, "user-b") as b:
+        await a.create_user("Alice")
+        t0 = net.clock.now_ms()
+        refused = at(
+            bob, "UpdateFirstName", pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="M"), t0
+        )
+        await expect(grpc.StatusCode.PERMISSION_DENIED, b.stub.UpdateFirstName(refused))
+        ahead_s = 600  # signed 10 minutes ahead: refused now, admissible then
+        early = at(
+            alice,
+            "UpdateLastName",
+            pb.UpdateLastNameRequest(user_id=a.user_id, last_name="Late"),
+            t0 + ahead_s * 1000,
+        )
+        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateLastName(early))
+        horizon_s = auth.admission_horizon_ms(net.sst.rt.settings.skew_ms) / 1000
+        net.clock.advance(horizon_s - 1)
+        assert await net.sst.prune_failures() == 0
+        assert await outcome(proposal_id(refused)) == pb.PROPOSAL_STATUS_FAILED
+        net.clock.advance(2)
+        assert await net.sst.prune_failures() == 1
+        assert await outcome(proposal_id(refused)) == pb.PROPOSAL_STATUS_UNKNOWN
+        assert await outcome(proposal_id(early)) == pb.PROPOSAL_STATUS_FAILED
+        # the pruned request is past the horizon: no node proposes it any more
+        await expect(grpc.StatusCode.UNAUTHENTICATED, b.stub.UpdateFirstName(refused))
+        # the early one, once its time has come, is still refused by its record
+        net.clock.advance(ahead_s - horizon_s)
+        assert await net.sst.prune_failures() == 0
+        await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateLastName(early))
+        assert await outcome(proposal_id(early)) == pb.PROPOSAL_STATUS_FAILED
+        assert net.store.tree_head().tree_size == 1

@@ -55,3 +55,14 @@ def test_a_wildcard_advertise_is_a_usage_error(capsys: pytest.CaptureFixture[str
     with pytest.raises(SystemExit):
         settings.parse(["--role", "user", "--insecure", "--advertise", "0.0.0.0:9001"])
     assert "wildcard" in capsys.readouterr().err
+
+
+def test_staleness_bound_and_sync_interval(capsys: pytest.CaptureFixture[str]) -> None:
+    s = settings.parse(["--role", "user", "--insecure"])
+    assert s.staleness_bound_ms == settings.DEFAULT_STALENESS_BOUND_MS
+    assert s.sync_interval_ms == settings.DEFAULT_SYNC_INTERVAL_MS
+    s = settings.parse(["--role", "user", "--insecure", "--staleness-bound-ms", "3000"])
+    assert s.staleness_bound_ms == 3000
+    with pytest.raises(SystemExit):  # catching up less often than the bound: refused
+        settings.parse(["--role", "user", "--insecure", "--sync-interval-ms", "5000"])
+    assert "--staleness-bound-ms" in capsys.readouterr().err

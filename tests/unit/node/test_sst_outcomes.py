@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from beco.v1 import identity_pb2 as pb
 from beco.v1 import peer_pb2 as ppb
-from beco_node import keys
+from beco_node import auth, keys
 from beco_node.services.sst import SstService
 
 
@@ -35,3 +35,32 @@ async def test_duplicate_is_answered_from_compact_commit_info() -> None:
     assert out.state == state
     applied = ppb.Applied.FromString(out.applied.payload)
     assert (applied.user_id, applied.sequence, applied.state) == (uid, 3, state)
+
+
+class _PruningStore:
+    def __init__(self) -> None:
+        self.cutoffs: list[int] = []
+
+    def tree_head(self) -> SimpleNamespace:
+        return SimpleNamespace(tree_size=0)
+
+    async def prune_failures(self, signed_before_ms: int) -> int:
+        self.cutoffs.append(signed_before_ms)
+        return 0
+
+
+async def test_the_prune_cutoff_follows_the_skew_setting() -> None:
+    """Failure records are pruned at now - admission horizon, the horizon from --skew-ms."""
+    store = _PruningStore()
+    for skew_ms in (30_000, 5_000):
+        rt = SimpleNamespace(
+            key=None,
+            public_key=b"",
+            peer_id="",
+            now_ms=lambda: 1_700_000_000_000,
+            settings=SimpleNamespace(skew_ms=skew_ms),
+        )
+        await SstService(rt, store).prune_failures()  # type: ignore[arg-type]
+    horizons = [1_700_000_000_000 - c for c in store.cutoffs]
+    assert horizons == [auth.admission_horizon_ms(30_000), auth.admission_horizon_ms(5_000)]
+    assert horizons[0] - horizons[1] == 2 * (30_000 - 5_000)  # two skews: sign -> vote -> commit
