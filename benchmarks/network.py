@@ -1,27 +1,29 @@
-"""Network benchmarks: reads and commits on the 3-zone local network, and the
-memory of a user node holding many identities. Writes the ``network`` section
-of docs/benchmarks.md.
+"""Network benchmarks on the 3-zone local network, in one run: commits/s, commit latency,
+server CPU per commit per role, reads next to an empty gRPC call's floor on the same node,
+and how commits/s and CPU per commit change with 3, 6 and 9 user nodes. Writes the
+``network`` section of docs/benchmarks.md.
 
-    python -m benchmarks.network [--reads 4000] [--commits 1000] [--users 100000]
+    python -m benchmarks.network [--seconds 5] [--scale 1,2,3] [--before FILE] [--save FILE]
 
-Everything runs for real: PostgreSQL (embedded), SST, rendezvous, validator
-and three user nodes as separate processes, gRPC over loopback. The load
-generator is a separate process too; requests are signed before the timed
-loop so the figures measure the network, not the client's signing.
+Everything runs for real: PostgreSQL (embedded), SST, rendezvous, validator and the user
+nodes as separate processes, gRPC over loopback. The load generators are separate
+processes on the same cores. CPU is read from /proc for every process (PostgreSQL with
+its backends), so CPU per commit and per read hold on a shared, loaded machine where
+throughput alone does not. Every phase is bounded by time (a few seconds).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing as mp
 import os
 import platform
-import re
+import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +34,104 @@ from beco_node import auth, keys
 from beco_node.client import Client
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 ROOT = Path(__file__).resolve().parent.parent
 GET = "/beco.v1.Identity/GetUser"
-SET_FIRST = "/beco.v1.Identity/UpdateFirstName"
+HEALTH = "/grpc.health.v1.Health/Check"
+TICK = os.sysconf("SC_CLK_TCK")
+ROLES = ("user", "validator", "sst", "postgres", "rendezvous")
 
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
+
+
+# ---------------------------------------------------------------- CPU from /proc
+def _stat(pid: int) -> tuple[int, float]:
+    """(parent pid, CPU seconds) of a live process."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    f = text[text.rindex(")") + 2 :].split()
+    return int(f[1]), (int(f[11]) + int(f[12])) / TICK
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of ``root`` and every live descendant (PostgreSQL's backends)."""
+    parents: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                ppid, c = _stat(int(d))
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(d))
+            cpu[int(d)] = c
+    total, todo = 0.0, [root]
+    while todo:
+        p = todo.pop()
+        total += cpu.get(p, 0.0)
+        todo.extend(parents.get(p, []))
+    return total
+
+
+def cpu_by_role(net: LocalNetwork) -> dict[str, float]:
+    out = dict.fromkeys(ROLES, 0.0)
+    for n in net.nodes.values():
+        if n.proc is not None:
+            out[n.role] += tree_cpu(n.proc.pid)
+    pg = net.postgres
+    if pg is not None and pg.pid is not None:
+        out["postgres"] += tree_cpu(pg.pid)
+    return out
+
+
+# ---------------------------------------------------------------- profiles (py-spy)
+def start_profiles(
+    net: LocalNetwork,
+    out: Path,
+    seconds: float,
+    roles: tuple[str, ...] = ("user", "validator", "sst"),
+) -> list[subprocess.Popen[bytes]]:
+    """py-spy on the first process of each role for ``seconds``: collapsed stacks in ``out``
+    (the first user node is the one the read phase uses)."""
+    out.mkdir(parents=True, exist_ok=True)
+    seen: set[str] = set()
+    procs = []
+    for n in net.nodes.values():
+        if n.proc is None or n.role in seen or n.role not in roles:
+            continue
+        seen.add(n.role)
+        cmd = [
+            str(Path(sys.executable).parent / "py-spy"), "record", "--nonblocking",
+            "-d", str(int(seconds)), "-r", "200", "-f", "raw",
+            "-o", str(out / f"{n.role}.txt"), "-p", str(n.proc.pid),
+        ]  # fmt: skip
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    return procs
+
+
+def top_self(path: Path, n: int = 12) -> list[tuple[str, float]]:
+    """The functions with the most samples on top of the stack (self time), as shares."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, k = line.rpartition(" ")
+        if not stack:
+            continue
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(k)
+        total += int(k)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+    return [(name, c / max(total, 1)) for name, c in ranked]
+
+
+def print_profiles(where: Path) -> None:
+    for f in sorted(where.rglob("*.txt")):
+        print(f"profile {f.relative_to(where)} (self time):", flush=True)
+        for name, share in top_self(f):
+            print(f"  {share:6.1%}  {name}", flush=True)
 
 
 # ---------------------------------------------------------------- load workers
@@ -54,136 +145,348 @@ def _signed_gets(key_pem: bytes, uid: str, n: int) -> list[pb.GetUserRequest]:
     return out
 
 
-async def _read_load(endpoint: str, reqs: list[pb.GetUserRequest], concurrency: int) -> float:
+def _health(ch: grpc.aio.Channel) -> Any:
+    return ch.unary_unary(HEALTH, request_serializer=lambda _: b"", response_deserializer=bytes)
+
+
+async def _read_load(
+    endpoint: str, reqs: list[Any], concurrency: int, floor: bool, seconds: float
+) -> tuple[int, float]:
+    """Send ``reqs`` for at most ``seconds``; return (answered, wall seconds)."""
     async with grpc.aio.insecure_channel(endpoint) as ch:
-        stub = pb_grpc.IdentityStub(ch)
-        await stub.GetUser(reqs.pop(), timeout=10)  # connect
+        call = _health(ch) if floor else pb_grpc.IdentityStub(ch).GetUser
+        await call(reqs.pop(), timeout=10)  # connect
         it = iter(reqs)
+        done = 0
+        t0 = time.perf_counter()
+        end = t0 + seconds
 
         async def worker() -> None:
+            nonlocal done
             for r in it:
-                await stub.GetUser(r, timeout=10)
+                if time.perf_counter() > end:
+                    return
+                await call(r, timeout=10)
+                done += 1
 
-        t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return time.perf_counter() - t0
+        return done, time.perf_counter() - t0
 
 
-def read_worker(endpoint: str, key_pem: bytes, uid: str, n: int, conc: int, q: Any) -> None:
-    reqs = _signed_gets(key_pem, uid, n + 1)
-    q.put((n, asyncio.run(_read_load(endpoint, reqs, conc))))
+def read_worker(
+    endpoint: str,
+    key_pem: bytes,
+    uid: str,
+    n: int,
+    conc: int,
+    floor: bool,
+    seconds: float,
+    go: Any,
+    q: Any,
+) -> None:
+    reqs: list[Any] = [None] * (n + 1) if floor else _signed_gets(key_pem, uid, n + 1)
+    q.put("ready")
+    go.wait()
+    c0 = time.process_time()
+    done, wall = asyncio.run(_read_load(endpoint, reqs, conc, floor, seconds))
+    q.put((done, wall, time.process_time() - c0))
 
 
-# ---------------------------------------------------------------- phases
-async def bench_reads(net: LocalNetwork, n: int, procs: int, conc: int) -> dict[str, float]:
-    key = keys.generate_private_key()
-    ep = net.user_endpoints()[0]
-    async with Client(ep, key) as c:
-        await c.create_user("Bench", ["Read"], "Er")
-        uid = c.user_id
-        # latency: one request in flight
-        lat: list[float] = []
-        reqs = _signed_gets(keys.private_key_to_pem(key), uid, 2000)
-        for r in reqs[:100]:
-            await c.stub.GetUser(r)  # warm-up
-        for r in reqs[100:]:
-            t0 = time.perf_counter()
-            await c.stub.GetUser(r)
-            lat.append(time.perf_counter() - t0)
-    floor = await _grpc_floor(ep)
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    pem = keys.private_key_to_pem(key)
-    ws = [
-        ctx.Process(target=read_worker, args=(ep, pem, uid, n // procs, conc, q))
-        for _ in range(procs)
-    ]
-    for w in ws:
-        w.start()
-    res = [q.get(timeout=600) for _ in ws]
-    for w in ws:
-        w.join()
-    total = sum(r[0] for r in res)
-    wall = max(r[1] for r in res)
-    return {
-        "read_p50_ms": pct(lat, 50) * 1000,
-        "read_p99_ms": pct(lat, 99) * 1000,
-        "reads_per_s": total / wall,
-        "read_total": total,
-        "read_clients": procs * conc,
-        "grpc_floor_p50_ms": floor * 1000,
-        "verify_us": _verify_cost() * 1e6,
-    }
-
-
-async def _grpc_floor(endpoint: str) -> float:
-    """p50 of an empty unary call (grpc.health.v1 Check) on the same node and client stack:
-    the part of a read's latency that no BECO code can remove."""
-    async with grpc.aio.insecure_channel(endpoint) as ch:
-        check = ch.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=lambda _: b"",
-            response_deserializer=lambda b: b,
-        )
-        lat: list[float] = []
-        for i in range(1100):
-            t0 = time.perf_counter()
-            await check(None)
-            if i >= 100:
-                lat.append(time.perf_counter() - t0)
-    return pct(lat, 50)
-
-
-def _verify_cost() -> float:
-    """Seconds per Ed25519 verification (the one a read must do) on this machine."""
-    key = keys.generate_private_key()
-    pub, msg = keys.public_key_bytes(key), b"x" * 128
-    sig = key.sign(msg)
-    t0 = time.perf_counter()
-    for _ in range(1000):
-        keys.verify(pub, sig, msg)
-    return (time.perf_counter() - t0) / 1000
-
-
-async def bench_commits(net: LocalNetwork, n: int, users: int) -> dict[str, float]:
-    eps = net.user_endpoints()
+async def _commit_load(
+    eps: list[str], users: int, seconds: float, first: int, go: Any, q: Any
+) -> None:
     people = [keys.generate_private_key() for _ in range(users)]
-    clients = [Client(eps[i % len(eps)], k) for i, k in enumerate(people)]
+    clients = [Client(eps[(first + i) % len(eps)], k) for i, k in enumerate(people)]
     try:
         await asyncio.gather(*(c.create_user(f"U{i}") for i, c in enumerate(clients)))
+        await asyncio.gather(*(c.set_first(c.user_id, "warm") for c in clients))
+        q.put("ready")
+        await asyncio.to_thread(go.wait)
         lat: list[float] = []
-        c0 = clients[0]
-        for i in range(20):
-            await c0.set_first(c0.user_id, f"warm{i}")
-        for i in range(200):
-            t0 = time.perf_counter()
-            await c0.set_first(c0.user_id, f"lat{i}")
-            lat.append(time.perf_counter() - t0)
-        per_user = max(1, n // users)
-
-        async def run_user(c: Client) -> None:
-            for i in range(per_user):
-                await c.set_first(c.user_id, f"tp{i}")
-
+        c0 = time.process_time()
         t0 = time.perf_counter()
-        await asyncio.gather(*(run_user(c) for c in clients))
-        wall = time.perf_counter() - t0
+        end = t0 + seconds
+
+        errors: list[str] = []
+
+        async def run(c: Client) -> None:
+            i = 0
+            while time.perf_counter() < end:
+                s = time.perf_counter()
+                try:
+                    await c.set_first(c.user_id, f"tp{i}")
+                except grpc.aio.AioRpcError as exc:  # counted, never hidden
+                    errors.append(exc.code().name)
+                    continue
+                lat.append(time.perf_counter() - s)
+                i += 1
+
+        await asyncio.gather(*(run(c) for c in clients))
+        q.put((len(lat), time.perf_counter() - t0, time.process_time() - c0, lat, errors))
     finally:
         for c in clients:
             await c.close()
+
+
+def commit_worker(eps: list[str], users: int, seconds: float, first: int, go: Any, q: Any) -> None:
+    asyncio.run(_commit_load(eps, users, seconds, first, go, q))
+
+
+def _run_workers(
+    net: LocalNetwork, target: Any, arg_sets: list[tuple[Any, ...]], on_start: Any = None
+) -> tuple[list[Any], dict[str, float]]:
+    """Start load processes, wait until each is ready, then time them together; return
+    their results and the servers' CPU seconds spent meanwhile, per role."""
+    ctx = mp.get_context("spawn")
+    q, go = ctx.Queue(), ctx.Event()
+    ws = [ctx.Process(target=target, args=(*a, go, q)) for a in arg_sets]
+    for w in ws:
+        w.start()
+    for _ in ws:
+        msg = q.get(timeout=300)
+        assert msg == "ready", msg
+    before = cpu_by_role(net)
+    go.set()
+    profilers = on_start() if on_start else []
+    res = [q.get(timeout=300) for _ in ws]
+    for p in profilers:
+        p.wait()
+    after = cpu_by_role(net)
+    for w in ws:
+        w.join()
+    return res, {r: after[r] - before[r] for r in ROLES}
+
+
+# ---------------------------------------------------------------- phases
+async def bench_reads(
+    net: LocalNetwork, n: int, procs: int, conc: int, seconds: float, profile: Path | None = None
+) -> dict[str, float]:
+    key = keys.generate_private_key()
+    ep = net.user_endpoints()[0]
+    pem = keys.private_key_to_pem(key)
+    async with Client(ep, key) as c:
+        await c.create_user("Bench", ["Read"], "Er")
+        uid = c.user_id
+        check = _health(c.channel)
+        lat: list[float] = []
+        flo: list[float] = []
+        for i in range(1100):  # one in flight, reads and empty calls interleaved
+            r = _signed_gets(pem, uid, 1)[0]  # signed outside the timed call
+            t0 = time.perf_counter()
+            await c.stub.GetUser(r)
+            t1 = time.perf_counter()
+            await check(None)
+            t2 = time.perf_counter()
+            if i >= 100:
+                lat.append(t1 - t0)
+                flo.append(t2 - t1)
+    out: dict[str, float] = {
+        "read_p50_ms": pct(lat, 50) * 1000,
+        "read_p99_ms": pct(lat, 99) * 1000,
+        "floor_p50_ms": pct(flo, 50) * 1000,
+        "floor_p99_ms": pct(flo, 99) * 1000,
+        "read_clients": procs * conc,
+    }
+    for floor, name in ((False, "read"), (True, "floor")):
+        per = n // procs
+        where = profile / name if profile else None
+        res, cpu = _run_workers(
+            net,
+            read_worker,
+            [(ep, pem, uid, per, conc, floor, seconds) for _ in range(procs)],
+            lambda w=where: start_profiles(net, w, seconds, ("user",)) if w else [],
+        )
+        total = sum(r[0] for r in res)
+        out[f"{name}_per_s"] = total / max(r[1] for r in res)
+        out[f"{name}_user_cpu_us"] = cpu["user"] / total * 1e6
+        out[f"{name}_client_cpu_us"] = sum(r[2] for r in res) / total * 1e6
+    return out
+
+
+async def commit_latency(net: LocalNetwork, n: int) -> dict[str, float]:
+    async with Client(net.user_endpoints()[0], keys.generate_private_key()) as c:
+        await c.create_user("Lat")
+        for i in range(20):
+            await c.set_first(c.user_id, f"warm{i}")
+        lat: list[float] = []
+        for i in range(n):
+            t0 = time.perf_counter()
+            await c.set_first(c.user_id, f"lat{i}")
+            lat.append(time.perf_counter() - t0)
+    return {"commit1_p50_ms": pct(lat, 50) * 1000, "commit1_p99_ms": pct(lat, 99) * 1000}
+
+
+def commit_load(
+    net: LocalNetwork, users: int, procs: int, seconds: float, profile: Path | None = None
+) -> dict[str, Any]:
+    eps = net.user_endpoints()
+    res, cpu = _run_workers(
+        net,
+        commit_worker,
+        [(eps, users // procs, seconds, i) for i in range(procs)],
+        lambda: start_profiles(net, profile, seconds) if profile else [],
+    )
+    total = sum(r[0] for r in res)
+    lat = [x for r in res for x in r[3]]
+    out: dict[str, Any] = {
+        "errors": sum(len(r[4]) for r in res),
+        "commits_per_s": total / max(r[1] for r in res),
+        "commits": total,
+        "load_p50_ms": pct(lat, 50) * 1000,
+        "load_p99_ms": pct(lat, 99) * 1000,
+        "cpu_ms": {r: cpu[r] / total * 1000 for r in ROLES},
+        "client_cpu_ms": sum(r[2] for r in res) / total * 1000,
+    }
+    out["server_cpu_ms"] = sum(out["cpu_ms"].values())
+    return out
+
+
+def verify_costs(n: int = 300) -> dict[str, float]:
+    """µs per Ed25519 verification and signature: with the nodes' backend (``keys``:
+    libsodium through PyNaCl) and with OpenSSL through ``cryptography``, same run. Distinct
+    messages, so ``keys.verify``'s cache of verified signatures never answers."""
+    key = keys.generate_private_key()
+    pub = keys.public_key_bytes(key)
+    msgs = [os.urandom(128) for _ in range(n)]
+    t0 = time.perf_counter()
+    sigs = [keys.sign(key, m) for m in msgs]
+    t1 = time.perf_counter()
+    for m, sig in zip(msgs, sigs, strict=True):
+        assert keys.verify(pub, sig, m)
+    t2 = time.perf_counter()
+    for m in msgs:
+        key.sign(m)
+    t3 = time.perf_counter()
+    openssl = Ed25519PublicKey.from_public_bytes(pub)
+    for m, sig in zip(msgs, sigs, strict=True):
+        openssl.verify(sig, m)
+    t4 = time.perf_counter()
+    us = 1e6 / n
     return {
-        "commit_p50_ms": pct(lat, 50) * 1000,
-        "commit_p99_ms": pct(lat, 99) * 1000,
-        "commits_per_s": per_user * users / wall,
-        "commit_total": per_user * users,
-        "commit_users": users,
+        "sign_us": (t1 - t0) * us,
+        "verify_us": (t2 - t1) * us,
+        "openssl_sign_us": (t3 - t2) * us,
+        "openssl_verify_us": (t4 - t3) * us,
     }
 
 
-def _fetch(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        body: bytes = resp.read()
-    return body.decode()
+async def one_network(
+    tmp: Path, per_zone: int, ns: argparse.Namespace, full: bool
+) -> dict[str, Any]:
+    n_users = 3 * per_zone
+    net = LocalNetwork(
+        tmp / f"net{n_users}",
+        nodes_per_zone=per_zone,
+        base_port=free_base_port(n_users),
+        extra_env={"BECO_LOG_LEVEL": "WARNING"},
+    )
+    await net.up()
+    r: dict[str, Any] = {"user_nodes": n_users}
+    try:
+        if full:
+            rprof = Path(ns.profile) / "reads" if ns.profile else None
+            r |= await bench_reads(
+                net, ns.reads, ns.read_procs, ns.read_concurrency, ns.seconds, rprof
+            )
+            if rprof is not None:
+                print_profiles(rprof)
+            print(f"reads: {r}", flush=True)
+            r |= await commit_latency(net, ns.latency_commits)
+        prof = Path(ns.profile) / f"{n_users}-nodes" if ns.profile and full else None
+        r |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds, prof)
+        if prof is not None:
+            print_profiles(prof)
+        print(f"commits ({n_users} user nodes): {r}", flush=True)
+    finally:
+        await net.down()
+    return r
+
+
+def render(
+    runs: list[dict[str, Any]], before: dict[str, Any] | None, ns: argparse.Namespace
+) -> str:
+    main = runs[0]
+    b = (before or {}).get("runs", [{}])[0] if before else {}
+    label = (before or {}).get("label", "before")
+
+    def row(
+        name: str, key: str, fmt: str, unit: str = "", src: dict[str, Any] | None = None
+    ) -> str:
+        now = (src or main).get(key)
+        old = b.get(key) if src is None else None
+        cell = (fmt.format(now) + unit) if now is not None else "-"
+        prev = (fmt.format(old) + unit) if old is not None else "-"
+        return f"| {name} | {cell} | {prev} |"
+
+    cpu = main["cpu_ms"]
+    bcpu = b.get("cpu_ms", {})
+    lines = [
+        f"Machine: {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, shared with other engineers' "
+        f"work. Command: `make bench-network` (`python -m benchmarks.network`). Real processes: "
+        "embedded PostgreSQL, SST, rendezvous, validator, 3 user nodes (zones a, b, c; quorum 2),"
+        f" gRPC on loopback; load generators in {ns.commit_procs} separate processes on the same"
+        f" cores, {ns.commit_users} users writing for {ns.seconds:g} s per phase. "
+        f"Load average (1 min) at the start / end of the run: {ns.load0:.1f} / "
+        f"{os.getloadavg()[0]:.1f}. Ed25519 here, same run: verify "
+        f"{ns.crypto['verify_us']:.0f} µs, sign {ns.crypto['sign_us']:.0f} µs with libsodium "
+        f"(`keys`, PyNaCl); {ns.crypto['openssl_verify_us']:.0f} µs and "
+        f"{ns.crypto['openssl_sign_us']:.0f} µs with OpenSSL (`cryptography`). "
+        f'Column "{label}": '
+        + (before.get("note", "") if before else "no earlier run given")
+        + ".",
+        "",
+        f"| measure | this run | {label} |",
+        "|---|---|---|",
+        row("commits/s under load (48 users writing)", "commits_per_s", "{:.0f}"),
+        row("commit p50, 1 in flight", "commit1_p50_ms", "{:.2f}", " ms"),
+        row("commit p99, 1 in flight", "commit1_p99_ms", "{:.2f}", " ms"),
+        row("commit p99 under load", "load_p99_ms", "{:.1f}", " ms"),
+        row("commit p50 under load", "load_p50_ms", "{:.1f}", " ms"),
+        row("**server CPU per commit** (all roles)", "server_cpu_ms", "{:.2f}", " ms"),
+    ]
+    for role in ("user", "validator", "sst", "postgres", "rendezvous"):
+        now, old = cpu.get(role), bcpu.get(role)
+        lines.append(
+            f"| &nbsp; CPU per commit: {role}{' nodes (all)' if role == 'user' else ''} | "
+            f"{now:.2f} ms | {'-' if old is None else f'{old:.2f} ms'} |"
+        )
+    lines += [
+        row(
+            "load generator CPU per commit (signing, client gRPC)", "client_cpu_ms", "{:.2f}", " ms"
+        ),
+        row("writes that failed under load (any status)", "errors", "{}"),
+        row("read p50 / empty-call p50, 1 in flight (ratio)", "read_ratio", "{:.2f}", "x"),
+        row("read p50 (GetUser)", "read_p50_ms", "{:.2f}", " ms"),
+        row("read p99 (GetUser)", "read_p99_ms", "{:.2f}", " ms"),
+        row(
+            "floor: empty call p50 (Health.Check, same node, same run)",
+            "floor_p50_ms",
+            "{:.2f}",
+            " ms",
+        ),
+        row("floor: empty call p99", "floor_p99_ms", "{:.2f}", " ms"),
+        row(f"reads/s ({int(main.get('read_clients', 0))} in flight)", "read_per_s", "{:.0f}"),
+        row("empty calls/s, same load generator", "floor_per_s", "{:.0f}"),
+        row("reads/s / empty calls/s (ratio)", "read_rate_ratio", "{:.2f}"),
+        row("user node CPU per read", "read_user_cpu_us", "{:.0f}", " µs"),
+        row("user node CPU per empty call", "floor_user_cpu_us", "{:.0f}", " µs"),
+        "",
+        "Commits/s and server CPU per commit against the number of user nodes (same run, "
+        "each network started fresh; quorum 2 / 4 / 6):",
+        "",
+        f"| user nodes | commits/s | server CPU per commit | of which user nodes | {label}: commits/s, CPU per commit |",
+        "|---|---|---|---|---|",
+    ]
+    bruns = {r["user_nodes"]: r for r in (before or {}).get("runs", [])}
+    for r in runs:
+        o = bruns.get(r["user_nodes"])
+        prev = f"{o['commits_per_s']:.0f}, {o['server_cpu_ms']:.2f} ms" if o else "-"
+        lines.append(
+            f"| {r['user_nodes']} | {r['commits_per_s']:.0f} | {r['server_cpu_ms']:.2f} ms | "
+            f"{r['cpu_ms']['user']:.2f} ms | {prev} |"
+        )
+    return "\n".join(lines)
 
 
 def _cpu_model() -> str:
@@ -191,76 +494,6 @@ def _cpu_model() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return "unknown"
-
-
-def rss_mb(pid: int) -> float:
-    text = Path(f"/proc/{pid}/status").read_text()
-    m = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(m.group(1)) / 1024 if m else float("nan")
-
-
-async def bench_memory(state: Path, n_users: int) -> dict[str, float]:
-    """Fill the SST's database with n users, start the SST and one user node, measure its RSS."""
-    from beco_node.services.sst import SstStore  # the real store
-    from beco_node.sst.records import CommitEntry
-
-    net = LocalNetwork(state, base_port=free_base_port())
-    ms = net.prepare()
-    await net.start_postgres()
-    sst_key = keys.private_key_from_pem(net.nodes["sst"].key_file.read_bytes())
-    # This throw-away database only holds benchmark fill: skip the per-commit fsync wait
-    # so 100k commits take a minute or two rather than six.
-    import asyncpg
-
-    conn = await asyncpg.connect(net.dsn)
-    await conn.execute("ALTER SYSTEM SET synchronous_commit = off")
-    await conn.execute("SELECT pg_reload_conf()")
-    await conn.close()
-    store = await SstStore.open(net.dsn, sst_key)
-    t0 = time.perf_counter()
-    have = store.tree_head().tree_size
-    for i in range(have, n_users):
-        k = keys.generate_private_key()
-        pub = keys.public_key_bytes(k)
-        uid = keys.peer_id(pub)
-        st = pb.UserState(
-            user_id=uid, public_key=pub, sequence=1, created_ms=now_ms(), updated_ms=now_ms()
-        )
-        st.first_name.values.append(f"First{i}")
-        st.middle_names.values.extend(["Middle", f"M{i}"])
-        st.last_name.values.append(f"Last{i}")
-        data = st.SerializeToString(deterministic=True)
-        leaf = pb.LogLeaf(
-            proposal_id=f"bench-{i}", user_id=uid, sequence=1, kind="create_user", actor=uid
-        )
-        await store.commit(
-            CommitEntry(
-                f"bench-{i}", uid, 1, "create_user", data, leaf.SerializeToString(), now_ms()
-            )
-        )
-    fill_s = time.perf_counter() - t0
-    await store.close()
-    del ms
-    net.start_node("sst")
-    await net.wait_healthy(["sst"])
-    net.start_node("user-a-0")
-    await net.wait_healthy(["user-a-0"])
-    node = net.nodes["user-a-0"]
-    assert node.proc is not None
-    url = f"http://127.0.0.1:{node.metrics_port}/metrics"
-    t0 = time.perf_counter()
-    loaded = 0.0
-    while time.perf_counter() - t0 < 600:
-        out = await asyncio.to_thread(_fetch, url)
-        m = re.search(r"^beco_users (\S+)", out, re.M)
-        loaded = float(m.group(1)) if m else 0.0
-        if loaded >= n_users:
-            break
-        await asyncio.sleep(0.5)
-    load_s = time.perf_counter() - t0
-    rss = rss_mb(node.proc.pid)
-    await net.down()
-    return {"users_loaded": loaded, "user_node_rss_mb": rss, "load_s": load_s, "fill_s": fill_s}
 
 
 def write_section(text: str) -> None:
@@ -273,95 +506,52 @@ def write_section(text: str) -> None:
     path.write_text(doc[:start] + "\n" + text.rstrip() + "\n\n" + doc[end:])
 
 
-async def main_async(ns: argparse.Namespace) -> int:
-    results: dict[str, float] = {}
+async def main_async(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
-        if ns.reads or ns.commits:
-            net = LocalNetwork(
-                Path(tmp) / "net",
-                base_port=free_base_port(),
-                extra_env={"BECO_LOG_LEVEL": "WARNING"},
-            )
-            await net.up()
-            try:
-                if ns.reads:
-                    results |= await bench_reads(net, ns.reads, ns.read_procs, ns.read_concurrency)
-                    print(f"reads: {results}", flush=True)
-                if ns.commits:
-                    results |= await bench_commits(net, ns.commits, ns.commit_users)
-                    print(f"commits: {results}", flush=True)
-            finally:
-                await net.down()
-        if ns.users:
-            results |= await bench_memory(Path(tmp) / "mem", ns.users)
-            print(f"memory: {results}", flush=True)
-    cpu = _cpu_model()
-    r = results
-    lines = [
-        f"Machine: {os.cpu_count()} CPUs ({cpu}), Python {platform.python_version()}, "
-        f"{time.strftime('%Y-%m-%d', time.gmtime())}. Command: `make bench-network` "
-        "(`python -m benchmarks.network`). Real processes: embedded PostgreSQL, SST, "
-        "rendezvous, validator, 3 user nodes (zones a, b, c; quorum 2), gRPC on loopback; "
-        "the load generator runs in separate processes on the same 2 cores. "
-        f"Load average at the end of the run: {os.getloadavg()[0]:.1f}.",
-        "",
-        "| measure | result | target |",
-        "|---|---|---|",
-    ]
-    if "read_p50_ms" in r:
-        lines += [
-            f"| read latency p50 / p99 (GetUser, 1 in flight) | {r['read_p50_ms']:.2f} ms / {r['read_p99_ms']:.2f} ms | p50 < 1 ms |",
-            f"| reads/s against one user node ({int(r['read_clients'])} in flight) | {r['reads_per_s']:.0f} | >= 3,000 |",
-            f"| floor: empty gRPC call (Health.Check, 1 in flight, same node) p50 | {r['grpc_floor_p50_ms']:.2f} ms | |",
-            f"| one Ed25519 verification on this machine | {r['verify_us']:.0f} µs | |",
-        ]
-    if "commit_p50_ms" in r:
-        lines += [
-            f"| commit latency p50 / p99 (1 in flight) | {r['commit_p50_ms']:.2f} ms / {r['commit_p99_ms']:.2f} ms | p50 < 15 ms |",
-            f"| commits/s ({int(r['commit_users'])} users updating in parallel, 3 user nodes) | {r['commits_per_s']:.0f} | >= 300 |",
-        ]
-    if "user_node_rss_mb" in r:
-        lines.append(
-            f"| user node RSS holding {int(r['users_loaded']):,} identities | {r['user_node_rss_mb']:.0f} MB | < 300 MB |"
-        )
-    lines += ["", ns.notes]
-    text = "\n".join(lines)
+        for i, per_zone in enumerate(ns.scale):
+            runs.append(await one_network(Path(tmp), per_zone, ns, full=i == 0))
+    return runs
+
+
+def report(runs: list[dict[str, Any]], ns: argparse.Namespace) -> None:
+    m = runs[0]
+    if "read_p50_ms" in m:
+        m["read_ratio"] = m["read_p50_ms"] / m["floor_p50_ms"]
+        m["read_rate_ratio"] = m["read_per_s"] / m["floor_per_s"]
+    before = json.loads(Path(ns.before).read_text()) if ns.before else None
+    text = render(runs, before, ns) + "\n\n" + Path(ns.notes).read_text()
     print(text)
+    if ns.save:
+        saved = {"label": ns.label, "note": ns.note, "crypto": ns.crypto, "runs": runs}
+        Path(ns.save).write_text(json.dumps(saved, indent=1) + "\n")
     if not ns.no_write:
         write_section(text)
-    return 0
-
-
-NOTES = """What limits these figures: CPU, and the gRPC floor. Everything is CPython on 2 cores
-(the load average during the run is in the header). An empty gRPC call to the same node
-(the "floor" row) already takes most of the 1 ms read budget on this machine, with the
-grpc.aio stack on both ends; the Ed25519 row is the price of the request signature a read
-must check. A read costs one verification (the request signature; mandatory: every
-request is signed), protobuf work and the grpc.aio unary-call overhead; state is in memory,
-reads do no I/O, and the load generator competes for the same two cores. A commit is 8 gRPC
-calls across 5 processes (client -> user node -> validator -> 3 user nodes in parallel -> SST
--> PostgreSQL; then 2 commit notices), about 20 Ed25519 operations (client signature checked
-by the origin, every voter and the SST; envelopes, votes, tree head) and one PostgreSQL
-transaction (the store groups concurrent commits). Per commit that is several ms of CPU,
-which is what caps commits/s on 2 loaded cores. The 100k identities for the memory figure are
-written straight into the SST's store (SstStore.commit, not through votes, to keep the
-benchmark short, on a throw-away database without synchronous commit); the user node then
-loads them through its normal start path (LoadUsers stream) and keeps each as serialised
-protobuf bytes, parsed on demand."""
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--reads", type=int, default=6000)
+    p.add_argument("--reads", type=int, default=20000, help="signed in advance (at most)")
     p.add_argument("--read-procs", type=int, default=2)
     p.add_argument("--read-concurrency", type=int, default=16)
-    p.add_argument("--commits", type=int, default=1200)
+    p.add_argument("--latency-commits", type=int, default=200)
     p.add_argument("--commit-users", type=int, default=48)
-    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--commit-procs", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--scale", default="1,2,3", help="user nodes per zone, one network each")
+    p.add_argument("--before", help="JSON of an earlier run (--save) shown beside this one")
+    p.add_argument("--save", help="write this run's figures as JSON")
+    p.add_argument("--label", default="")
+    p.add_argument("--note", default="")
+    p.add_argument("--notes", default=str(ROOT / "benchmarks" / "network_notes.md"))
+    p.add_argument("--profile", help="py-spy each role during the commit load; stacks here")
     p.add_argument("--no-write", action="store_true")
     ns = p.parse_args(argv)
-    ns.notes = NOTES
-    return asyncio.run(main_async(ns))
+    ns.scale = [int(x) for x in ns.scale.split(",")]
+    ns.load0 = os.getloadavg()[0]
+    ns.crypto = verify_costs()
+    report(asyncio.run(main_async(ns)), ns)
+    return 0
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ E2E_K8S_DIR ?= $(CURDIR)/.state/e2e-k8s
 # One real cluster per host: its network namespaces, kubelet paths and sysctls are fixed.
 # Runs from several checkouts take turns on this lock instead of tearing each other down.
 REAL_CLUSTER_LOCK ?= /run/lock/beco-real-cluster.lock
+# What e2e-k8s runs; test paths in PYTEST_ARGS run instead (e.g. PYTEST_ARGS='e2e/kubernetes/test_upgrade.py').
+E2E_K8S_TESTS ?= tests/realcluster e2e/kubernetes
 
 .PHONY: cluster-tools cluster-up cluster-down e2e-k8s e2e-kind
 
@@ -29,7 +31,7 @@ e2e-k8s: venv system-packages controlplane cluster-tools base-image image  ## th
 	@mkdir -p $(dir $(REAL_CLUSTER_LOCK)); exec 8>$(REAL_CLUSTER_LOCK); \
 	flock -n 8 || { echo "another real cluster is running on this host; waiting for it"; flock 8; }; \
 	rc=0; BECO_REAL_CLUSTER=1 BECO_E2E_WORKDIR=$(E2E_K8S_DIR) BECO_E2E_IMAGE=$(IMAGE) \
-	  $(PY) -m pytest -q -ra -p no:cacheprovider tests/realcluster e2e/kubernetes $(PYTEST_ARGS) || rc=$$?; \
+	  $(PY) -m pytest -q -ra -p no:cacheprovider $(or $(filter tests/% e2e/%,$(PYTEST_ARGS)),$(E2E_K8S_TESTS)) $(filter-out tests/% e2e/%,$(PYTEST_ARGS)) || rc=$$?; \
 	$(PY) -m tests.cluster real-down --workdir $(E2E_K8S_DIR) >/dev/null; exit $$rc
 
 # The same e2e suite on a kind cluster, where Docker exists (not exercised here: no Docker).

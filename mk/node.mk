@@ -3,7 +3,7 @@ PROTO_SRC := $(wildcard proto/beco/v1/*.proto)
 PROTO_GEN = $(PY) -m grpc_tools.protoc -Iproto --python_out=$(1) --grpc_python_out=$(1) \
 	--mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: proto proto-check run bench-network
+.PHONY: proto proto-check run bench-network bench-memory-1m
 
 proto: venv  ## generate node/beco/v1 from proto/beco/v1/*.proto
 	$(call PROTO_GEN,node)
@@ -23,10 +23,15 @@ run: venv  ## start the local network (beco-local up); Ctrl-C stops it
 	$(VENV)/bin/beco-local up $(RUN_ARGS)
 
 bench-network: venv  ## network benchmarks -> docs/benchmarks.md (section network)
-	$(PY) -m benchmarks.network $(BENCH_ARGS)
+	$(PY) -m benchmarks.network --before benchmarks/baseline-network.json $(BENCH_ARGS)
 
 bench-memory: venv  ## node RSS vs commits on the local network -> docs/benchmarks-memory.md
 	$(PY) -m benchmarks.memory $(BENCH_MEMORY_ARGS)
+
+# Bulk-fills the SST's database (~5 min), then starts the network on it; about 15-20 min
+# in all on 2 shared cores, niced. Not part of `make bench`.
+bench-memory-1m: venv  ## node RSS with 1,000,000 users and commits -> docs/benchmarks.md (section memory-1m)
+	nice -n 10 $(PY) -m benchmarks.memory_scale $(BENCH_MEMORY_1M_ARGS)
 
 TEST_DEPS += proto-check
 BENCH_DEPS += bench-network

@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,9 @@ class Target:
     kubeconfig: Path
     image: str
     bin_dir: Path
+    # Imports more local images into the cluster's nodes (None: the cluster cannot, e.g. a
+    # given kubeconfig; load them there yourself).
+    load_images: Callable[[Sequence[str]], None] | None = None
 
     def env(self) -> dict[str, str]:
         path = f"{self.bin_dir}{os.pathsep}{cluster_bin_dir()}{os.pathsep}{os.environ['PATH']}"
@@ -79,7 +82,7 @@ def k8s(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     )
     try:
         rc.start()
-        yield Target(rc.kubeconfig, image, rc.bin_dir)
+        yield Target(rc.kubeconfig, image, rc.bin_dir, rc.load_images)
     finally:
         rc.stop()
 

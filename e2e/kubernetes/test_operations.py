@@ -548,6 +548,10 @@ OTHER_NS = (
     "names beco-demo (the same command without -n runs here)"
 )
 BACKUP = "backup/restore: e2e/kubernetes/test_backup.py's step, not this journey's"
+UPGRADE = (
+    "the upgrade journey's (e2e/kubernetes/test_upgrade.py performs these steps through its "
+    "own calls, not yet from the doc's text)"
+)
 # Doc commands the real-cluster journey does not run as written, each with why: a new or
 # changed doc command fails the check below until it is run here or listed.
 NOT_HERE = {
@@ -590,6 +594,19 @@ NOT_HERE = {
     "kubectl -n $NS scale statefulset/$NET-sst --replicas=1": BACKUP,
     "kubectl -n $NS delete pod -l beco.dev/network=$NET,beco.dev/role=user": BACKUP,
     "kubectl -n beco-system scale deployment/beco-operator --replicas=1": BACKUP,
+    "kubectl beco restart demo -n beco-demo --role user --wait": OTHER_NS,
+    "kubectl create configmap upgrade-writer --from-file=writer.py=e2e/kubernetes/writer.py": (
+        UPGRADE
+    ),
+    "kubectl apply -f writer.json": UPGRADE,
+    "kubectl patch beconetwork/demo --type=merge -p "
+    """'{"spec": {"image": {"repository": "localhost/beco", "tag": "dev"}}}'""": UPGRADE,
+    "helm upgrade beco charts/beco-operator --namespace beco-system --reuse-values "
+    "--set image.tag=dev-upgrade --wait --timeout 180s": UPGRADE,
+    """kubectl patch beconetwork/demo --type=merge -p '{"spec": {"image": {"tag": "dev-upgrade"}}}'""": UPGRADE,
+    "kubectl beco restart demo --role user --wait --timeout 600 -o json": UPGRADE,
+    "kubectl exec pod/upgrade-writer -- python -c \"open('/tmp/stop', 'w').close()\"": UPGRADE,
+    "kubectl logs pod/upgrade-writer": UPGRADE,
 }
 
 

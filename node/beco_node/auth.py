@@ -94,7 +94,7 @@ def sign_request(
     auth.public_key = pub
     auth.timestamp_ms = now_ms
     auth.nonce = nonce
-    auth.signature = private_key.sign(signing_bytes(method, pub, now_ms, nonce, digest))
+    auth.signature = keys.sign(private_key, signing_bytes(method, pub, now_ms, nonce, digest))
 
 
 def verify_signature(method: str, request: Message) -> str:

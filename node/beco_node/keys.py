@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 
-from cryptography.exceptions import InvalidSignature
+import nacl.bindings
+import nacl.exceptions
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -146,14 +147,50 @@ def _is_weak_cached(public_key: bytes) -> bool:
     return weak
 
 
+# key -> its libsodium secret key (seed || public key), derived once per key object.
+_SODIUM_KEYS: dict[int, tuple[Ed25519PrivateKey, bytes]] = {}
+_SODIUM_KEYS_LIMIT = 4096
+
+
+def sign(key: Ed25519PrivateKey, message: bytes) -> bytes:
+    """``key``'s Ed25519 signature over ``message``, made by libsodium (PyNaCl): the same
+    bytes as ``key.sign(message)`` (Ed25519 is deterministic), in about two thirds of the
+    time here."""
+    hit = _SODIUM_KEYS.get(id(key))
+    if hit is None or hit[0] is not key:
+        if len(_SODIUM_KEYS) >= _SODIUM_KEYS_LIMIT:
+            _SODIUM_KEYS.clear()
+        _, secret = nacl.bindings.crypto_sign_seed_keypair(key.private_bytes_raw())
+        hit = _SODIUM_KEYS[id(key)] = (key, secret)
+    signed: bytes = nacl.bindings.crypto_sign(message, hit[1])
+    return signed[:SIGNATURE_SIZE]
+
+
+# Signatures this process has already verified (a notice forwarded and delivered, a
+# certificate re-sent): never verified twice. Keyed by the signature and a digest of key and
+# message; only successes are remembered, and the oldest go first.
+_VERIFIED: dict[bytes, None] = {}
+_VERIFIED_LIMIT = 65_536
+
+
 def verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """Whether ``signature`` is ``public_key``'s Ed25519 signature over ``message``."""
+    """Whether ``signature`` is ``public_key``'s Ed25519 signature over ``message``.
+
+    Verified with libsodium (PyNaCl), about twice as fast here as OpenSSL through
+    ``cryptography`` (docs/benchmarks.md); libsodium also refuses non-canonical and
+    small-order encodings, which no honest signer produces."""
     if len(signature) != SIGNATURE_SIZE or len(public_key) != PUBLIC_KEY_SIZE:
         return False
+    seen = signature + hashlib.sha256(public_key + message).digest()
+    if seen in _VERIFIED:
+        return True
     if _is_weak_cached(public_key):
         return False
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
-    except InvalidSignature:
+        nacl.bindings.crypto_sign_open(signature + message, public_key)
+    except nacl.exceptions.BadSignatureError:
         return False
+    if len(_VERIFIED) >= _VERIFIED_LIMIT:
+        del _VERIFIED[next(iter(_VERIFIED))]
+    _VERIFIED[seen] = None
     return True

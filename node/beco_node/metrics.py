@@ -13,6 +13,11 @@ VOTES = Counter("beco_votes_total", "votes cast (user) or received (validator)",
 QUORUM_WAIT = Histogram(
     "beco_quorum_wait_seconds", "validator: time from fan-out to decision", buckets=_FAST
 )
+BATCH_SIZE = Histogram(
+    "beco_batch_size",
+    "validator: proposals per batch (one round of votes, one commit)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
 COMMIT_TIME = Histogram(
     "beco_commit_seconds", "sst: certificate check + Postgres transaction", buckets=_FAST
 )

@@ -13,15 +13,12 @@ peers of the wrong role are refused (PERMISSION_DENIED / UNAUTHENTICATED).
 This holds with or without TLS on the transport.
 
 Votes are signed separately so that the validator can forward them to the SST
-inside a quorum certificate::
-
-    b"beco-vote-v1\\0" || proposal digest (32) || verdict (1 byte) || reason
-
-The proposal digest is SHA-256 over ``b"beco-proposal-v1\\0"`` and the
-deterministic serialisation of the ``ProposalHeader`` (proposal, sequence,
-validator timestamp). The SST commits only if the certificate holds at least
-``quorum`` VALID votes from distinct current user-node members, all over the
-same digest.
+inside a batch certificate: one signature per voter per batch, over the Merkle root of
+the batch's header digests (``beco_node.batch``). A header digest is SHA-256 over
+``b"beco-proposal-v1\\0"`` and the deterministic serialisation of the
+``ProposalHeader`` (proposal, sequence, validator timestamp). The SST commits a change
+only if at least ``quorum`` distinct current user-node members signed the batch without
+rejecting it.
 
 Pure (no I/O).
 """
@@ -36,12 +33,11 @@ from beco.v1 import peer_pb2 as ppb
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
-from beco_node import keys
-from beco_node.errors import BecoError, PermissionDenied, Unauthenticated
+from beco_node import batch, keys
+from beco_node.errors import BecoError, InvalidArgument, PermissionDenied, Unauthenticated
 from beco_node.membership import Member, Membership
 
 ENVELOPE_DOMAIN = b"beco-peer-v1\x00"
-VOTE_DOMAIN = b"beco-vote-v1\x00"
 PROPOSAL_DOMAIN = b"beco-proposal-v1\x00"
 DEFAULT_PEER_SKEW_MS = 60_000
 
@@ -54,9 +50,10 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "peer_record": frozenset({"rendezvous", "validator", "user", "sst"}),
     "discover": frozenset({"rendezvous", "validator", "user", "sst"}),
     "propose": frozenset({"user"}),
-    "vote_request": frozenset({"validator"}),
-    "commit": frozenset({"validator"}),
+    "vote_batch": frozenset({"validator"}),
+    "commit_batch": frozenset({"validator"}),
     "applied": frozenset({"sst"}),
+    "applied_batch": frozenset({"sst"}),
     "sst_query": frozenset({"validator", "user"}),
     "record_failure": frozenset({"validator", "user"}),
 }
@@ -80,7 +77,7 @@ def seal(
     kind: str, payload: Message | bytes, key: Ed25519PrivateKey, sender: str, now_ms: int
 ) -> ppb.PeerEnvelope:
     data = payload if isinstance(payload, bytes) else payload.SerializeToString(deterministic=True)
-    sig = key.sign(envelope_signing_bytes(kind, sender, now_ms, data))
+    sig = keys.sign(key, envelope_signing_bytes(kind, sender, now_ms, data))
     return ppb.PeerEnvelope(
         sender=sender, kind=kind, timestamp_ms=now_ms, payload=data, signature=sig
     )
@@ -128,70 +125,78 @@ def header_digest(header: ppb.ProposalHeader) -> bytes:
     return hashlib.sha256(PROPOSAL_DOMAIN + header.SerializeToString(deterministic=True)).digest()
 
 
-def vote_signing_bytes(digest: bytes, verdict: int, reason: str) -> bytes:
-    return VOTE_DOMAIN + digest + bytes([verdict & 0xFF]) + reason.encode()
-
-
-def sign_vote(
-    digest: bytes, verdict: int, reason: str, code: str, key: Ed25519PrivateKey, voter: str
-) -> ppb.Vote:
-    sig = key.sign(vote_signing_bytes(digest, verdict, reason))
-    return ppb.Vote(
-        digest=digest,
+def sign_batch_vote(
+    batch_root: bytes, rejected: list[batch.Rejection], key: Ed25519PrivateKey, voter: str
+) -> ppb.BatchVote:
+    """A voter's one signature over a batch: VALID for every change not in ``rejected``."""
+    rejected = sorted(rejected, key=lambda r: r.index)
+    sig = keys.sign(key, batch.vote_signing_bytes(batch_root, rejected))
+    return ppb.BatchVote(
+        root=batch_root,
         voter=voter,
-        verdict=verdict,  # type: ignore[arg-type]
-        reason=reason,
+        rejected=[ppb.Rejection(index=r.index, code=r.code, reason=r.reason) for r in rejected],
         signature=sig,
-        code=code,
     )
 
 
-def vote_is_from(vote: ppb.Vote, member: Member, digest: bytes) -> bool:
-    """Cheap consistency check (no signature): the vote names ``member`` and ``digest``."""
-    return vote.voter == member.peer_id and vote.digest == digest
+def rejections(vote: ppb.BatchVote) -> list[batch.Rejection]:
+    return [batch.Rejection(r.index, r.code, r.reason) for r in vote.rejected]
 
 
-def verify_vote(vote: ppb.Vote, membership: Membership, digest: bytes) -> Member:
+def verify_batch_vote(vote: ppb.BatchVote, membership: Membership, batch_root: bytes) -> Member:
+    """Check a batch vote: from a current user node, over ``batch_root``, signature valid."""
     member = membership.by_peer_id(vote.voter)
     if member is None or member.role != "user":
         raise PermissionDenied(f"vote from {vote.voter[:40]!r}, not a user node of the membership")
-    if vote.digest != digest:
-        raise PermissionDenied(f"vote from {member.name} is for another proposal")
-    if not keys.verify(
-        member.public_key,
-        vote.signature,
-        vote_signing_bytes(vote.digest, vote.verdict, vote.reason),
-    ):
+    if vote.root != batch_root:
+        raise PermissionDenied(f"vote from {member.name} is for another batch")
+    try:
+        signed = batch.vote_signing_bytes(vote.root, rejections(vote))
+    except ValueError as exc:
+        raise PermissionDenied(f"vote from {member.name}: {exc}") from None
+    if not keys.verify(member.public_key, vote.signature, signed):
         raise Unauthenticated(f"bad vote signature from {member.name}")
     return member
 
 
-def verify_quorum_certificate(
-    qc: ppb.QuorumCertificate, membership: Membership, expected_sequence: int
-) -> list[str]:
-    """Check a certificate; return the peer ids of its VALID voters."""
-    header = qc.header
-    if header.sequence != expected_sequence:
-        raise BecoError(
-            f"wrong sequence for user {header.proposal.user_id}: expected {expected_sequence}, "
-            f"got {header.sequence}",
-            "FAILED_PRECONDITION",
-        )
-    digest = header_digest(header)
-    voters: list[str] = []
-    seen: set[str] = set()
-    for vote in qc.votes:
-        member = verify_vote(vote, membership, digest)
-        if member.peer_id in seen:
+def verify_batch_certificate(
+    cert: ppb.BatchCertificate, membership: Membership
+) -> list[tuple[ppb.ProposalHeader, list[str]] | BecoError]:
+    """Check a batch certificate: every vote's signature once for the whole batch, then
+    each change's place in the batch and its quorum. Returns, per change of ``cert`` in
+    order, its header and VALID voters, or the error that refuses that change alone.
+    Raises for what refuses the whole certificate."""
+    n = len(cert.digests)
+    if not cert.headers or len(cert.headers) != len(cert.indexes):
+        raise InvalidArgument("a batch certificate needs one index per header, and a header")
+    if n > batch.MAX_BATCH or len(set(cert.indexes)) != len(cert.indexes):
+        raise InvalidArgument("a batch certificate names a change twice or is too large")
+    try:
+        batch_root = batch.root(list(cert.digests))
+    except ValueError as exc:
+        raise InvalidArgument(f"bad batch: {exc}") from None
+    votes: list[tuple[str, frozenset[int]]] = []
+    for vote in cert.votes:
+        member = verify_batch_vote(vote, membership, batch_root)
+        if any(v == member.peer_id for v, _ in votes):
             raise PermissionDenied(f"two votes from {member.name} in one certificate")
-        seen.add(member.peer_id)
-        if vote.verdict == ppb.VERDICT_VALID:
-            voters.append(member.peer_id)
-    if len(voters) < membership.quorum:
-        raise PermissionDenied(
-            f"quorum certificate has {len(voters)} valid votes, the quorum is {membership.quorum}"
-        )
-    return voters
+        votes.append((member.peer_id, frozenset(r.index for r in vote.rejected)))
+    out: list[tuple[ppb.ProposalHeader, list[str]] | BecoError] = []
+    for index, header in zip(cert.indexes, cert.headers, strict=True):
+        if index >= n or cert.digests[index] != header_digest(header):
+            out.append(PermissionDenied(f"change {index} is not the batch's change {index}"))
+            continue
+        ok = batch.valid_voters(votes, index)
+        if len(ok) < membership.quorum:
+            out.append(
+                PermissionDenied(
+                    f"quorum certificate has {len(ok)} valid votes, the quorum is "
+                    f"{membership.quorum}"
+                )
+            )
+            continue
+        out.append((header, ok))
+    return out
 
 
 def proposal_id(request_signature: bytes) -> str:

@@ -4,7 +4,7 @@ together in one event loop without sockets, with faults injected per call.
     net = InProcessNetwork()
     rt = Runtime(settings, clock, transport=net.channel)       # every peer call goes here
     net.serve(address, [(ppb_grpc.add_SstServicer_to_server, sst)])
-    net.faults.append(Fault(address="127.0.0.1:7003", method="Apply", drop="request"))
+    net.faults.append(Fault(address="127.0.0.1:7003", method="ApplyBatch", drop="request"))
 
 A call runs the servicer's handler (through ``rpc_handler``, as a server would) on
 messages serialised and parsed again, with the caller's ``timeout`` enforced by
@@ -27,7 +27,7 @@ import grpc
 @dataclass
 class Fault:
     address: str = ""  # "" = every address
-    method: str = ""  # the RPC name ("Commit") or "" = every method
+    method: str = ""  # the RPC name ("CommitBatch") or "" = every method
     drop: str = ""  # "request" | "reply" | "" (only hold)
     times: int = -1  # how many calls it hits (-1: until removed)
     hold: asyncio.Event | None = None  # calls wait for this before running
@@ -130,6 +130,12 @@ class InProcessNetwork:
             resp = await asyncio.wait_for(h.unary_unary(req, _Context()), deadline_s)
         except TimeoutError:
             raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # the caller was cancelled
+            # the server's side died mid-call (a crash): the caller sees a lost connection
+            raise _error(grpc.StatusCode.UNAVAILABLE, f"connection to {address} lost") from None
         if fault is not None and fault.drop == "reply":
             raise _error(grpc.StatusCode.UNAVAILABLE, f"injected: reply of {method} lost")
         out: bytes = h.response_serializer(resp)

@@ -9,6 +9,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from beco_operator import names
+
 from beco_kubectl.summary import Head
 
 # Exit codes (documented in --help, README.md and docs/operations.md).
@@ -35,6 +37,8 @@ examples:
   kubectl beco status demo -n beco-demo
   kubectl beco status demo -n beco-demo -o json
   kubectl beco rotate-keys demo -n beco-demo --wait --timeout 600
+  kubectl beco restart demo -n beco-demo --role user --wait
+  kubectl beco restart demo -n beco-demo --wait -o json
   kubectl beco connect demo -n beco-demo -- --key alice.key user get
   kubectl beco connect demo -n beco-demo -- --key alice.key tree head --save head.json
   kubectl beco verify-log demo -n beco-demo --old-head head.json
@@ -90,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
     _globals(common, defaults=False)
     p = _Parser(
         prog="kubectl beco",
-        description="Operate BecoNetworks: status, key rotation, a CLI session, log checks.",
+        description="Operate BecoNetworks: status, key rotation, restarts, a CLI session, log checks.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -127,6 +131,26 @@ def parser() -> argparse.ArgumentParser:
     rk.add_argument("--token", default="", help="the request token (default: the current time)")
     rk.add_argument("--wait", action="store_true", help="wait until every key is rotated and Ready")
     rk.add_argument("--timeout", type=float, default=900.0, help="seconds for --wait (900)")
+    rs = add(
+        "restart",
+        "ask the operator to restart a role's pods: one at a time, user nodes only while the "
+        "others keep the quorum, each role back Ready before the next (--role all: rendezvous, "
+        "validator, sst, then user nodes)",
+        "kubectl beco restart demo -n beco-demo --role user --wait --timeout 600",
+    )
+    rs.add_argument(
+        "--role",
+        choices=[*names.RESTART_ROLES, "all"],
+        default="all",
+        help="whose pods to restart (default: all)",
+    )
+    rs.add_argument("--token", default="", help="the request token (default: the current time)")
+    rs.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every pod restarted and the network is Ready",
+    )
+    rs.add_argument("--timeout", type=float, default=900.0, help="seconds for --wait (900)")
     add(
         "connect",
         "run the beco CLI against the network through a port-forward: kubectl beco connect "

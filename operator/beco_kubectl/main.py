@@ -123,6 +123,44 @@ def rotate_keys(cluster: Cluster, ns: argparse.Namespace) -> int:
     return cli.OK
 
 
+def restart(cluster: Cluster, ns: argparse.Namespace) -> int:
+    roles = list(names.RESTART_ROLES) if ns.role == "all" else [ns.role]
+    token = ns.token or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    cluster.network(ns.name)  # a clear "not found" before the patch
+    cluster.annotate_network(ns.name, {names.restart_annotation(r): token for r in roles})
+    print(
+        f"restart {token!r} of {', '.join(roles)} requested for {cluster.namespace}/{ns.name}",
+        file=sys.stderr,
+    )
+    result: dict[str, Any] = {"token": token, "roles": roles, "waited": bool(ns.wait)}
+    if ns.wait:
+        deadline = time.monotonic() + ns.timeout
+        while True:
+            net = cluster.network(ns.name)
+            states = summary.restart_states(net, token, roles)
+            conds = (net.get("status") or {}).get("conditions") or []
+            ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds)
+            phase = str((net.get("status") or {}).get("phase") or "Pending")
+            if all(v == "Done" for v in states.values()) and ready:
+                result.update(states=states, phase=phase)
+                break
+            if time.monotonic() > deadline:
+                left = ", ".join(f"{r} {v}" for r, v in states.items())
+                raise Failure(
+                    cli.TIMEOUT,
+                    f"restart {token!r} not finished after {ns.timeout:.0f}s ({left}; phase "
+                    f"{phase}); see `kubectl beco status {ns.name}`",
+                )
+            time.sleep(2)
+    text = f"restart {token!r} of {', '.join(roles)}: " + (
+        f"done, network {result['phase']}"
+        if ns.wait
+        else "requested; the operator restarts one pod at a time (see `kubectl beco status`)"
+    )
+    _emit(ns, result, text)
+    return cli.OK
+
+
 def connect(cluster: Cluster, ns: argparse.Namespace, beco_user_args: Sequence[str]) -> int:
     net = cluster.network(ns.name)
     with (
@@ -185,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return status(cluster, ns)
         if ns.cmd == "rotate-keys":
             return rotate_keys(cluster, ns)
+        if ns.cmd == "restart":
+            return restart(cluster, ns)
         if ns.cmd == "connect":
             return connect(cluster, ns, inv.beco_args)
         return verify_log(cluster, ns)

@@ -64,6 +64,7 @@ class Summary:
     rollout: dict[str, Any]
     rotation: Rotation | None
     membership_generation: int
+    restarts: list[dict[str, str]] = field(default_factory=list)  # status.restart
     advice: list[str] = field(default_factory=list)
 
 
@@ -167,8 +168,23 @@ def summarize(net: Obj, pods: Sequence[Obj], key_secrets: Sequence[Obj]) -> Summ
         rollout=dict(st.get("rollout") or {}),
         rotation=rotation,
         membership_generation=_int(st.get("membershipGeneration"), 0),
+        restarts=[
+            {k: str(r.get(k, "")) for k in ("role", "token", "state", "message")}
+            for r in st.get("restart") or []
+        ],
     )
     return replace(s, advice=advice(s))
+
+
+def restart_states(net: Obj, token: str, roles: Sequence[str]) -> dict[str, str]:
+    """Each role's state of the restart ``token`` as the operator reports it in
+    ``status.restart``; ``Requested`` until the operator has seen the request."""
+    seen = {
+        str(r.get("role")): str(r.get("state"))
+        for r in (net.get("status") or {}).get("restart") or []
+        if r.get("token") == token
+    }
+    return {r: seen.get(r, "Requested") for r in roles}
 
 
 def advice(s: Summary) -> list[str]:
@@ -283,6 +299,8 @@ def render_text(s: Summary, head: Head | None, now_ms: int) -> str:
         lines.append(
             f"key rotation {s.rotation.token!r}: {state}, {s.rotation.done}/{s.rotation.total} keys"
         )
+    for r in s.restarts:
+        lines.append(f"restart of {r['role']} {r['token']!r}: {r['state']} ({r['message']})")
     if head is not None:
         if head.error:
             lines.append(f"tree head: not reachable ({head.error})")

@@ -5,7 +5,10 @@ Lease when it is free, its own, or expired (``renewTime + leaseDurationSeconds``
 in the past); the holder renews it every few seconds; a replica that cannot
 renew before its lease runs out stops reconciling and exits, and a standby
 takes over. Writes use the Lease's resourceVersion, so two replicas can never
-both win. :func:`can_take` is pure and unit-tested.
+both win. A replica that stops on purpose (SIGTERM: a rolling update, a drain)
+releases the Lease once it has stopped reconciling (client-go's
+``ReleaseOnCancel``), so its successor takes over at its next try instead of
+waiting out the lease. :func:`can_take` is pure and unit-tested.
 """
 
 from __future__ import annotations
@@ -67,13 +70,14 @@ class LeaderElector:
         self.lease_seconds = lease_seconds
         self.renew_seconds = renew_seconds
 
-    def _spec(self, now: datetime, acquired: str | None) -> Obj:
+    def _spec(self, now: datetime, acquired: str | None, transitions: int) -> Obj:
         stamp = now.strftime(MICRO)
         return {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": self.lease_seconds,
             "acquireTime": acquired or stamp,
             "renewTime": stamp,
+            "leaseTransitions": transitions,
         }
 
     async def try_acquire(self) -> bool:
@@ -89,14 +93,16 @@ class LeaderElector:
                         "apiVersion": "coordination.k8s.io/v1",
                         "kind": "Lease",
                         "metadata": {"name": self.name, "namespace": self.namespace},
-                        "spec": self._spec(now, None),
+                        "spec": self._spec(now, None, 0),
                     }
                 )
                 return created is not None
-            mine = (lease.get("spec") or {}).get("holderIdentity") == self.identity
-            acquired = (lease.get("spec") or {}).get("acquireTime") if mine else None
+            old = lease.get("spec") or {}
+            mine = old.get("holderIdentity") == self.identity
+            acquired = old.get("acquireTime") if mine else None
+            transitions = int(old.get("leaseTransitions") or 0) + (0 if mine else 1)
             lease = dict(lease)
-            lease["spec"] = self._spec(now, acquired)
+            lease["spec"] = self._spec(now, acquired, transitions)
             await self.kube.replace(lease)
             return True
         except ApiError as exc:
@@ -129,3 +135,23 @@ class LeaderElector:
                 metrics.LEADER.set(0)
                 log.error("lost the leader lease %s/%s", self.namespace, self.name)
                 return
+
+    async def release(self) -> bool:
+        """Give the Lease up if this replica still holds it (call only once reconciling has
+        stopped); returns whether it did. Best effort: on failure the Lease expires."""
+        url = path("Lease", self.namespace, self.name)
+        try:
+            lease = await self.kube.get(url)
+            spec = dict((lease or {}).get("spec") or {})
+            if lease is None or spec.get("holderIdentity") != self.identity:
+                return False
+            spec.update(
+                holderIdentity="", leaseDurationSeconds=1, renewTime=self.clock().strftime(MICRO)
+            )
+            await self.kube.replace({**lease, "spec": spec})
+        except Exception as exc:
+            log.warning("could not release the leader lease (it expires instead): %s", exc)
+            return False
+        metrics.LEADER.set(0)
+        log.info("released the leader lease %s/%s as %s", self.namespace, self.name, self.identity)
+        return True

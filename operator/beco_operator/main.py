@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from beco_operator import clock, handlers, kube
 from beco_operator.config import OperatorConfig
 from beco_operator.leader import LeaderElector
+from beco_operator.rollout import SETTLE_SECONDS
 from beco_operator.spec import DEFAULT_IMAGE
 
 
@@ -91,6 +92,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="read each pod's beco_membership_generation from its metrics port "
         "(default: on when running in a cluster, where pod addresses are reachable)",
     )
+    p.add_argument(
+        "--rollout-settle-seconds",
+        type=float,
+        default=float(os.environ.get("BECO_OPERATOR_ROLLOUT_SETTLE_SECONDS", SETTLE_SECONDS)),
+        help="restart (or rotate) a user node only once every member's pod is this old, so "
+        f"that peers resolve a replaced pod's new address first (default {SETTLE_SECONDS:.0f}: "
+        "the cluster DNS cache and a margin)",
+    )
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -102,6 +111,7 @@ async def run(args: argparse.Namespace) -> int:
             resync_seconds=args.resync_seconds,
             membership_wait=args.membership_wait,
             pod_metrics=args.pod_metrics,
+            rollout_settle=args.rollout_settle_seconds,
         )
     )
     stop = asyncio.Event()
@@ -141,6 +151,8 @@ async def run(args: argparse.Namespace) -> int:
             await operator
         else:
             holder.cancel()
+            # kopf stopped (SIGTERM): nothing reconciles any more, so the successor may lead.
+            await elector.release()
     else:
         await operator
     if lease_kube is not None:

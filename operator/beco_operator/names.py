@@ -46,6 +46,7 @@ CONFIG_HASH_ANNOTATION = f"{GROUP}/config-hash"  # on pod templates: what a rest
 APPLIED_HASH_ANNOTATION = f"{GROUP}/applied-hash"  # on children: the desired state last applied
 KEY_HASH_ANNOTATION = f"{GROUP}/key-hash"  # on singleton pod templates: their key's version
 PUBLISHED_AT_ANNOTATION = f"{GROUP}/published-at"  # on the membership: when its text last changed
+RESTART_TOKEN_ANNOTATION = f"{GROUP}/restart-token"  # on pod templates: the restart they answer
 
 NETWORK_LABEL = f"{GROUP}/network"
 ZONE_LABEL = f"{GROUP}/zone"
@@ -57,6 +58,14 @@ TOPOLOGY_ZONE = "topology.kubernetes.io/zone"
 ROLE_USER = "user"
 ROLE_SST = "sst"
 SINGLETON_ROLES = ("rendezvous", "validator", ROLE_SST)
+# Roles a restart request names, in the order a whole-network restart takes them.
+RESTART_ROLES = (*SINGLETON_ROLES, ROLE_USER)
+
+
+def restart_annotation(role: str) -> str:
+    """On the BecoNetwork: a restart request token for ``role``'s pods (``kubectl beco
+    restart``); one annotation per role, so a request for one role never undoes another's."""
+    return f"{GROUP}/restart-{role}"
 
 
 def component(role: str) -> str:

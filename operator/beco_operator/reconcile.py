@@ -35,6 +35,7 @@ from beco_operator import (
     observe,
     propagation,
     render,
+    restart,
     rollout,
     status,
     tls,
@@ -128,6 +129,9 @@ class Pass:
     want_hash: dict[str, str] = field(default_factory=dict)
     decision: rollout.Decision = field(default_factory=lambda: rollout.Decision(None, False, "", 0))
     rotating: str = ""
+    restart_tokens: dict[str, str] = field(default_factory=dict)
+    restart_progress: list[dict[str, str]] = field(default_factory=list)
+    restart_admitted: list[str] = field(default_factory=list)  # roles whose restart starts now
 
 
 class Reconciler:
@@ -412,6 +416,15 @@ class Reconciler:
                 for z in p.spec.zones
             )
         )
+        singleton_keys = [
+            (render.singleton_kind(r), names.singleton(p.name, r)) for r in names.SINGLETON_ROLES
+        ]
+        live_singletons = await asyncio.gather(
+            *(self.kube.get(path(k, p.ns, n)) for k, n in singleton_keys)
+        )
+        self._plan_restarts(
+            p, dict(zip(names.SINGLETON_ROLES, live_singletons, strict=True)), live_users
+        )
         live_replicas = {
             z: int((sts.get("spec") or {}).get("replicas") or 0)
             for z, sts in zip(p.spec.zones, live_users, strict=True)
@@ -421,6 +434,13 @@ class Reconciler:
         p.user_replicas = propagation.user_replicas(
             p.spec.per_zone, live_replicas, p.spec.zones, settled=not p.keep_departing
         )
+        for role in p.restart_admitted:
+            await self.event(
+                p.body,
+                "Normal",
+                "RestartStarted",
+                f"restarting the {role} pods (request {p.restart_tokens[role]!r})",
+            )
         desired = [
             diff.with_hash(o)
             for o in render.render(
@@ -431,6 +451,7 @@ class Reconciler:
                 singleton_key_hashes=singleton_hashes,
                 pod_monitor=p.caps.pod_monitor,
                 user_replicas=p.user_replicas,
+                restart_tokens=p.restart_tokens,
             )
         ]
         p.want_hash = {
@@ -444,6 +465,7 @@ class Reconciler:
             ("StatefulSet", names.user_sts(p.name, z)): sts
             for z, sts in zip(p.spec.zones, live_users, strict=True)
         }
+        known.update(zip(singleton_keys, live_singletons, strict=True))
         rest = [o for o in desired if (o["kind"], o["metadata"]["name"]) not in known]
         fetched = await asyncio.gather(
             *(self.kube.get(path(o["kind"], p.ns, o["metadata"]["name"])) for o in rest)
@@ -466,6 +488,27 @@ class Reconciler:
         p.result.writes += writes
         if writes:
             await self.event(p.body, "Normal", "ChildrenApplied", f"applied {', '.join(writes)}")
+
+    @staticmethod
+    def _plan_restarts(
+        p: Pass, singletons: Mapping[str, Obj | None], users: Sequence[Obj | None]
+    ) -> None:
+        """Which restart token each role's template carries (restart.py decides)."""
+
+        def template_token(obj: Obj | None) -> str:
+            tmpl = ((obj or {}).get("spec") or {}).get("template") or {}
+            return observe.annotation(tmpl, names.RESTART_TOKEN_ANNOTATION)
+
+        applied = {r: template_token(o) for r, o in singletons.items()}
+        applied[names.ROLE_USER] = next((t for t in map(template_token, users) if t), "")
+        asked = restart.requested(_meta(p.body).get("annotations") or {})
+        roles = [
+            restart.RoleRestart(r, asked[r], applied[r], *restart.pod_state(p.pods, r, applied[r]))
+            for r in names.RESTART_ROLES
+        ]
+        p.restart_tokens = restart.plan(roles)
+        p.restart_progress = restart.progress(roles, p.restart_tokens)
+        p.restart_admitted = [r for r in names.RESTART_ROLES if p.restart_tokens[r] != applied[r]]
 
     async def _phase_prune(self, p: Pass) -> None:
         """Remove owned children the spec no longer asks for."""
@@ -492,7 +535,15 @@ class Reconciler:
             if names.key_secret(m) in p.key_secrets
         }
         views = p.views
-        p.decision = rollout.decide(p.user_members, views, p.want_hash, rotated, p.spec.quorum)
+        p.decision = rollout.decide(
+            p.user_members,
+            views,
+            p.want_hash,
+            rotated,
+            p.spec.quorum,
+            p.now,
+            self.config.rollout_settle,
+        )
         d = p.decision
         if d.delete is not None:
             pod = p.by_name[d.delete]
@@ -518,7 +569,9 @@ class Reconciler:
             return
         ok, why = (True, "")
         if slot.role == names.ROLE_USER:
-            ok, why = rollout.may_disrupt_one(p.user_members, p.views, p.spec.quorum)
+            ok, why = rollout.may_disrupt_one(
+                p.user_members, p.views, p.spec.quorum, p.now, self.config.rollout_settle
+            )
         if ok:
             await self._rotate(
                 p.body,
@@ -591,6 +644,8 @@ class Reconciler:
         metrics.ROLLOUT_WAITING.labels(p.ns, p.name).set(1 if d.waiting else 0)
         metrics.ROLLOUT_PENDING.labels(p.ns, p.name).set(d.pending)
         new = status.compute(p.generation, obs, p.prev_status, p.now)
+        if p.restart_progress:
+            new["restart"] = p.restart_progress
         await self.write_status(p.body, new)
         p.result.status = new
         if p.result.requeue_after is None and not settled:

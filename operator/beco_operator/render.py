@@ -280,6 +280,16 @@ POD_NAME_ENV: Obj = {
 }
 
 
+def singleton_kind(role: str) -> str:
+    """The workload of a singleton role: the stateless rendezvous may be replaced freely."""
+    return "Deployment" if role == "rendezvous" else "StatefulSet"
+
+
+def _restart(tokens: Mapping[str, str] | None, role: str) -> dict[str, str]:
+    token = (tokens or {}).get(role, "")
+    return {names.RESTART_TOKEN_ANNOTATION: token} if token else {}
+
+
 def render(
     network: str,
     namespace: str,
@@ -289,6 +299,7 @@ def render(
     singleton_key_hashes: Mapping[str, str],
     pod_monitor: bool,
     user_replicas: Mapping[str, int] | None = None,
+    restart_tokens: Mapping[str, str] | None = None,
 ) -> list[Obj]:
     """Every child except key Secrets, the membership ConfigMap and the Postgres password.
 
@@ -311,9 +322,12 @@ def render(
             [name],
             spec.role_resources[role],
             member_env,
-            {names.KEY_HASH_ANNOTATION: singleton_key_hashes.get(role, "")},
+            {
+                names.KEY_HASH_ANNOTATION: singleton_key_hashes.get(role, ""),
+                **_restart(restart_tokens, role),
+            },
         )
-        if role == "rendezvous":
+        if singleton_kind(role) == "Deployment":
             workload: Obj = {
                 "apiVersion": "apps/v1",
                 "kind": "Deployment",
@@ -352,7 +366,14 @@ def render(
         replicas = max(spec.per_zone, (user_replicas or {}).get(zone, 0))
         members = [names.user_member(network, zone, i) for i in range(replicas)]
         template = _template(
-            network, names.ROLE_USER, spec, zone, members, spec.user_resources, POD_NAME_ENV, {}
+            network,
+            names.ROLE_USER,
+            spec,
+            zone,
+            members,
+            spec.user_resources,
+            POD_NAME_ENV,
+            _restart(restart_tokens, names.ROLE_USER),
         )
         out.append(
             {

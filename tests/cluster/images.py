@@ -190,3 +190,11 @@ def import_into(ctr: Path | str, socket: Path, archives: Sequence[Archive], mark
         count += 1
     marker.write_text(json.dumps(known, indent=2))
     return count
+
+
+def tag_in(ctr: Path | str, socket: Path, src: str, ref: str, marker: Path, iid: str) -> None:
+    """Name an image one node's containerd already holds ``ref`` too (no archive needed)."""
+    _run([str(ctr), "--address", str(socket), "-n", "k8s.io", "images", "tag", "--force", src, ref])
+    known: dict[str, str] = json.loads(marker.read_text()) if marker.exists() else {}
+    known[ref] = iid
+    marker.write_text(json.dumps(known, indent=2))

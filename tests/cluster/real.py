@@ -180,6 +180,27 @@ class RealCluster:
     def node_names(self) -> list[str]:
         return [n.name for n in self.nodes]
 
+    def load_images(self, refs: Sequence[str]) -> None:
+        """Import more local images (``podman`` refs) into every node's containerd, as
+        :meth:`start` does for ``extra_images``: e.g. a second tag for an upgrade. A ref
+        whose image a node already holds under another name is only tagged there."""
+        ctr = shutil.which("ctr") or "ctr"
+
+        def load(node: NodeSpec) -> None:
+            marker = node.dir / "containerd" / "imported.json"
+            held = {v: k for k, v in json.loads(marker.read_text()).items()}
+            todo = []
+            for ref in refs:
+                iid = images.image_id(ref)
+                if iid is not None and iid in held:
+                    images.tag_in(ctr, node.socket, held[iid], ref, marker, iid)
+                else:
+                    todo.append(images.archive(ref))
+            images.import_into(ctr, node.socket, todo, marker)
+
+        with ThreadPoolExecutor(len(self.nodes)) as pool:
+            list(pool.map(load, self.nodes))
+
     def env(self) -> dict[str, str]:
         env = self.plane.env()
         env["PATH"] = f"{self.cluster_bin}{os.pathsep}{env['PATH']}"

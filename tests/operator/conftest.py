@@ -30,7 +30,12 @@ def beco_operator(
 ) -> Iterator[OperatorProcess]:
     log = tmp_path_factory.mktemp("operator") / "operator.log"
     op = OperatorProcess(
-        operator_kubeconfig, log, "--resync-seconds=30", "--membership-wait=3", "--no-pod-metrics"
+        operator_kubeconfig,
+        log,
+        "--resync-seconds=30",
+        "--membership-wait=3",
+        "--no-pod-metrics",
+        "--rollout-settle-seconds=2",  # kwok pods are Ready at once and no DNS caches them
     )
     op.start()
     try:

@@ -1,4 +1,4 @@
-"""`kubectl beco status` and `rotate-keys` on the kwok control plane, run as kubectl runs plugins.
+"""`kubectl beco status`, `rotate-keys` and `restart` on the kwok control plane, run as kubectl runs plugins.
 
 kubectl finds ``kubectl-beco`` on PATH (the package's console script), so these tests call
 ``kubectl beco ...`` exactly as a user does, against a BecoNetwork the operator reconciled.
@@ -20,7 +20,7 @@ import yaml
 
 from tests.cluster.plane import ControlPlane
 
-from .harness import OperatorProcess, items, net_path, network, wait_ready
+from .harness import OperatorProcess, PodWatch, items, net_path, network, wait_ready
 
 pytestmark = [pytest.mark.controlplane, pytest.mark.timeout(420)]
 SEL = "app.kubernetes.io/managed-by=beco-operator,beco.dev/network={}"
@@ -127,3 +127,75 @@ def test_rotate_keys_waits_for_the_operator(
 
     # a network that does not exist: exit 3, nothing annotated
     assert kubectl_beco(cp, "rotate-keys", "nope", "-n", ns).returncode == 3
+
+
+def _uids(cp: ControlPlane, ns: str, role: str) -> dict[str, str]:
+    pods = items(cp, f"/api/v1/namespaces/{ns}/pods", SEL.format("demo") + f",beco.dev/role={role}")
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+
+
+def test_restart_goes_through_the_operator_one_pod_at_a_time(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    cp, ns = control_plane, k8s_namespace
+    cp.api("POST", net_path(ns), network("demo", ns))
+    wait_ready(cp, ns, "demo")
+    users, sst = _uids(cp, ns, "user"), _uids(cp, ns, "sst")
+    watch = PodWatch(cp, ns, SEL.format("demo") + ",beco.dev/role=user")
+    watch.start()
+    out = kubectl_beco(
+        cp, "restart", "demo", "-n", ns, "--role", "user", "--token", "r1", "--wait",
+        "--timeout", "240", "-o", "json", timeout=300,
+    )  # fmt: skip
+    result = json.loads(_ok(out))
+    watch.stop()
+    assert result == {
+        "token": "r1",
+        "roles": ["user"],
+        "waited": True,
+        "states": {"user": "Done"},
+        "phase": "Ready",
+    }
+    after = _uids(cp, ns, "user")
+    assert set(after) == set(users) and all(after[n] != users[n] for n in users)
+    assert min(watch.ready_counts) >= 2, "the restart dropped below the quorum"
+    assert max(watch.unready_counts) <= 1, "more than one user node down at once"
+    assert _uids(cp, ns, "sst") == sst, "a user-node restart replaced the SST"
+    obj = cp.api("GET", net_path(ns, "demo"))
+    assert obj["status"]["restart"] == [
+        {
+            "role": "user",
+            "token": "r1",
+            "state": "Done",
+            "message": "every user pod restarted and ready",
+        }
+    ]
+    data = json.loads(_ok(kubectl_beco(cp, "status", "demo", "-n", ns, "-o", "json", "--no-head")))
+    assert data["restarts"][0]["state"] == "Done"
+
+    # the whole network: every role, one after the other; the user nodes again (new token)
+    result = json.loads(
+        _ok(
+            kubectl_beco(
+                cp,
+                "restart",
+                "demo",
+                "-n",
+                ns,
+                "--wait",
+                "--timeout",
+                "300",
+                "-o",
+                "json",
+                timeout=360,
+            )
+        )
+    )
+    assert set(result["states"].values()) == {"Done"} and len(result["states"]) == 4
+    assert _uids(cp, ns, "sst").keys() == sst.keys() and _uids(cp, ns, "sst") != sst
+    again = _uids(cp, ns, "user")
+    assert all(again[n] != after[n] for n in after)
+
+    # not found: exit 3; a role that does not exist: usage, exit 2
+    assert kubectl_beco(cp, "restart", "nope", "-n", ns).returncode == 3
+    assert kubectl_beco(cp, "restart", "demo", "-n", ns, "--role", "postgres").returncode == 2

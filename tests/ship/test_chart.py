@@ -145,7 +145,12 @@ def test_lint_template_and_validate(case: str, helm: str, prom_crds: Path) -> No
     assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
     replicas = dep["spec"]["replicas"]
     leader = any(a == "--leader-elect" for a in c["args"])
-    assert leader == (replicas > 1), "leader election exactly when more than one replica"
+    # always: an upgrade's surge pod or a replicaCount change must never reconcile beside
+    # the old pod; so the rolling update needs a probe a standby passes
+    assert leader, "leader election in every case"
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert c["readinessProbe"]["httpGet"]["port"] == "metrics"
     pdb_on = replicas > 1 and "podDisruptionBudget.enabled=false" not in sets
     assert ("PodDisruptionBudget" in kinds) == pdb_on
     assert ("ServiceMonitor" in kinds) == (

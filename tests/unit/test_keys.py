@@ -55,3 +55,20 @@ def test_request_must_be_sequenced_soon_after_signing() -> None:
     auth.check_sequenced_in_time(_Req(1_000_000), 1_029_000, 30_000)  # type: ignore[arg-type]
     with pytest.raises(Unauthenticated, match="sequenced"):
         auth.check_sequenced_in_time(_Req(1_000_000), 1_031_000, 30_000)  # type: ignore[arg-type]
+
+
+def test_libsodium_signatures_are_the_same_bytes_and_verify() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    for _ in range(5):
+        k = Ed25519PrivateKey.generate()
+        msg = b"message" * 7
+        sig = keys.sign(k, msg)
+        assert sig == k.sign(msg)  # Ed25519 is deterministic: one signature per (key, message)
+        pub = keys.public_key_bytes(k)
+        assert keys.verify(pub, sig, msg)
+        assert keys.verify(pub, sig, msg)  # the second time from the cache of verified ones
+        assert not keys.verify(pub, sig, msg + b"!")
+        bad = bytes([sig[0] ^ 1]) + sig[1:]
+        assert not keys.verify(pub, bad, msg)
+        assert not keys.verify(pub, bad, msg)  # failures are never cached as successes

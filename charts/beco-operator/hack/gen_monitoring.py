@@ -275,7 +275,7 @@ def network_rows() -> list[Section]:
                         )
                     ],
                     unit="reqps",
-                    description="A failing Postgres shows as sst.Commit answers other than OK.",
+                    description="A failing Postgres shows as sst.CommitBatch answers other than OK.",
                 ),
                 timeseries(
                     "Membership generation",

@@ -68,22 +68,18 @@ Returns a YAML list of {kind, rules} for every ClusterRole and Role in that file
 {{- range .Values.operator.watchNamespaces }}
 - --namespace={{ . }}
 {{- end }}
-{{- if gt (int .Values.replicaCount) 1 }}
+{{- /* Always: an upgrade surges a second pod, and a change of replicaCount mixes old and new
+pods; only the Lease keeps two operators from reconciling at once. */}}
 - --leader-elect
 - --lease-name={{ include "beco-operator.fullname" . }}
 - --lease-namespace={{ .Release.Namespace }}
 {{- end }}
-{{- end }}
 
 {{/*
-Probes. One replica: kopf's /healthz. With leader election a standby waits for the Lease before
-kopf starts, so its liveness is the metrics endpoint (served from process start); otherwise
-standbys would be restarted and, unready, would make the PodDisruptionBudget block drains.
+Probes: the metrics endpoint (served from process start). A standby waits for the Lease before
+kopf starts, so kopf's /healthz would keep it unready: a rolling update (maxUnavailable 0) would
+never retire the old pod, and standbys would make the PodDisruptionBudget block drains.
 */}}
 {{- define "beco-operator.probe" -}}
-{{- if gt (int .Values.replicaCount) 1 }}
 httpGet: {path: /metrics, port: metrics}
-{{- else }}
-httpGet: {path: /healthz, port: health}
-{{- end }}
 {{- end }}

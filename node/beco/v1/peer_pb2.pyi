@@ -23,23 +23,6 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
-class _Verdict:
-    ValueType = _typing.NewType("ValueType", _builtins.int)
-    V: _TypeAlias = ValueType  # noqa: Y015
-
-class _VerdictEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Verdict.ValueType], _builtins.type):
-    DESCRIPTOR: _descriptor.EnumDescriptor
-    VERDICT_UNSPECIFIED: _Verdict.ValueType  # 0
-    VERDICT_VALID: _Verdict.ValueType  # 1
-    VERDICT_INVALID: _Verdict.ValueType  # 2
-
-class Verdict(_Verdict, metaclass=_VerdictEnumTypeWrapper): ...
-
-VERDICT_UNSPECIFIED: Verdict.ValueType  # 0
-VERDICT_VALID: Verdict.ValueType  # 1
-VERDICT_INVALID: Verdict.ValueType  # 2
-Global___Verdict: _TypeAlias = Verdict  # noqa: Y015
-
 class _OutcomeStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -272,97 +255,192 @@ class ProposalHeader(_message.Message):
 Global___ProposalHeader: _TypeAlias = ProposalHeader  # noqa: Y015
 
 @_typing.final
-class VoteRequest(_message.Message):
-    """What the validator sends to each user node (kind "vote_request")."""
+class BatchVoteRequest(_message.Message):
+    """---- batches (beco_node.batch): one vote signature per voter per batch ----
+    What the validator sends each user node (kind "vote_batch"): the changes sequenced
+    while the previous round was in flight, at most one per user.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    HEADER_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def header(self) -> Global___ProposalHeader: ...
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProposalHeader]: ...
     @_builtins.property
-    def previous(self) -> Global___PeerEnvelope:
-        """The SST's signed commit notice (kind "applied") of this user's previous change, when
-        the validator has it: a voter whose notice has not arrived yet applies this one
-        instead of asking the SST.
+    def previous(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerEnvelope]:
+        """The SST's signed commit notices (kind "applied" or "applied_batch") of these users'
+        previous changes, when the validator has them: a voter whose notice has not arrived
+        yet applies these instead of asking the SST.
         """
 
     def __init__(
         self,
         *,
-        header: Global___ProposalHeader | None = ...,
-        previous: Global___PeerEnvelope | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "previous", b"previous"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "previous", b"previous"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___VoteRequest: _TypeAlias = VoteRequest  # noqa: Y015
-
-@_typing.final
-class Vote(_message.Message):
-    DESCRIPTOR: _descriptor.Descriptor
-
-    DIGEST_FIELD_NUMBER: _builtins.int
-    VOTER_FIELD_NUMBER: _builtins.int
-    VERDICT_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    SIGNATURE_FIELD_NUMBER: _builtins.int
-    CODE_FIELD_NUMBER: _builtins.int
-    digest: _builtins.bytes
-    """peer.header_digest(header)"""
-    voter: _builtins.str
-    """peer id"""
-    verdict: Global___Verdict.ValueType
-    reason: _builtins.str
-    signature: _builtins.bytes
-    """Ed25519 over peer.vote_signing_bytes(digest, verdict, reason)"""
-    code: _builtins.str
-    """the gRPC status name an INVALID verdict maps to"""
-    def __init__(
-        self,
-        *,
-        digest: _builtins.bytes = ...,
-        voter: _builtins.str = ...,
-        verdict: Global___Verdict.ValueType = ...,
-        reason: _builtins.str = ...,
-        signature: _builtins.bytes = ...,
-        code: _builtins.str = ...,
+        headers: _abc.Iterable[Global___ProposalHeader] | None = ...,
+        previous: _abc.Iterable[Global___PeerEnvelope] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "digest", b"digest", "reason", b"reason", "signature", b"signature", "verdict", b"verdict", "voter", b"voter"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["headers", b"headers", "previous", b"previous"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___Vote: _TypeAlias = Vote  # noqa: Y015
+Global___BatchVoteRequest: _TypeAlias = BatchVoteRequest  # noqa: Y015
 
 @_typing.final
-class QuorumCertificate(_message.Message):
+class Rejection(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    HEADER_FIELD_NUMBER: _builtins.int
-    VOTES_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def header(self) -> Global___ProposalHeader: ...
-    @_builtins.property
-    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Vote]: ...
+    INDEX_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """the change's place in the batch"""
+    code: _builtins.str
+    """the gRPC status name it maps to"""
+    reason: _builtins.str
     def __init__(
         self,
         *,
-        header: Global___ProposalHeader | None = ...,
-        votes: _abc.Iterable[Global___Vote] | None = ...,
+        index: _builtins.int = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["header", b"header"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["header", b"header", "votes", b"votes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "index", b"index", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___QuorumCertificate: _TypeAlias = QuorumCertificate  # noqa: Y015
+Global___Rejection: _TypeAlias = Rejection  # noqa: Y015
+
+@_typing.final
+class BatchVote(_message.Message):
+    """A voter's vote on a whole batch: VALID for every change not rejected."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROOT_FIELD_NUMBER: _builtins.int
+    VOTER_FIELD_NUMBER: _builtins.int
+    REJECTED_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    root: _builtins.bytes
+    """batch.root(header digests)"""
+    voter: _builtins.str
+    """peer id"""
+    signature: _builtins.bytes
+    """Ed25519 over batch.vote_signing_bytes(root, rejected)"""
+    @_builtins.property
+    def rejected(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rejection]:
+        """increasing index order"""
+
+    def __init__(
+        self,
+        *,
+        root: _builtins.bytes = ...,
+        voter: _builtins.str = ...,
+        rejected: _abc.Iterable[Global___Rejection] | None = ...,
+        signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rejected", b"rejected", "root", b"root", "signature", b"signature", "voter", b"voter"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchVote: _TypeAlias = BatchVote  # noqa: Y015
+
+@_typing.final
+class BatchCertificate(_message.Message):
+    """The changes of a batch that reached the quorum (kind "commit_batch"): every header
+    digest of the batch (so the SST recomputes the root the votes sign), the committed
+    changes by index, and the votes.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    INDEXES_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    VOTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___ProposalHeader]:
+        """headers[i] is change indexes[i]"""
+
+    @_builtins.property
+    def votes(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchVote]: ...
+    def __init__(
+        self,
+        *,
+        digests: _abc.Iterable[_builtins.bytes] | None = ...,
+        indexes: _abc.Iterable[_builtins.int] | None = ...,
+        headers: _abc.Iterable[Global___ProposalHeader] | None = ...,
+        votes: _abc.Iterable[Global___BatchVote] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests", "headers", b"headers", "indexes", b"indexes", "votes", b"votes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchCertificate: _TypeAlias = BatchCertificate  # noqa: Y015
+
+@_typing.final
+class BatchOutcome(_message.Message):
+    """One Outcome per change of the certificate, in its order; OUTCOME_REJECTED with the
+    status when the SST refused that change (the others are not affected).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    APPLIED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Outcome]: ...
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___PeerEnvelope]:
+        """the batch's commit notices (kind "applied_batch")"""
+
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___Outcome] | None = ...,
+        applied: _abc.Iterable[Global___PeerEnvelope] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied", "outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchOutcome: _TypeAlias = BatchOutcome  # noqa: Y015
+
+@_typing.final
+class AppliedBatch(_message.Message):
+    """The SST tells user nodes about the commits of a batch (kind "applied_batch")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def applied(self) -> _containers.RepeatedCompositeFieldContainer[Global___Applied]: ...
+    def __init__(
+        self,
+        *,
+        applied: _abc.Iterable[Global___Applied] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied", b"applied"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppliedBatch: _TypeAlias = AppliedBatch  # noqa: Y015
 
 @_typing.final
 class Outcome(_message.Message):
@@ -445,16 +523,17 @@ Global___Applied: _TypeAlias = Applied  # noqa: Y015
 class ApplyReply(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    SEQUENCE_FIELD_NUMBER: _builtins.int
-    sequence: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    tree_size: _builtins.int
+    """the largest tree size the user node has heard of"""
     def __init__(
         self,
         *,
-        sequence: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

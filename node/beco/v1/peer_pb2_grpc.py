@@ -223,13 +223,13 @@ class UserNodeStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Vote = channel.unary_unary(
-                '/beco.v1.UserNode/Vote',
+        self.VoteBatch = channel.unary_unary(
+                '/beco.v1.UserNode/VoteBatch',
                 request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
-                response_deserializer=beco_dot_v1_dot_peer__pb2.Vote.FromString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.BatchVote.FromString,
                 _registered_method=True)
-        self.Apply = channel.unary_unary(
-                '/beco.v1.UserNode/Apply',
+        self.ApplyBatch = channel.unary_unary(
+                '/beco.v1.UserNode/ApplyBatch',
                 request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
                 response_deserializer=beco_dot_v1_dot_peer__pb2.ApplyReply.FromString,
                 _registered_method=True)
@@ -238,15 +238,15 @@ class UserNodeStub:
 class UserNodeServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Vote(self, request, context):
-        """payload: VoteRequest
+    def VoteBatch(self, request, context):
+        """payload: BatchVoteRequest
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Apply(self, request, context):
-        """payload: Applied
+    def ApplyBatch(self, request, context):
+        """payload: AppliedBatch
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -255,13 +255,13 @@ class UserNodeServicer:
 
 def add_UserNodeServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Vote': grpc.unary_unary_rpc_method_handler(
-                    servicer.Vote,
+            'VoteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.VoteBatch,
                     request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
-                    response_serializer=beco_dot_v1_dot_peer__pb2.Vote.SerializeToString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.BatchVote.SerializeToString,
             ),
-            'Apply': grpc.unary_unary_rpc_method_handler(
-                    servicer.Apply,
+            'ApplyBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyBatch,
                     request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
                     response_serializer=beco_dot_v1_dot_peer__pb2.ApplyReply.SerializeToString,
             ),
@@ -277,7 +277,7 @@ class UserNode:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Vote(request,
+    def VoteBatch(request,
             target,
             options=(),
             channel_credentials=None,
@@ -290,9 +290,9 @@ class UserNode:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/beco.v1.UserNode/Vote',
+            '/beco.v1.UserNode/VoteBatch',
             beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
-            beco_dot_v1_dot_peer__pb2.Vote.FromString,
+            beco_dot_v1_dot_peer__pb2.BatchVote.FromString,
             options,
             channel_credentials,
             insecure,
@@ -304,7 +304,7 @@ class UserNode:
             _registered_method=True)
 
     @staticmethod
-    def Apply(request,
+    def ApplyBatch(request,
             target,
             options=(),
             channel_credentials=None,
@@ -317,7 +317,7 @@ class UserNode:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/beco.v1.UserNode/Apply',
+            '/beco.v1.UserNode/ApplyBatch',
             beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
             beco_dot_v1_dot_peer__pb2.ApplyReply.FromString,
             options,
@@ -340,10 +340,10 @@ class SstStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Commit = channel.unary_unary(
-                '/beco.v1.Sst/Commit',
+        self.CommitBatch = channel.unary_unary(
+                '/beco.v1.Sst/CommitBatch',
                 request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
-                response_deserializer=beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.BatchOutcome.FromString,
                 _registered_method=True)
         self.GetUserState = channel.unary_unary(
                 '/beco.v1.Sst/GetUserState',
@@ -395,8 +395,8 @@ class SstStub:
 class SstServicer:
     """Missing associated documentation comment in .proto file."""
 
-    def Commit(self, request, context):
-        """payload: QuorumCertificate
+    def CommitBatch(self, request, context):
+        """payload: BatchCertificate
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -468,10 +468,10 @@ class SstServicer:
 
 def add_SstServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Commit': grpc.unary_unary_rpc_method_handler(
-                    servicer.Commit,
+            'CommitBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CommitBatch,
                     request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
-                    response_serializer=beco_dot_v1_dot_peer__pb2.Outcome.SerializeToString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.BatchOutcome.SerializeToString,
             ),
             'GetUserState': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUserState,
@@ -530,7 +530,7 @@ class Sst:
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
-    def Commit(request,
+    def CommitBatch(request,
             target,
             options=(),
             channel_credentials=None,
@@ -543,9 +543,9 @@ class Sst:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/beco.v1.Sst/Commit',
+            '/beco.v1.Sst/CommitBatch',
             beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
-            beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+            beco_dot_v1_dot_peer__pb2.BatchOutcome.FromString,
             options,
             channel_credentials,
             insecure,

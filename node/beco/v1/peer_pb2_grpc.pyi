@@ -91,35 +91,35 @@ class UserNodeStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> UserNodeAsyncStub: ...
-    Vote: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Vote]
-    """payload: VoteRequest"""
-    Apply: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ApplyReply]
-    """payload: Applied"""
+    VoteBatch: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.BatchVote]
+    """payload: BatchVoteRequest"""
+    ApplyBatch: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ApplyReply]
+    """payload: AppliedBatch"""
 
 @_typing.type_check_only
 class UserNodeAsyncStub(UserNodeStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Vote: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Vote]  # type: ignore[assignment]
-    """payload: VoteRequest"""
-    Apply: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ApplyReply]  # type: ignore[assignment]
-    """payload: Applied"""
+    VoteBatch: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.BatchVote]  # type: ignore[assignment]
+    """payload: BatchVoteRequest"""
+    ApplyBatch: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ApplyReply]  # type: ignore[assignment]
+    """payload: AppliedBatch"""
 
 class UserNodeServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
-    def Vote(
+    def VoteBatch(
         self,
         request: _peer_pb2.PeerEnvelope,
         context: _ServicerContext,
-    ) -> _typing.Union[_peer_pb2.Vote, _abc.Awaitable[_peer_pb2.Vote]]:
-        """payload: VoteRequest"""
+    ) -> _typing.Union[_peer_pb2.BatchVote, _abc.Awaitable[_peer_pb2.BatchVote]]:
+        """payload: BatchVoteRequest"""
 
     @_abc_1.abstractmethod
-    def Apply(
+    def ApplyBatch(
         self,
         request: _peer_pb2.PeerEnvelope,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.ApplyReply, _abc.Awaitable[_peer_pb2.ApplyReply]]:
-        """payload: Applied"""
+        """payload: AppliedBatch"""
 
 def add_UserNodeServicer_to_server(servicer: UserNodeServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
@@ -128,8 +128,8 @@ class SstStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SstAsyncStub: ...
-    Commit: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]
-    """payload: QuorumCertificate"""
+    CommitBatch: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.BatchOutcome]
+    """payload: BatchCertificate"""
     GetUserState: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.UserStateReply]
     """payload: SstQuery"""
     LoadUsers: _grpc.UnaryStreamMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.UserStateReply]
@@ -152,8 +152,8 @@ class SstStub:
 @_typing.type_check_only
 class SstAsyncStub(SstStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Commit: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]  # type: ignore[assignment]
-    """payload: QuorumCertificate"""
+    CommitBatch: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.BatchOutcome]  # type: ignore[assignment]
+    """payload: BatchCertificate"""
     GetUserState: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.UserStateReply]  # type: ignore[assignment]
     """payload: SstQuery"""
     LoadUsers: _aio.UnaryStreamMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.UserStateReply]  # type: ignore[assignment]
@@ -175,12 +175,12 @@ class SstAsyncStub(SstStub):
 
 class SstServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
-    def Commit(
+    def CommitBatch(
         self,
         request: _peer_pb2.PeerEnvelope,
         context: _ServicerContext,
-    ) -> _typing.Union[_peer_pb2.Outcome, _abc.Awaitable[_peer_pb2.Outcome]]:
-        """payload: QuorumCertificate"""
+    ) -> _typing.Union[_peer_pb2.BatchOutcome, _abc.Awaitable[_peer_pb2.BatchOutcome]]:
+        """payload: BatchCertificate"""
 
     @_abc_1.abstractmethod
     def GetUserState(

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from beco_node import keys
 from beco_node.merkle.hashing import HASH_SIZE
 from beco_node.merkle.verify import ProofError
 
@@ -55,7 +56,9 @@ def sign_tree_head(
 ) -> SignedTreeHead:
     """Sign a tree head with the SST key."""
     message = tree_head_signing_bytes(tree_size, root_hash, timestamp_ms)
-    return SignedTreeHead(tree_size, bytes(root_hash), timestamp_ms, private_key.sign(message))
+    return SignedTreeHead(
+        tree_size, bytes(root_hash), timestamp_ms, keys.sign(private_key, message)
+    )
 
 
 def verify_tree_head(public_key_raw: bytes, sth: SignedTreeHead) -> None:

@@ -59,3 +59,10 @@ def relayed(
     if code == "UNAVAILABLE":  # this node's or the peer's own problem, in the peer's words
         return Unavailable(f"{peer} failed this node's call ({exc.code().name}: {details})")
     return BecoError(f"{peer} refused: {details}", code)
+
+
+def refused(code: str, reason: str, peer: str, passed_on: frozenset[str] = PASSED_ON) -> BecoError:
+    """The error for a change ``peer`` refused inside a batch answer (status ``code``)."""
+    if code in passed_on:
+        return BecoError(f"{peer} refused: {reason}", code)
+    return Unavailable(f"{peer} failed this node's call ({code}: {reason})")

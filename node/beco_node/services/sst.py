@@ -1,18 +1,19 @@
 """The SST service: verifies quorum certificates and commits through the SstStore.
 
-For a ``commit`` from the validator it checks, in order: the envelope (sender
-is the membership's validator), the certificate (distinct current user-node
-members, valid signatures over the same proposal digest, at least ``quorum``
-VALID votes, ``sequence == current + 1``), the client's signature on the
-embedded request, and runs the same state transition the voters ran
-(``model.apply``) on its own copy. Only then does it hand the new state, the
-change and the Merkle leaf to ``SstStore.commit`` (one Postgres transaction).
-The same proposal delivered twice is stored once; a retried proposal whose first
-attempt committed is answered with that commit. Once verified, the commit and its
-bookkeeping (cache, notices) run in a task the runtime owns, so a caller's deadline
-or disconnect cannot skip them. Afterwards it tells every user node (``applied``,
-signed; retried a few times) so they update their memory; nodes also catch up by
-log position (``Changes``).
+For a ``commit_batch`` from the validator it checks, in order: the envelope (sender
+is the membership's validator), the batch certificate (each vote's signature once: distinct
+current user-node members over the same batch root), then per change: its header digest
+is the batch's at its index, at least ``quorum`` voters did not reject it, ``sequence ==
+current + 1``, the client's signature on the embedded request, and the same state
+transition the voters ran (``model.apply``) on its own copy. A change that fails is
+answered alone (``OUTCOME_REJECTED`` with its status). The others go to
+``SstStore.commit`` together, so they share one Postgres transaction. The same proposal
+delivered twice is stored once; a retried proposal whose first attempt committed is
+answered with that commit. Once verified, the commits and their bookkeeping (cache,
+notices) run in a task the runtime owns, so a caller's deadline or disconnect cannot skip
+them. Afterwards it tells every user node (``applied_batch``, signed once per batch;
+retried a few times) so they update their memory; nodes also catch up by log position
+(``Changes``).
 
 Outcomes are durable: ``GetOutcome`` answers from the database, and
 ``RecordFailure`` records a proposal as failed for good (unless it committed first),
@@ -74,10 +75,32 @@ RECENT = 50_000
 PRUNE_INTERVAL_S = 60.0
 # Pauses between the tries of a commit notice (the last try is followed by no pause).
 NOTICE_RETRY_PAUSES_S = (0.25, 1.0, 2.0, 0.0)
+# A batch's notices are split into messages of at most this many bytes of states (one
+# state is at most ~25 KiB, docs/architecture.md), below the 64 KiB peer message limit.
+NOTICE_BYTES = 32 * 1024
 
 
 def _failed_outcome(rec: FailedRecord) -> ppb.Outcome:
     return ppb.Outcome(status=ppb.OUTCOME_FAILED, code=rec.code, reason=rec.reason)
+
+
+def _rejected(exc: BecoError) -> ppb.Outcome:
+    """One change of a batch refused by the SST, with its status (the others go on)."""
+    return ppb.Outcome(status=ppb.OUTCOME_REJECTED, code=exc.code, reason=exc.message)
+
+
+def _chunks(applied: list[ppb.Applied], limit: int) -> list[list[ppb.Applied]]:
+    """Split a batch's notices so each message stays below ``limit`` bytes of states."""
+    out: list[list[ppb.Applied]] = []
+    size = 0
+    for a in applied:
+        n = a.ByteSize()
+        if not out or (size + n > limit and out[-1]):
+            out.append([])
+            size = 0
+        out[-1].append(a)
+        size += n
+    return out
 
 
 def tree_head_pb(sth: SignedTreeHead, public_key: bytes) -> pb.TreeHead:
@@ -125,44 +148,61 @@ class SstService(ppb_grpc.SstServicer):
             duplicate=res.duplicate,
         )
 
-    @rpc_handler("sst.Commit")
-    async def Commit(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
+    @rpc_handler("sst.CommitBatch")
+    async def CommitBatch(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.BatchOutcome:
         rt = self.rt
         ms = rt.membership
-        peer.open_envelope(request, "commit", ms, rt.now_ms())
-        qc = peer.parse(ppb.QuorumCertificate, request.payload)
-        assert isinstance(qc, ppb.QuorumCertificate)
-        prop = qc.header.proposal
+        peer.open_envelope(request, "commit_batch", ms, rt.now_ms())
+        cert = peer.parse(ppb.BatchCertificate, request.payload)
+        assert isinstance(cert, ppb.BatchCertificate)
+        validator = ms.one("validator").peer_id
+        if any(h.validator != validator for h in cert.headers):
+            raise InvalidArgument("the certificate names another validator")
+        checked = peer.verify_batch_certificate(cert, ms)  # each vote's signature, once
+        items = await asyncio.gather(
+            *(self._entry(h, c) for h, c in zip(cert.headers, checked, strict=True))
+        )
+        # From here the commits and their bookkeeping (cache, notices) run to the end in a
+        # task the runtime owns, whatever happens to this call.
+        task = rt.start(self._commit_batch(list(items)))
+        return await asyncio.shield(task)
+
+    async def _entry(
+        self, header: ppb.ProposalHeader, checked: tuple[ppb.ProposalHeader, list[str]] | BecoError
+    ) -> CommitEntry | ppb.Outcome:
+        """One change of a batch: the entry to commit, or its outcome already (a commit
+        found again, or the refusal of this change alone)."""
+        prop = header.proposal
         done = self.recent.get(prop.proposal_id)
         if done is not None:  # a re-delivered certificate: no transaction needed
             return await self._duplicate(prop.user_id, done)
         try:
-            entry = await self._verified_entry(qc)
-        except BecoError:
+            if isinstance(checked, BecoError):
+                raise checked
+            return await self._verified_entry(header, checked[1])
+        except BecoError as exc:
             # A retried proposal whose first attempt committed no longer fits the current
             # sequence: answer that commit instead of an error.
             known = await self._known(prop.proposal_id)
             if known is not None:
                 return known
-            raise
-        # From here the commit and its bookkeeping (cache, notices) run to the end in a
-        # task the runtime owns, whatever happens to this call.
-        task = rt.start(self._commit(entry, prop.origin))
-        return await asyncio.shield(task)
+            return _rejected(exc)
 
-    async def _verified_entry(self, qc: ppb.QuorumCertificate) -> CommitEntry:
-        """Every check the SST makes before committing (see the module docstring)."""
+    async def _verified_entry(self, header: ppb.ProposalHeader, voters: list[str]) -> CommitEntry:
+        """Every check the SST makes on one change once its certificate holds (see the
+        module docstring)."""
         rt = self.rt
-        ms = rt.membership
-        prop = qc.header.proposal
-        if qc.header.validator != ms.one("validator").peer_id:
-            raise InvalidArgument("the certificate names another validator")
+        prop = header.proposal
         current = await self._state(prop.user_id)
         cur_seq = current[0] if current else 0
-        voters = peer.verify_quorum_certificate(qc, ms, cur_seq + 1)
+        if header.sequence != cur_seq + 1:
+            raise FailedPrecondition(
+                f"wrong sequence for user {prop.user_id}: expected {cur_seq + 1}, "
+                f"got {header.sequence}"
+            )
         req = model.parse_mutation(prop.method, prop.request)
         caller = auth.verify_signature(prop.method, req)
-        auth.check_sequenced_in_time(req, qc.header.validator_ts_ms, rt.settings.skew_ms)
+        auth.check_sequenced_in_time(req, header.validator_ts_ms, rt.settings.skew_ms)
         if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
             raise InvalidArgument("proposal id does not match the request")
         if model.target_user(prop.method, req, caller) != prop.user_id:
@@ -171,33 +211,84 @@ class SstService(ppb_grpc.SstServicer):
         if current is not None:
             old = pb.UserState()
             old.ParseFromString(current[1])
-        new = model.apply(
-            prop.method, req, caller, old, qc.header.sequence, qc.header.validator_ts_ms
-        )
+        new = model.apply(prop.method, req, caller, old, header.sequence, header.validator_ts_ms)
         state = new.SerializeToString(deterministic=True)
         leaf = pb.LogLeaf(
             proposal_id=prop.proposal_id,
             user_id=prop.user_id,
-            sequence=qc.header.sequence,
+            sequence=header.sequence,
             kind=model.MUTATIONS[prop.method].kind,
             actor=caller,
             request_digest=hashlib.sha256(prop.request).digest(),
             state_digest=hashlib.sha256(state).digest(),
-            validator_ts_ms=qc.header.validator_ts_ms,
+            validator_ts_ms=header.validator_ts_ms,
             voters=sorted(voters),
-            proposal_digest=peer.header_digest(qc.header),
+            proposal_digest=peer.header_digest(header),
         )
         return CommitEntry(
             proposal_id=prop.proposal_id,
             user_id=prop.user_id,
-            sequence=qc.header.sequence,
+            sequence=header.sequence,
             kind=leaf.kind,
             state=state,
             leaf_data=leaf.SerializeToString(deterministic=True),
             committed_ms=rt.now_ms(),
         )
 
-    async def _commit(self, entry: CommitEntry, origin: str) -> ppb.Outcome:
+    async def _commit_batch(self, items: list[CommitEntry | ppb.Outcome]) -> ppb.BatchOutcome:
+        """Commit a batch's entries (queued together, so the store writes them in one
+        transaction), then one signed notice per batch (split to stay below the message
+        limit) to every user node. If the database was unreachable for some entry, the
+        whole answer is UNAVAILABLE after the others' bookkeeping: the validator re-sends
+        the certificate, and what committed is answered as such."""
+        entries = [it for it in items if isinstance(it, CommitEntry)]
+        results = await asyncio.gather(*(self._commit(e) for e in entries), return_exceptions=True)
+        done: dict[str, ppb.Outcome | BaseException] = {
+            e.proposal_id: r for e, r in zip(entries, results, strict=True)
+        }
+        out = ppb.BatchOutcome()
+        fresh: list[ppb.Applied] = []
+        unavailable: BaseException | None = None
+        for it in items:
+            if isinstance(it, ppb.Outcome):
+                out.outcomes.append(it)
+                continue
+            r = done[it.proposal_id]
+            if isinstance(r, Unavailable):
+                unavailable = r
+                out.outcomes.append(_rejected(r))
+            elif isinstance(r, BecoError):
+                out.outcomes.append(_rejected(r))
+            elif isinstance(r, BaseException):
+                raise r
+            else:
+                if r.status == ppb.OUTCOME_COMMITTED and not r.commit.duplicate:
+                    fresh.append(
+                        ppb.Applied(
+                            user_id=it.user_id,
+                            sequence=it.sequence,
+                            state=it.state,
+                            commit=r.commit,
+                        )
+                    )
+                out.outcomes.append(r)
+        for chunk in _chunks(fresh, NOTICE_BYTES):
+            env = peer.seal(
+                "applied_batch",
+                ppb.AppliedBatch(applied=chunk),
+                self.rt.key,
+                self.rt.peer_id,
+                self.rt.now_ms(),
+            )
+            out.applied.append(env)
+        for m in self.rt.membership.user_nodes:
+            if out.applied:
+                self.rt.spawn(self._notify(m, list(out.applied)))
+        if unavailable is not None:
+            raise unavailable
+        return out
+
+    async def _commit(self, entry: CommitEntry) -> ppb.Outcome:
         t0 = time.perf_counter()
         uid = entry.user_id
         try:
@@ -228,16 +319,9 @@ class SstService(ppb_grpc.SstServicer):
         info = self._commit_info(res, entry.committed_ms)
         if res.duplicate:
             return await self._committed_outcome(info, uid)
-        applied = ppb.Applied(user_id=uid, sequence=res.sequence, state=entry.state, commit=info)
-        env = peer.seal("applied", applied, self.rt.key, self.rt.peer_id, self.rt.now_ms())
         self.recent.put(res.proposal_id, info.SerializeToString())
-        for m in self.rt.membership.user_nodes:
-            if m.peer_id != origin:  # the origin applies the outcome it gets back
-                self.rt.spawn(self._notify(m, env))
         log.debug("committed", extra={"fields": {"proposal": res.proposal_id, "seq": res.sequence}})
-        return ppb.Outcome(
-            status=ppb.OUTCOME_COMMITTED, commit=info, state=entry.state, applied=env
-        )
+        return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=entry.state)
 
     def _cache_put(self, uid: str, seq: int, state: bytes) -> None:
         hit = self.cache.get(uid)
@@ -283,17 +367,21 @@ class SstService(ppb_grpc.SstServicer):
         delivery)."""
         return await self._committed_outcome(pb.CommitInfo.FromString(info_bytes), uid)
 
-    async def _notify(self, member: Any, env: ppb.PeerEnvelope) -> None:
-        """Deliver a commit notice, retried a few times; the nodes' catch-up covers the rest."""
-        code = ""
-        for pause in NOTICE_RETRY_PAUSES_S:
-            try:
-                await ppb_grpc.UserNodeStub(self.rt.peer_channel(member)).Apply(env, timeout=2)
-                return
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
-            await asyncio.sleep(pause)
-        log.info("user node %s missed a commit notice: %s", member.name, code)
+    async def _notify(self, member: Any, envs: list[ppb.PeerEnvelope]) -> None:
+        """Deliver a batch's commit notices, each retried a few times; the nodes' catch-up
+        covers the rest."""
+        stub = ppb_grpc.UserNodeStub(self.rt.peer_channel(member))
+        for env in envs:
+            code = ""
+            for pause in NOTICE_RETRY_PAUSES_S:
+                try:
+                    await stub.ApplyBatch(env, timeout=2)
+                    break
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                await asyncio.sleep(pause)
+            else:
+                log.info("user node %s missed a commit notice: %s", member.name, code)
 
     @rpc_handler("sst.GetOutcome")
     async def GetOutcome(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
@@ -363,8 +451,9 @@ class SstService(ppb_grpc.SstServicer):
             self._query(request)
         except BecoError as exc:
             await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-        for uid, seq, state in await self.store.load_all_users():
-            del uid
+        # Paged: a user changed while the stream runs may come at its old state; the
+        # node's catch-up from the head it read before the stream brings it.
+        async for _, seq, state in self.store.iter_users():
             yield ppb.UserStateReply(found=True, sequence=seq, state=state)
 
     @rpc_handler("sst.History")

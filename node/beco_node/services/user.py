@@ -34,7 +34,7 @@ from beco.v1 import identity_pb2_grpc as pb_grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import auth, limits, metrics, model, peer, tally
+from beco_node import auth, batch, limits, metrics, model, peer, tally
 from beco_node.auth import Authenticator, check_validator_clock
 from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
@@ -523,16 +523,41 @@ class VoterService(ppb_grpc.UserNodeServicer):
         self.node = node
         self.rt = node.rt
 
-    @rpc_handler("user.Vote")
-    async def Vote(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Vote:
+    @rpc_handler("user.VoteBatch")
+    async def VoteBatch(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.BatchVote:
+        """Check every change of the batch on its own; sign once over the batch root."""
         rt = self.rt
-        peer.open_envelope(request, "vote_request", rt.membership, rt.now_ms())
-        vreq = peer.parse(ppb.VoteRequest, request.payload)
-        assert isinstance(vreq, ppb.VoteRequest)
-        header = vreq.header
-        digest = peer.header_digest(header)
+        peer.open_envelope(request, "vote_batch", rt.membership, rt.now_ms())
+        vreq = peer.parse(ppb.BatchVoteRequest, request.payload)
+        assert isinstance(vreq, ppb.BatchVoteRequest)
+        if not 1 <= len(vreq.headers) <= batch.MAX_BATCH:
+            raise InvalidArgument(f"a batch holds 1 to {batch.MAX_BATCH} changes")
+        for env in vreq.previous:
+            self._apply_notice(env)
+        root = batch.root([peer.header_digest(h) for h in vreq.headers])
+        users: set[str] = set()
+        checks = []
+        for h in vreq.headers:
+            first = h.proposal.user_id not in users
+            users.add(h.proposal.user_id)
+            checks.append(self._check(h, first))
+        results = await asyncio.gather(*checks)
+        rejected = [
+            batch.Rejection(i, exc.code, exc.message)
+            for i, exc in enumerate(results)
+            if exc is not None
+        ]
+        metrics.VOTES.labels("valid").inc(len(results) - len(rejected))
+        metrics.VOTES.labels("invalid").inc(len(rejected))
+        return peer.sign_batch_vote(root, rejected, rt.key, rt.peer_id)
+
+    async def _check(self, header: ppb.ProposalHeader, first: bool) -> BecoError | None:
+        """This voter's verdict on one change: None (VALID) or why it is INVALID."""
+        rt = self.rt
         prop = header.proposal
         try:
+            if not first:
+                raise InvalidArgument("two changes of one user in one batch")
             req = model.parse_mutation(prop.method, prop.request)
             mine = self.node.own.get(prop.proposal_id)
             if mine is not None and mine[0] == hashlib.sha256(prop.request).digest():
@@ -546,36 +571,41 @@ class VoterService(ppb_grpc.UserNodeServicer):
             # An honest quorum only votes for requests sequenced now, signed just before.
             check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
             want = header.sequence - 1
-            if self.node.store.sequence(prop.user_id) < want and vreq.HasField("previous"):
-                self._apply_notice(vreq.previous, prop.user_id)
             state = self.node.store.get(prop.user_id)
             have = state.sequence if state else 0
             if have != want:
                 state = await self.node.fetch(prop.user_id)
             model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
-            verdict, reason, code = ppb.VERDICT_VALID, "", ""
         except BecoError as exc:
-            verdict, reason, code = ppb.VERDICT_INVALID, exc.message, exc.code
-        metrics.VOTES.labels("valid" if verdict == ppb.VERDICT_VALID else "invalid").inc()
-        return peer.sign_vote(digest, verdict, reason, code, rt.key, rt.peer_id)
+            return exc
+        return None
 
-    def _apply_notice(self, env: ppb.PeerEnvelope, uid: str) -> None:
-        """Apply the SST's signed notice the validator forwarded (checked like any notice)."""
+    def _apply_notice(self, env: ppb.PeerEnvelope) -> None:
+        """Apply an SST notice the validator forwarded (checked like any notice)."""
+        if env.kind not in ("applied", "applied_batch"):
+            return
         try:
-            peer.open_envelope(env, "applied", self.rt.membership, self.rt.now_ms())
+            peer.open_envelope(env, env.kind, self.rt.membership, self.rt.now_ms())
         except BecoError:
             return  # not from the SST, or too old: fall back to asking the SST
-        applied = peer.parse(ppb.Applied, env.payload)
-        assert isinstance(applied, ppb.Applied)
-        if applied.user_id == uid:
-            self.node.apply_commit(applied.sequence, applied.state)
+        self._apply_payload(env)
 
-    @rpc_handler("user.Apply")
-    async def Apply(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ApplyReply:
-        peer.open_envelope(request, "applied", self.rt.membership, self.rt.now_ms())
-        applied = peer.parse(ppb.Applied, request.payload)
-        assert isinstance(applied, ppb.Applied)
-        self.node.apply_commit(applied.sequence, applied.state)
-        self.node.heard_of(applied.commit.tree_head.tree_size)
-        metrics.TREE_SIZE.set(applied.commit.tree_head.tree_size)
-        return ppb.ApplyReply(sequence=self.node.store.sequence(applied.user_id))
+    def _apply_payload(self, env: ppb.PeerEnvelope) -> None:
+        if env.kind == "applied":
+            one = peer.parse(ppb.Applied, env.payload)
+            assert isinstance(one, ppb.Applied)
+            applied = [one]
+        else:
+            many = peer.parse(ppb.AppliedBatch, env.payload)
+            assert isinstance(many, ppb.AppliedBatch)
+            applied = list(many.applied)
+        for a in applied:
+            self.node.apply_commit(a.sequence, a.state)
+            self.node.heard_of(a.commit.tree_head.tree_size)
+
+    @rpc_handler("user.ApplyBatch")
+    async def ApplyBatch(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ApplyReply:
+        peer.open_envelope(request, "applied_batch", self.rt.membership, self.rt.now_ms())
+        self._apply_payload(request)
+        metrics.TREE_SIZE.set(self.node.known_head)
+        return ppb.ApplyReply(tree_size=self.node.known_head)

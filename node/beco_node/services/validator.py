@@ -7,15 +7,19 @@
   (same id) joins its attempt in flight; otherwise it is proposed again, and the
   SST answers the first attempt's commit or recorded failure (it commits an id
   at most once and never after recording it failed).
-- The validator assigns ``sequence = current + 1`` and a timestamp, signs the
-  header, and fans it out to every user node of the current membership in
-  parallel over persistent channels. VALIDATED at ``quorum`` VALID votes;
-  FAILED as soon as the quorum can no longer be reached (INVALID votes,
-  unreachable nodes) or at ``--vote-timeout-ms`` (see ``tally.Tally``). A
+- The validator assigns ``sequence = current + 1`` and a timestamp, and queues the
+  header for a round: a round takes every queued header (one per user, at most
+  ``batch.MAX_BATCH`` and ``BATCH_BYTES``) and starts at once while fewer than
+  ``MAX_ROUNDS`` are in flight, so an idle validator adds no wait and a busy one
+  batches. One signed vote request per batch goes to every user node of the current
+  membership in parallel; each answers one batch vote (``beco_node.batch``). Per
+  change: VALIDATED at ``quorum`` voters that did not reject it; FAILED as soon as the
+  quorum can no longer be reached (rejections, unreachable nodes) or at
+  ``--vote-timeout-ms`` (see ``tally.Tally``). A
   failure is answered only after the SST recorded it (``RecordFailure``); if
   that is impossible the answer is UNAVAILABLE: outcome unknown.
-- A VALIDATED proposal goes to the SST with its quorum certificate; the SST
-  verifies, commits and notifies the user nodes. The outcome goes back to the
+- The VALIDATED changes of a batch go to the SST in one batch certificate; the SST
+  verifies, commits them in one transaction and notifies the user nodes once. The outcome goes back to the
   origin user node, which answers the client.
 """
 
@@ -25,16 +29,18 @@ import asyncio
 import collections
 import logging
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import metrics, model, peer, tally
+from beco_node import batch, metrics, model, peer, tally
 from beco_node.errors import BecoError
 from beco_node.lru import BoundedLru
-from beco_node.services.relay import relayed
+from beco_node.services.relay import refused, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.validator")
@@ -45,6 +51,10 @@ MAX_SEQUENCES = 100_000
 COMMIT_TIMEOUT_S = 10
 COMMIT_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 RECORD_TIMEOUT_S = 5
+# Batches: rounds (votes + commit) in flight at once, and the request bytes of one batch
+# (its previous-commit notices get as much again), well below the peer message limit.
+MAX_ROUNDS = 2
+BATCH_BYTES = 24 * 1024
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -69,6 +79,9 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         )
         # Proposals being decided, by id: a re-sent request joins its first attempt.
         self.inflight: dict[str, asyncio.Task[ppb.Outcome]] = {}
+        # Sequenced proposals waiting for a round, and the rounds in flight.
+        self.pending: collections.deque[_Slot] = collections.deque()
+        self.rounds = 0
 
     @rpc_handler("validator.Propose")
     async def Propose(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
@@ -122,13 +135,22 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             self.sequences.put(uid, seq)
         return seq
 
-    def _committed(self, prop: ppb.Proposal, outcome: ppb.Outcome) -> ppb.Outcome:
-        """Remember a commit (the user's sequence and the SST's notice of it)."""
-        applied = peer.parse(ppb.Applied, outcome.applied.payload)
-        assert isinstance(applied, ppb.Applied)
-        if outcome.HasField("applied") and applied.user_id == prop.user_id:
-            self.sequences.put(prop.user_id, applied.sequence)
-            self.notices.put(prop.user_id, outcome.applied)
+    def _committed(
+        self,
+        prop: ppb.Proposal,
+        outcome: ppb.Outcome,
+        notice: tuple[int, ppb.PeerEnvelope] | None = None,
+    ) -> ppb.Outcome:
+        """Remember a commit (the user's sequence and the SST's notice of it: its batch's,
+        or the one the outcome carries)."""
+        if notice is None and outcome.HasField("applied"):
+            applied = peer.parse(ppb.Applied, outcome.applied.payload)
+            assert isinstance(applied, ppb.Applied)
+            if applied.user_id == prop.user_id:
+                notice = (applied.sequence, outcome.applied)
+        if notice is not None:
+            self.sequences.put(prop.user_id, notice[0])
+            self.notices.put(prop.user_id, notice[1])
         else:
             self.sequences.pop(prop.user_id)
         outcome.ClearField("applied")  # the origin does not need it
@@ -166,7 +188,6 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
 
     async def _run(self, prop: ppb.Proposal) -> ppb.Outcome:
         rt = self.rt
-        ms = rt.membership
         try:
             current = await self._current_sequence(prop.user_id)
         except grpc.aio.AioRpcError as exc:
@@ -181,67 +202,17 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         header = ppb.ProposalHeader(
             proposal=prop, sequence=current + 1, validator_ts_ms=rt.now_ms(), validator=rt.peer_id
         )
-        digest = peer.header_digest(header)
-        vreq = ppb.VoteRequest(header=header)
-        prev = self.notices.get(prop.user_id)
-        if prev is not None:
-            vreq.previous.CopyFrom(prev)
-        env = peer.seal("vote_request", vreq, rt.key, rt.peer_id, rt.now_ms())
-        voters = ms.user_nodes
-        timeout = rt.settings.vote_timeout_ms / 1000
-        t0 = time.perf_counter()
-
-        async def ask(member: Any) -> ppb.Vote | str:
-            try:
-                stub = ppb_grpc.UserNodeStub(rt.peer_channel(member))
-                vote = await stub.Vote(env, timeout=timeout)
-                if not peer.vote_is_from(vote, member, digest):
-                    return f"{member.name}: vote does not match the proposal or the voter"
-                # Checked here although the SST checks again: one bad signature in the
-                # certificate would make the SST refuse it, so a single faulty voter that
-                # answers fast could otherwise fail every commit.
-                try:
-                    peer.verify_vote(vote, ms, digest)
-                except BecoError as exc:
-                    return f"{member.name}: {exc.message}"
-                return vote
-            except grpc.aio.AioRpcError as exc:
-                return f"{member.name}: {exc.code().name} {exc.details()}"
-
-        tasks = [asyncio.ensure_future(ask(m)) for m in voters]
-        count = tally.Tally(quorum=ms.quorum, voters=len(voters))
-        valid: list[ppb.Vote] = []
-        invalid: list[ppb.Vote] = []
-        problems: list[str] = []
+        slot = _Slot(header, self.notices.get(prop.user_id), header.ByteSize())
+        self.pending.append(slot)
+        self._kick()
         try:
-            for fut in asyncio.as_completed(tasks, timeout=timeout + 0.5):
-                try:
-                    res = await fut
-                except TimeoutError:
-                    break
-                if isinstance(res, str):
-                    problems.append(res)
-                    count = count.add_unreachable()
-                    metrics.VOTES.labels("unreachable").inc()
-                elif res.verdict == ppb.VERDICT_VALID:
-                    valid.append(res)
-                    count = count.add_valid()
-                    metrics.VOTES.labels("valid").inc()
-                else:
-                    invalid.append(res)
-                    count = count.add_invalid(res.code)
-                    metrics.VOTES.labels("invalid").inc()
-                if count.decided:
-                    break
-        except TimeoutError:
-            pass
-        metrics.QUORUM_WAIT.observe(time.perf_counter() - t0)
-        # Votes still on their way are not needed; let them finish in the background.
-        for t in tasks:
-            if not t.done():
-                rt.spawn(t)
+            res = await slot.result
+        except BaseException:
+            self.sequences.pop(prop.user_id)  # cancelled mid-round: re-read
+            raise
+        count = res.count
         if not count.reached:
-            reasons = [f"{_name(ms, v.voter)}: {v.reason}" for v in invalid] + problems
+            reasons = res.reasons
             if count.pending:
                 reasons.append(f"{count.pending} vote(s) missing at the deadline")
             log.info(
@@ -262,23 +233,18 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             )
             out.valid_votes, out.invalid_votes = count.valid, count.invalid
             return out
-        qc = ppb.QuorumCertificate(header=header, votes=valid)
-        try:
-            outcome = await self._commit(peer.seal("commit", qc, rt.key, rt.peer_id, rt.now_ms()))
-        except grpc.aio.AioRpcError as exc:
-            log.warning("SST commit failed: %s %s", exc.code().name, exc.details())
-            err = relayed(exc, "the SST")
+        if res.error is not None:
+            err = res.error
             if err.code in tally.INDETERMINATE_CODES:
                 out = await self._fail(prop, "ABORTED", f"{err.message} (not committed)")
             else:
                 out = await self._fail(prop, err.code, err.message)
             out.valid_votes = count.valid
             return out
-        except BaseException:
-            self.sequences.pop(prop.user_id)  # cancelled mid-commit: re-read
-            raise
+        outcome = res.outcome
+        assert outcome is not None
         if outcome.status == ppb.OUTCOME_COMMITTED:
-            self._committed(prop, outcome)
+            self._committed(prop, outcome, res.notice)
         else:  # recorded failed at the SST already
             self.sequences.pop(prop.user_id)
             metrics.PROPOSALS.labels("failed").inc()
@@ -286,12 +252,171 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         outcome.invalid_votes = count.invalid
         return outcome
 
-    async def _commit(self, env: ppb.PeerEnvelope) -> ppb.Outcome:
+    # ---- batches: one round of votes and one commit for the proposals collected ----
+    def _kick(self) -> None:
+        """Start rounds for the pending proposals while fewer than MAX_ROUNDS are in flight:
+        a proposal that finds the validator idle goes at once (no added wait); those that
+        arrive meanwhile make up the next batch."""
+        while self.pending and self.rounds < MAX_ROUNDS:
+            take: list[_Slot] = []
+            size = 0
+            while self.pending and len(take) < batch.MAX_BATCH:
+                if take and size + self.pending[0].size > BATCH_BYTES:
+                    break
+                slot = self.pending.popleft()
+                if slot.result.done():  # its proposal was cancelled while it waited
+                    continue
+                take.append(slot)
+                size += slot.size
+            if not take:
+                continue
+            self.rounds += 1
+            metrics.BATCH_SIZE.observe(len(take))
+            self.rt.start(self._round(take)).add_done_callback(self._round_done)
+
+    def _round_done(self, task: asyncio.Task[None]) -> None:
+        del task
+        self.rounds -= 1
+        self._kick()
+
+    async def _round(self, slots: list[_Slot]) -> None:
+        try:
+            await self._vote_and_commit(slots)
+        except BaseException as exc:
+            for s in slots:  # never leave a proposal waiting on a round that died
+                if not s.result.done():
+                    if isinstance(exc, Exception):
+                        s.result.set_exception(exc)
+                    else:
+                        s.result.cancel()
+            if not isinstance(exc, Exception):
+                raise
+
+    def _vote_request(self, slots: list[_Slot]) -> ppb.BatchVoteRequest:
+        vreq = ppb.BatchVoteRequest(headers=[s.header for s in slots])
+        size = sum(s.size for s in slots)
+        seen: set[bytes] = set()
+        for s in slots:  # the SST's notices of these users' last commits, within the budget
+            env = s.previous
+            if env is None or env.signature in seen:
+                continue
+            n = env.ByteSize()
+            if size + n <= 2 * BATCH_BYTES:
+                vreq.previous.append(env)
+                seen.add(env.signature)
+                size += n
+        return vreq
+
+    async def _vote_and_commit(self, slots: list[_Slot]) -> None:
+        rt = self.rt
+        ms = rt.membership
+        digests = [peer.header_digest(s.header) for s in slots]
+        root = batch.root(digests)
+        env = peer.seal("vote_batch", self._vote_request(slots), rt.key, rt.peer_id, rt.now_ms())
+        voters = ms.user_nodes
+        timeout = rt.settings.vote_timeout_ms / 1000
+        t0 = time.perf_counter()
+
+        async def ask(member: Any) -> ppb.BatchVote | str:
+            try:
+                stub = ppb_grpc.UserNodeStub(rt.peer_channel(member))
+                vote = await stub.VoteBatch(env, timeout=timeout)
+                if vote.voter != member.peer_id:
+                    return f"{member.name}: vote does not match the voter"
+                # Checked here although the SST checks again: one bad signature in the
+                # certificate would make the SST refuse it, so a single faulty voter that
+                # answers fast could otherwise fail every commit.
+                try:
+                    peer.verify_batch_vote(vote, ms, root)
+                except BecoError as exc:
+                    return f"{member.name}: {exc.message}"
+                return vote
+            except grpc.aio.AioRpcError as exc:
+                return f"{member.name}: {exc.code().name} {exc.details()}"
+
+        n = len(slots)
+        tasks = [asyncio.ensure_future(ask(m)) for m in voters]
+        counts = [tally.Tally(quorum=ms.quorum, voters=len(voters)) for _ in slots]
+        reasons: list[list[str]] = [[] for _ in slots]
+        votes: list[ppb.BatchVote] = []
+        try:
+            for fut in asyncio.as_completed(tasks, timeout=timeout + 0.5):
+                try:
+                    res = await fut
+                except TimeoutError:
+                    break
+                if isinstance(res, str):
+                    for i in range(n):
+                        reasons[i].append(res)
+                        counts[i] = counts[i].add_unreachable()
+                    metrics.VOTES.labels("unreachable").inc(n)
+                else:
+                    votes.append(res)
+                    rejected = {r.index: r for r in res.rejected}
+                    name = _name(ms, res.voter)
+                    for i in range(n):
+                        r = rejected.get(i)
+                        if r is None:
+                            counts[i] = counts[i].add_valid()
+                        else:
+                            counts[i] = counts[i].add_invalid(r.code)
+                            reasons[i].append(f"{name}: {r.reason}")
+                    metrics.VOTES.labels("invalid").inc(len(rejected))
+                    metrics.VOTES.labels("valid").inc(n - len(rejected))
+                if all(c.decided for c in counts):
+                    break
+        except TimeoutError:
+            pass
+        metrics.QUORUM_WAIT.observe(time.perf_counter() - t0)
+        # Votes still on their way are not needed; let them finish in the background.
+        for t in tasks:
+            if not t.done():
+                rt.spawn(t)
+        certified = [i for i in range(n) if counts[i].reached]
+        for i in range(n):
+            if i not in certified:
+                slots[i].settle(_Decided(counts[i], reasons[i]))
+        if not certified:
+            return
+        cert = ppb.BatchCertificate(
+            digests=digests,
+            indexes=certified,
+            headers=[slots[i].header for i in certified],
+            votes=votes,
+        )
+        try:
+            out = await self._commit(
+                peer.seal("commit_batch", cert, rt.key, rt.peer_id, rt.now_ms())
+            )
+            if len(out.outcomes) != len(certified):
+                raise BecoError(
+                    f"the SST answered {len(out.outcomes)} outcomes for {len(certified)} changes",
+                    "UNAVAILABLE",
+                )
+        except (grpc.aio.AioRpcError, BecoError) as exc:
+            if isinstance(exc, grpc.aio.AioRpcError):
+                log.warning("SST commit failed: %s %s", exc.code().name, exc.details())
+                err = relayed(exc, "the SST")
+            else:
+                err = exc
+            for i in certified:
+                slots[i].settle(_Decided(counts[i], [], error=err))
+            return
+        notices = _notices(out.applied)
+        for i, o in zip(certified, out.outcomes, strict=True):
+            uid = slots[i].header.proposal.user_id
+            if o.status == ppb.OUTCOME_REJECTED:
+                err = refused(o.code, o.reason, "the SST")
+                slots[i].settle(_Decided(counts[i], [], error=err))
+            else:
+                slots[i].settle(_Decided(counts[i], [], outcome=o, notice=notices.get(uid)))
+
+    async def _commit(self, env: ppb.PeerEnvelope) -> ppb.BatchOutcome:
         """Send the certificate to the SST; UNAVAILABLE (e.g. PostgreSQL restarting) is
         retried a few times: committing a proposal id is idempotent."""
         for attempt in range(len(COMMIT_RETRY_PAUSES_S) + 1):
             try:
-                outcome: ppb.Outcome = await self._sst().Commit(
+                outcome: ppb.BatchOutcome = await self._sst().CommitBatch(
                     env, timeout=COMMIT_TIMEOUT_S, wait_for_ready=True
                 )
                 return outcome
@@ -302,6 +427,45 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                     raise
             await asyncio.sleep(COMMIT_RETRY_PAUSES_S[attempt])
         raise AssertionError("unreachable")
+
+
+@dataclass
+class _Slot:
+    """A sequenced proposal waiting for its batch's round."""
+
+    header: ppb.ProposalHeader
+    previous: ppb.PeerEnvelope | None  # the SST's notice of this user's last commit
+    size: int
+    result: asyncio.Future[_Decided] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+    def settle(self, decided: _Decided) -> None:
+        """Answer the proposal (unless it was cancelled meanwhile: nobody waits)."""
+        if not self.result.done():
+            self.result.set_result(decided)
+
+
+@dataclass
+class _Decided:
+    """What a round decided for one proposal: its tally, and the SST's outcome or error."""
+
+    count: tally.Tally
+    reasons: list[str]
+    outcome: ppb.Outcome | None = None
+    notice: tuple[int, ppb.PeerEnvelope] | None = None  # (sequence, the SST's notice)
+    error: BecoError | None = None
+
+
+def _notices(envs: Iterable[ppb.PeerEnvelope]) -> dict[str, tuple[int, ppb.PeerEnvelope]]:
+    """user id -> (sequence, the batch notice that carries it), from the SST's notices."""
+    out: dict[str, tuple[int, ppb.PeerEnvelope]] = {}
+    for env in envs:
+        ab = peer.parse(ppb.AppliedBatch, env.payload)
+        assert isinstance(ab, ppb.AppliedBatch)
+        for a in ab.applied:
+            out[a.user_id] = (a.sequence, env)
+    return out
 
 
 def _name(ms: Any, pid: str) -> str:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
@@ -555,6 +555,23 @@ class SstStore:
     async def list_user_ids(self) -> list[str]:
         rows = await self._fetch("SELECT user_id FROM users ORDER BY user_id")
         return [r["user_id"] for r in rows]
+
+    async def iter_users(self, page: int = 5_000) -> AsyncIterator[tuple[str, int, bytes]]:
+        """Every user as (user_id, sequence, state) in user id order, ``page`` rows a query:
+        memory holds one page, not every user (LoadUsers streams a million users)."""
+        after = ""  # below every user id (ids are at least one character)
+        while True:
+            rows = await self._fetch(
+                "SELECT user_id, sequence, state FROM users WHERE user_id > $1"
+                " ORDER BY user_id LIMIT $2",
+                after,
+                page,
+            )
+            for r in rows:
+                yield r["user_id"], r["sequence"], bytes(r["state"])
+            if len(rows) < page:
+                return
+            after = rows[-1]["user_id"]
 
     async def load_all_users(self) -> list[tuple[str, int, bytes]]:
         """Every user as (user_id, sequence, state)."""

@@ -57,7 +57,7 @@ async def test_malformed_bytes_are_invalid_argument_counted_and_logged_once(
     bad_utf8 = await _raw_call(network, "/beco.v1.Identity/GetUser", b"\x12\x02\xff\xfe")
     assert bad_utf8.code() == grpc.StatusCode.INVALID_ARGUMENT, bad_utf8.details()
     # a peer service too (no signature needed to send bytes)
-    peer_call = await _raw_call(network, "/beco.v1.UserNode/Vote", b"\x0a\xff")
+    peer_call = await _raw_call(network, "/beco.v1.UserNode/VoteBatch", b"\x0a\xff")
     assert peer_call.code() == grpc.StatusCode.INVALID_ARGUMENT, peer_call.details()
     after = await asyncio.to_thread(_metric, network, node, counter)
     assert after - before == 2

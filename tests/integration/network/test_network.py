@@ -217,6 +217,28 @@ async def test_fifty_concurrent_updates_are_serialised(network: LocalNetwork) ->
             await c.close()
 
 
+async def test_concurrent_writers_are_batched(network: LocalNetwork) -> None:
+    """Real processes: proposals that arrive while rounds are in flight share a batch (one
+    vote request per voter, one certificate, one transaction), and each commits once."""
+    people = [Person() for _ in range(24)]
+    clients = [p.client(network, i % 3) for i, p in enumerate(people)]
+    port = network.nodes["validator"].metrics_port
+    try:
+        await asyncio.gather(*(c.create_user(f"P{i}") for i, c in enumerate(clients)))
+        sum0 = await _metric(port, "beco_batch_size_sum") or 0.0
+        count0 = await _metric(port, "beco_batch_size_count") or 0.0
+        results = await asyncio.gather(*(c.set_first(c.user_id, "Batched") for c in clients))
+        assert sorted(r.commit.sequence for r in results) == [2] * len(people)
+        assert len({r.commit.leaf_index for r in results}) == len(people)
+        proposals = (await _metric(port, "beco_batch_size_sum") or 0.0) - sum0
+        rounds = (await _metric(port, "beco_batch_size_count") or 0.0) - count0
+        assert proposals == len(people)
+        assert rounds < proposals, f"{proposals} proposals in {rounds} rounds: never batched"
+    finally:
+        for c in clients:
+            await c.close()
+
+
 async def test_one_user_node_down_still_commits(network: LocalNetwork) -> None:
     alice = Person()
     async with alice.client(network) as a:

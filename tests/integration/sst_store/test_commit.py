@@ -85,6 +85,11 @@ async def test_commit_happy_path_and_proofs(
             ("alice", 3, b"state alice 3"),
             ("bob", 1, b"state bob 1"),
         ]
+        for page in (1, 2, 5_000):  # paged: every user once, in id order
+            assert [u async for u in store.iter_users(page=page)] == [
+                ("alice", 3, b"state alice 3"),
+                ("bob", 1, b"state bob 1"),
+            ]
         hist = await store.history("alice")
         assert [(c.sequence, c.leaf_index, c.kind) for c in hist] == [
             (1, 0, "create_user"),

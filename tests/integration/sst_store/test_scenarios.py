@@ -5,6 +5,8 @@ PostgreSQL) and three user nodes in one event loop over the in-process transport
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import types
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
@@ -13,8 +15,9 @@ import grpc
 import pytest
 from beco.v1 import identity_pb2 as pb
 from beco.v1 import identity_pb2_grpc as pb_grpc
+from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
-from beco_node import auth, keys, membership, settings
+from beco_node import auth, keys, membership, model, peer, settings
 from beco_node.client import Client, proposal_id
 from beco_node.clock import ManualClock, now_ms
 from beco_node.services import validator as validator_mod
@@ -190,7 +193,7 @@ async def test_lost_answers_resolve_to_the_one_commit(net: Net) -> None:
 async def test_commit_bookkeeping_survives_the_callers_deadline(
     net: Net, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL committed, then the validator's Commit call timed out (its handler is
+    """PostgreSQL committed, then the validator's CommitBatch call timed out (its handler is
     cancelled): the client still gets the commit, and cache and notices follow."""
     alice = keys.generate_private_key()
     async with net.client(alice) as a:
@@ -223,7 +226,7 @@ async def test_a_failed_request_never_commits_after_a_validator_restart(net: Net
     async with net.client(alice) as a:
         await a.create_user("Alice")
         for u in ("user-b", "user-c"):
-            net.net.faults.append(Fault(address=ADDR[u], method="Vote", drop="request"))
+            net.net.faults.append(Fault(address=ADDR[u], method="VoteBatch", drop="request"))
         req = signed(
             alice, "UpdateFirstName", pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="X")
         )
@@ -252,8 +255,8 @@ async def test_missed_notices_are_bounded_by_the_catch_up(net: Net) -> None:
         await net.settle()
         assert c_node.store.sequence(a.user_id) == 1
         # user-c misses every notice from now on (and does not vote)
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="ApplyBatch", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="VoteBatch", drop="request"))
         await a.grant(a.user_id, "first", bob_id, "editor")
         await net.settle()
         assert c_node.store.sequence(a.user_id) == 1  # behind
@@ -302,13 +305,13 @@ async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
     async with net.client(alice) as a, net.client(alice, "user-b") as b:
         await a.create_user("Alice")
         hold = asyncio.Event()
-        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", hold=hold))
+        net.net.faults.append(Fault(address=ADDR["sst"], method="CommitBatch", hold=hold))
         req = signed(
             alice, "UpdateLastName", pb.UpdateLastNameRequest(user_id=a.user_id, last_name="J")
         )
         first = asyncio.create_task(a.stub.UpdateLastName(req))
         for _ in range(100):  # until the validator holds it at the SST
-            if any(m.endswith("/Commit") for _, m in net.net.calls[-3:]):
+            if any(m.endswith("/CommitBatch") for _, m in net.net.calls[-3:]):
                 break
             await asyncio.sleep(0.01)
         second = asyncio.create_task(b.stub.UpdateLastName(req))
@@ -316,7 +319,7 @@ async def test_a_resend_joins_the_attempt_in_flight(net: Net) -> None:
         hold.set()
         r1, r2 = await asyncio.gather(first, second)
         assert r1.commit.leaf_index == r2.commit.leaf_index
-        commits = [m for _, m in net.net.calls if m.endswith("/Commit")]
+        commits = [m for _, m in net.net.calls if m.endswith("/CommitBatch")]
         assert len(commits) == 2  # the creation, and this request once
         assert net.store.tree_head().tree_size == 2
 
@@ -328,8 +331,8 @@ async def test_list_users_past_the_bound_catches_up_first(net: Net) -> None:
         await b.create_user("Bob")
         await a.create_user("Alice")
         await net.settle()
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Apply", drop="request"))
-        net.net.faults.append(Fault(address=ADDR["user-c"], method="Vote", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="ApplyBatch", drop="request"))
+        net.net.faults.append(Fault(address=ADDR["user-c"], method="VoteBatch", drop="request"))
         await a.grant(a.user_id, "last", bob_id, "viewer")
         await net.settle()
         assert [u.user_id for u in (await b.list_users()).users] == [bob_id]  # within the bound
@@ -351,11 +354,152 @@ async def test_the_validator_retries_a_commit_the_sst_could_not_take(
     async with net.client(alice) as a:
         await a.create_user("Alice")
         # the certificate is lost twice on the way, then the answer once: still one commit
-        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="request", times=2))
-        net.net.faults.append(Fault(address=ADDR["sst"], method="Commit", drop="reply", times=1))
+        net.net.faults.append(
+            Fault(address=ADDR["sst"], method="CommitBatch", drop="request", times=2)
+        )
+        net.net.faults.append(
+            Fault(address=ADDR["sst"], method="CommitBatch", drop="reply", times=1)
+        )
         r = await a.set_first(a.user_id, "Once")
         assert r.commit.sequence == 2 and a.resends == 0
         assert net.store.tree_head().tree_size == 2
+
+
+# ---- batches: the validator collects the proposals that arrive while a round is in flight
+
+
+def held_round(net: Net, method: str, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """One round at a time, and the next call(s) of ``method`` held: what arrives meanwhile
+    makes up the next batch."""
+    monkeypatch.setattr(validator_mod, "MAX_ROUNDS", 1)
+    hold = asyncio.Event()
+    times = len(USERS) if method == "VoteBatch" else 1
+    net.net.faults.append(Fault(method=method, hold=hold, times=times))
+    return hold
+
+
+async def until(cond: Any, what: str) -> None:
+    for _ in range(3000):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never happened: {what}")
+
+
+def propose_directly(net: Net, origin: str, method: str, req: Any, uid: str) -> Any:
+    """What a faulty (or lagging) origin could send: a proposal it did not check."""
+    prop = ppb.Proposal(
+        proposal_id=proposal_id(req),
+        user_id=uid,
+        kind=model.MUTATIONS[method].kind,
+        method=method,
+        request=req.SerializeToString(),
+        origin=keys.peer_id(keys.public_key_bytes(net.keys[origin])),
+    )
+    env = peer.seal("propose", prop, net.keys[origin], prop.origin, net.clock.now_ms())
+    return ppb_grpc.ValidatorStub(net.net.channel(ADDR["validator"])).Propose(env, timeout=30)
+
+
+async def test_a_batch_with_one_invalid_change_commits_the_others(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One round whose batch holds a change every voter refuses: the others commit."""
+    people = [keys.generate_private_key() for _ in range(3)]
+    async with (
+        net.client(people[0]) as a,
+        net.client(people[1], "user-b") as b,
+        net.client(people[2], "user-c") as c,
+    ):
+        for cl, name in ((a, "Ann"), (b, "Bob"), (c, "Cid")):
+            await cl.create_user(name)
+        start = len(net.net.calls)
+        hold = held_round(net, "VoteBatch", monkeypatch)
+        first = asyncio.ensure_future(c.set_first(c.user_id, "Held"))
+        await until(lambda: net.validator.rounds == 1, "the first round")
+        ok = asyncio.ensure_future(b.set_last(b.user_id, "B"))
+        bad = signed(
+            people[1],
+            "UpdateFirstName",
+            pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="X"),
+        )
+        refused = asyncio.ensure_future(
+            propose_directly(net, "user-b", model.UPDATE_FIRST, bad, a.user_id)
+        )
+        await until(lambda: len(net.validator.pending) == 2, "two proposals queued")
+        hold.set()
+        await first
+        assert (await ok).commit.sequence == 2
+        out = await refused
+        assert out.status == ppb.OUTCOME_FAILED and out.code == "PERMISSION_DENIED", out
+        assert "quorum not reached (0 valid" in out.reason
+        votes = [m for _, m in net.net.calls[start:] if m.endswith("/VoteBatch")]
+        assert len(votes) == 2 * len(USERS)  # the held round, then one batch of two
+        assert net.store.tree_head().tree_size == 5
+        assert (await net.sst._known(proposal_id(bad))).code == "PERMISSION_DENIED"
+
+
+async def test_a_vote_signed_over_another_batch_is_not_counted(net: Net) -> None:
+    server = net.net.servers[ADDR["user-c"]]
+    name = "/beco.v1.UserNode/VoteBatch"
+    honest = server.handlers[name]
+
+    async def other_batch(req: Any, ctx: Any) -> Any:
+        vote = await honest.unary_unary(req, ctx)
+        root = hashlib.sha256(b"some other batch").digest()
+        return peer.sign_batch_vote(root, [], net.keys["user-c"], vote.voter)
+
+    server.handlers[name] = types.SimpleNamespace(
+        request_deserializer=honest.request_deserializer,
+        response_serializer=honest.response_serializer,
+        unary_unary=other_batch,
+    )
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Alice")  # quorum from user-a and user-b
+        net.net.faults.append(Fault(address=ADDR["user-b"], method="VoteBatch", drop="request"))
+        details = await expect(grpc.StatusCode.ABORTED, a.set_first(a.user_id, "X"))
+        assert "user-c: vote from user-c is for another batch" in details, details
+        net.net.faults.clear()
+        assert (await a.set_first(a.user_id, "Y")).commit.sequence == 2
+
+
+async def test_a_batch_cut_by_a_validator_crash_resolves_exactly_once(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SST committed a batch, its answer was lost, and the validator crashed before
+    trying again: every client learns its commit (from the SST), none is applied twice."""
+    people = [keys.generate_private_key() for _ in range(3)]
+    monkeypatch.setattr(validator_mod, "COMMIT_RETRY_PAUSES_S", (60.0, 60.0, 60.0))
+    async with (
+        net.client(people[0]) as a,
+        net.client(people[1], "user-b") as b,
+        net.client(people[2], "user-c") as c,
+    ):
+        for cl, name in ((a, "Ann"), (b, "Bob"), (c, "Cid")):
+            await cl.create_user(name)
+        hold = held_round(net, "CommitBatch", monkeypatch)
+        first = asyncio.ensure_future(c.set_first(c.user_id, "Held"))
+        await until(lambda: net.validator.rounds == 1 and not net.validator.pending, "round 1")
+        writes = [
+            asyncio.ensure_future(a.set_first(a.user_id, "Ann2")),
+            asyncio.ensure_future(b.set_first(b.user_id, "Bob2")),
+        ]
+        await until(lambda: len(net.validator.pending) == 2, "a batch of two queued")
+        net.net.faults.append(Fault(method="CommitBatch", drop="reply", times=1))
+        hold.set()
+        assert (await first).commit.sequence == 2
+        await until(lambda: net.store.tree_head().tree_size == 6, "the batch committed")
+        for t in list(net.validator.rt._tasks):  # the validator crashes
+            t.cancel()
+        net.start_validator()
+        for w in writes:
+            assert (await w).commit.sequence == 2
+        # answered from the SST's durable outcome, not by the crashed validator
+        assert sum(m.endswith("/GetOutcome") for _, m in net.net.calls) == 2
+        assert net.store.tree_head().tree_size == 6
+        for cl, uid in ((a, a.user_id), (b, b.user_id)):
+            assert [e.sequence for e in (await cl.history(uid)).entries] == [1, 2]
+            assert (await cl.set_last(uid, "Next")).commit.sequence == 3
 
 
 async def test_failure_records_are_pruned_past_the_admission_horizon(net: Net) -> None:

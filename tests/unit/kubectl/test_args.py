@@ -39,7 +39,8 @@ def test_connect_passes_everything_after_the_double_dash() -> None:
         ["status", "demo", "--", "x"],
         ["status", "demo", "-o", "xml"],
         ["verify-log", "demo"],
-        ["restart", "demo"],
+        ["restart", "demo", "--role", "postgres"],
+        ["restart", "--role", "user"],
     ],
 )
 def test_usage_errors(argv: list[str]) -> None:
@@ -137,3 +138,19 @@ def test_log_verdict() -> None:
         "beco: UNAVAILABLE: down",
     )
     assert cli.log_verdict(old, grown, 1, "beco: cannot read x\n")[0] == 1
+
+
+def test_restart_defaults_to_every_role_and_takes_kubectl_options() -> None:
+    ns = cli.parse(["restart", "demo"]).ns
+    assert (ns.cmd, ns.name, ns.role, ns.wait, ns.token) == ("restart", "demo", "all", False, "")
+    ns = cli.parse(
+        ["-n", "x", "restart", "demo", "--role", "user", "--wait", "-o", "json", "--context", "c"]
+    ).ns
+    assert (ns.namespace, ns.role, ns.wait, ns.output, ns.context) == (
+        "x",
+        "user",
+        True,
+        "json",
+        "c",
+    )
+    assert "kubectl beco restart demo -n beco-demo --role user --wait" in cli.parser().format_help()

@@ -158,3 +158,21 @@ def test_head_reachable_and_not() -> None:
     assert "tree head: not reachable (kubectl port-forward" in summary.render_text(s, gone, 0)
     assert "treeHead" not in summary.to_dict(s, None, 0)
     assert d["user_nodes"]["a"][0]["name"] == "demo-user-a-0" and d["margin"] == 1
+
+
+def test_restart_progress_is_shown_and_read_per_token() -> None:
+    restart = [
+        {"role": "sst", "token": "t1", "state": "Done", "message": "every sst pod restarted"},
+        {"role": "user", "token": "t1", "state": "Restarting", "message": "one at a time"},
+    ]
+    net = _net(restart=restart)
+    s = summary.summarize(net, _pods(), [])
+    assert s.restarts[1] == restart[1]
+    assert "restart of user 't1': Restarting (one at a time)" in summary.render_text(s, None, 0)
+    assert summary.restart_states(net, "t1", ["sst", "user", "validator"]) == {
+        "sst": "Done",
+        "user": "Restarting",
+        "validator": "Requested",
+    }
+    # an older request's Done does not answer a new one
+    assert summary.restart_states(net, "t2", ["sst"]) == {"sst": "Requested"}

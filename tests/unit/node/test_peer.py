@@ -1,6 +1,6 @@
 import pytest
 from beco.v1 import peer_pb2 as ppb
-from beco_node import keys, membership, peer
+from beco_node import batch, keys, membership, peer
 from beco_node.errors import BecoError, PermissionDenied, Unauthenticated
 
 NOW = 1_700_000_000_000
@@ -74,47 +74,53 @@ def header(seq: int = 1) -> ppb.ProposalHeader:
     )
 
 
-def vote(ks, name, h, verdict=ppb.VERDICT_VALID):
-    return peer.sign_vote(peer.header_digest(h), verdict, "", "", ks[name], pid(ks[name]))
+def bvote(ks, name, digests, rejected=()):
+    rej = [batch.Rejection(i, "PERMISSION_DENIED", "no") for i in rejected]
+    return peer.sign_batch_vote(batch.root(digests), rej, ks[name], pid(ks[name]))
 
 
-def test_quorum_certificate_accepts_quorum(net) -> None:
-    ms, ks = net
-    h = header()
-    qc = ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h), vote(ks, "u2", h)])
-    assert sorted(peer.verify_quorum_certificate(qc, ms, 1)) == sorted(
-        [pid(ks["u0"]), pid(ks["u2"])]
+def cert(hs, indexes, votes):
+    digests = [peer.header_digest(h) for h in hs]
+    return ppb.BatchCertificate(
+        digests=digests, indexes=indexes, headers=[hs[i] for i in indexes], votes=votes
     )
 
 
-def test_quorum_certificate_rejections(net) -> None:
+def test_batch_certificate_accepts_quorum_per_change(net) -> None:
     ms, ks = net
-    h = header()
-    one = ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h)])
-    with pytest.raises(PermissionDenied, match="quorum is 2"):
-        peer.verify_quorum_certificate(one, ms, 1)
-    dup = ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h), vote(ks, "u0", h)])
+    hs = [header(1), header(2), header(3)]
+    ds = [peer.header_digest(h) for h in hs]
+    # u1 rejects change 1: it still has u0 and u2; change 2 is rejected by two voters
+    votes = [bvote(ks, "u0", ds, [2]), bvote(ks, "u1", ds, [1, 2]), bvote(ks, "u2", ds)]
+    out = peer.verify_batch_certificate(cert(hs, [0, 1, 2], votes), ms)
+    assert out[0] == (hs[0], [pid(ks["u0"]), pid(ks["u1"]), pid(ks["u2"])])
+    assert out[1] == (hs[1], [pid(ks["u0"]), pid(ks["u2"])])
+    assert isinstance(out[2], PermissionDenied) and "quorum is 2" in out[2].message
+
+
+def test_batch_certificate_rejections(net) -> None:
+    ms, ks = net
+    hs = [header(1), header(2)]
+    ds = [peer.header_digest(h) for h in hs]
+    dup = cert(hs, [0], [bvote(ks, "u0", ds), bvote(ks, "u0", ds)])
     with pytest.raises(PermissionDenied, match="two votes"):
-        peer.verify_quorum_certificate(dup, ms, 1)
-    other = header(2)
-    mixed = ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h), vote(ks, "u1", other)])
-    with pytest.raises(PermissionDenied, match="another proposal"):
-        peer.verify_quorum_certificate(mixed, ms, 1)
-    nonuser = ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h), vote(ks, "v", h)])
-    with pytest.raises(PermissionDenied, match="not a user node"):
-        peer.verify_quorum_certificate(nonuser, ms, 1)
-    invalid = ppb.QuorumCertificate(
-        header=h, votes=[vote(ks, "u0", h), vote(ks, "u1", h, ppb.VERDICT_INVALID)]
-    )
-    with pytest.raises(PermissionDenied):
-        peer.verify_quorum_certificate(invalid, ms, 1)
-    forged = vote(ks, "u1", h)
-    forged.verdict = ppb.VERDICT_VALID
-    forged.reason = "changed"
-    with pytest.raises(Unauthenticated):
-        peer.verify_quorum_certificate(
-            ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h), forged]), ms, 1
+        peer.verify_batch_certificate(dup, ms)
+    # a voter that signed a different batch: refused (the validator drops such a vote)
+    other = [peer.header_digest(header(7)), ds[1]]
+    with pytest.raises(PermissionDenied, match="another batch"):
+        peer.verify_batch_certificate(
+            cert(hs, [0], [bvote(ks, "u0", ds), bvote(ks, "u1", other)]), ms
         )
-    ok = ppb.QuorumCertificate(header=h, votes=[vote(ks, "u0", h), vote(ks, "u1", h)])
-    with pytest.raises(BecoError, match="wrong sequence"):
-        peer.verify_quorum_certificate(ok, ms, 2)
+    with pytest.raises(PermissionDenied, match="not a user node"):
+        peer.verify_batch_certificate(cert(hs, [0], [bvote(ks, "u0", ds), bvote(ks, "v", ds)]), ms)
+    forged = bvote(ks, "u1", ds, [0])
+    del forged.rejected[:]  # turn a rejection into a VALID vote: the signature no longer holds
+    with pytest.raises(Unauthenticated):
+        peer.verify_batch_certificate(cert(hs, [0], [bvote(ks, "u0", ds), forged]), ms)
+    # a header that is not the batch's change at that index: that change alone is refused
+    swapped = cert(hs, [0, 1], [bvote(ks, "u0", ds), bvote(ks, "u1", ds)])
+    swapped.headers[1].CopyFrom(header(9))
+    out = peer.verify_batch_certificate(swapped, ms)
+    assert out[0][0] == hs[0] and isinstance(out[1], PermissionDenied)
+    with pytest.raises(BecoError, match="one index per header"):
+        peer.verify_batch_certificate(ppb.BatchCertificate(digests=ds), ms)

@@ -6,6 +6,7 @@ from beco.v1 import identity_pb2 as pb
 from beco.v1 import peer_pb2 as ppb
 from beco_node import auth, keys, limits, model, peer
 from beco_node.errors import BecoError
+from beco_node.services import sst as sst_service
 
 NOW = 1_700_000_000_000
 BIG = 2**63 - 1
@@ -75,13 +76,27 @@ def test_every_peer_message_carrying_the_largest_state_fits() -> None:
     )  # fmt: skip
     header = ppb.ProposalHeader(proposal=prop, sequence=BIG, validator_ts_ms=BIG, validator=me)
     vote_request = peer.seal(
-        "vote_request", ppb.VoteRequest(header=header, previous=applied), key, me, NOW
+        "vote_batch", ppb.BatchVoteRequest(headers=[header], previous=[applied]), key, me, NOW
     )
+    digest = peer.header_digest(header)
+    vote = peer.sign_batch_vote(digest, [], key, me)
+    certificate = peer.seal(
+        "commit_batch",
+        ppb.BatchCertificate(digests=[digest], indexes=[0], headers=[header], votes=[vote] * 9),
+        key, me, NOW,
+    )  # fmt: skip
+    one = ppb.Applied(user_id=st.user_id, sequence=BIG, state=state, commit=info)
+    notices = [
+        peer.seal("applied_batch", ppb.AppliedBatch(applied=chunk), key, me, NOW)
+        for chunk in sst_service._chunks([one] * 5, sst_service.NOTICE_BYTES)
+    ]
     outcome = ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=state, applied=applied)
     sizes = {
         "state": len(state),
         "applied notice": applied.ByteSize(),
         "vote request": vote_request.ByteSize(),
+        "batch certificate of the largest change": certificate.ByteSize(),
+        "batch notice": max(n.ByteSize() for n in notices),
         "sst outcome": outcome.ByteSize(),
         "state reply": ppb.UserStateReply(found=True, sequence=BIG, state=state).ByteSize(),
         "user view": model.view(st, st.user_id).ByteSize(),

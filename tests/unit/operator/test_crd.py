@@ -41,6 +41,9 @@ def test_names_match_the_operator() -> None:
     assert crd["metadata"]["name"] == f"{names.PLURAL}.{names.GROUP}"
     (version,) = crd["spec"]["versions"]
     assert version["name"] == names.VERSION
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    roles = status["restart"]["items"]["properties"]["role"]["enum"]
+    assert roles == list(names.RESTART_ROLES), "status.restart lists the roles a restart names"
 
 
 def test_structural_schema_with_defaults_and_rules() -> None:

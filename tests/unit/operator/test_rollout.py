@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from beco_operator.rollout import PodView, decide, may_disrupt_one, outdated
+from datetime import UTC, datetime
+
+from beco_operator.rollout import SETTLE_SECONDS, PodView, decide, may_disrupt_one, outdated
 
 MEMBERS = ["u-a-0", "u-b-0", "u-c-0"]
 
@@ -68,3 +70,24 @@ def test_a_pod_started_before_its_key_rotation_is_outdated() -> None:
     assert outdated(p, "new", "2026-01-01T00:00:00Z")  # same second: restart to be sure
     assert not outdated(p, "new", "2025-12-31T23:59:59Z")
     assert not outdated(p, "new", "")
+
+
+def test_a_member_goes_down_only_once_every_pod_is_settled() -> None:
+    """Real pods: a neighbour replaced 27 s earlier was still dialled at its old address
+    (cluster DNS cache), so the next restart left the proposer without a reachable voter."""
+    now = datetime(2026, 1, 1, 0, 1, 0, tzinfo=UTC)
+    p = pods(dict.fromkeys(MEMBERS, True))
+    young = PodView("u-b-0", True, False, "new", "2026-01-01T00:00:51Z")  # 9 s old
+    p["u-b-0"] = young
+    d = decide(MEMBERS, p, WANT, {}, 2, now, SETTLE_SECONDS)
+    assert d.delete is None and d.waiting
+    assert "u-b-0 started 9s ago" in d.reason and "35s old" in d.reason
+    ok, why = may_disrupt_one(MEMBERS, p, 2, now, SETTLE_SECONDS)
+    assert not ok and "old address" in why
+    # once it is old enough, the next stale pod goes
+    later = datetime(2026, 1, 1, 0, 1, 30, tzinfo=UTC)
+    d = decide(MEMBERS, p, WANT, {}, 2, later, SETTLE_SECONDS)
+    assert d.delete == "u-a-0"
+    # a pod that is not ready anyway may still go first (it costs no vote)
+    p["u-a-0"] = PodView("u-a-0", False, False, "old", "2026-01-01T00:00:00Z")
+    assert decide(MEMBERS, p, WANT, {}, 2, now, SETTLE_SECONDS).delete == "u-a-0"
