@@ -294,7 +294,7 @@ async def test_key_rotation_keeps_the_sst_log_key_and_restarts_every_pod() -> No
 
     net = kube.objs[path(names.KIND, NS, "demo")]
     net["metadata"]["annotations"] = {names.ROTATE_KEYS_ANNOTATION: "r1"}
-    st = (await converge(r, kube, clock, rounds=60))["status"]
+    st = (await converge(r, kube, clock, rounds=300))["status"]  # rollout.SETTLE_SECONDS each
     secrets = [o for u, o in kube.objs.items() if u.startswith(path("Secret", NS)) and "-key" in u]
     assert {keyring.rotation_token(s) for s in secrets} == {"r1"}
     assert st["phase"] == "Ready", st
