@@ -9,6 +9,7 @@ here (in ``BECO_E2E_WORKDIR`` or a temporary dir), loads ``BECO_E2E_IMAGE`` (def
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -52,8 +53,14 @@ class Target:
             )
         return res.stdout
 
+    @property
+    def kubectl_bin(self) -> str:
+        """The harness's kubectl, else the one on PATH (a kind machine)."""
+        own = self.bin_dir / "kubectl"
+        return str(own if own.exists() else shutil.which("kubectl") or "kubectl")
+
     def kubectl(self, *args: str, timeout: float = 300, check: bool = True) -> str:
-        return self.run(str(self.bin_dir / "kubectl"), *args, timeout=timeout, check=check)
+        return self.run(self.kubectl_bin, *args, timeout=timeout, check=check)
 
     def helm(self, *args: str, timeout: float = 300) -> str:
         helm = self.bin_dir / "helm"
@@ -86,7 +93,7 @@ FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
 @contextmanager
 def port_forward(k8s: Target, target: str, port: int, timeout: float = 60) -> Iterator[int]:
     """``kubectl port-forward <target> :port`` on 127.0.0.1; yields the local port."""
-    cmd = [str(k8s.bin_dir / "kubectl"), "port-forward", "--address", "127.0.0.1", target]
+    cmd = [k8s.kubectl_bin, "port-forward", "--address", "127.0.0.1", target]
     proc = subprocess.Popen(
         [*cmd, f":{port}"],
         stdout=subprocess.PIPE,
@@ -127,37 +134,44 @@ def _image_values(image: str) -> list[str]:
             "--set", "image.pullPolicy=IfNotPresent"]  # fmt: skip
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "journey_end: changes or deletes the shared network: runs after the rest"
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``journey_end`` change or delete the shared network: they run after every
+    other test, in their own order."""
+    items.sort(key=lambda it: it.get_closest_marker("journey_end") is not None)
+
+
+QUICK_START_IMAGE = "localhost/beco:dev"  # the README quick start's helm line installs it
+
+
 @pytest.fixture(scope="session")
 def operator(k8s: Target) -> Target:
-    """The chart installed with our image: the operator runs as a pod."""
-    k8s.helm(
-        "install",
-        RELEASE,
-        "charts/beco-operator",
-        "--namespace",
-        OPERATOR_NS,
-        "--create-namespace",
-        *_image_values(k8s.image),
-        "--wait",
-        "--timeout",
-        "180s",
-        timeout=240,
-    )
+    """The chart installed with our image by the README quick start's own helm line: the
+    operator runs as a pod. Another image (a second checkout's tag, kind's) is set by
+    appending ``--set image...`` (later flags win)."""
+    from .docs_commands import doc_commands, run_doc
+
+    line = next(c for c in doc_commands() if c.startswith(f"helm install {RELEASE} charts/"))
+    extra = "" if k8s.image == QUICK_START_IMAGE else " ".join(_image_values(k8s.image))
+    run_doc(k8s, line, timeout=400, image_overrides=extra)
     return k8s
 
 
 @pytest.fixture(scope="session")
 def demo(operator: Target) -> Iterator[Target]:
     """``examples/network.yaml`` applied as written and Ready (the time it took is a figure)."""
+    from .docs_commands import run_doc
+
     start = time.monotonic()
-    operator.kubectl("apply", "-f", "examples/network.yaml")
+    run_doc(operator, "kubectl apply -f examples/network.yaml")
     try:
-        operator.kubectl(
-            "wait",
-            "--for=condition=Ready",
-            f"beconetwork/{NETWORK}",
-            "--timeout=180s",
-            timeout=240,
+        run_doc(
+            operator, f"kubectl wait --for=condition=Ready beconetwork/{NETWORK} --timeout=180s"
         )
     except AssertionError as exc:  # say why: the pods and the network's own conditions
         pods = operator.kubectl("get", "pods", "-o", "wide", check=False)
@@ -169,3 +183,7 @@ def demo(operator: Target) -> Iterator[Target]:
     yield operator
     if FIGURES:
         print("\njourney figures: " + ", ".join(f"{k}: {v:.2f}" for k, v in FIGURES.items()))
+        out = Path(os.environ.get("BECO_E2E_FIGURES", REPO / ".state" / "e2e-figures.json"))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(FIGURES, indent=2) + "\n")
+        print(f"journey figures written to {out}")

@@ -132,7 +132,9 @@ def parser() -> argparse.ArgumentParser:
     )
     rk = add(
         "rotate-keys",
-        "ask the operator to rotate every member's key, one pod at a time",
+        "ask the operator to rotate every member's peer key and TLS certificate, one pod at a "
+        "time, under the quorum guard; the SST keeps its log signing key (the log's identity: "
+        "saved heads and proofs stay verifiable)",
         "kubectl beco rotate-keys demo -n beco-demo --wait",
     )
     rk.add_argument("--token", default="", help="the request token (default: the current time)")

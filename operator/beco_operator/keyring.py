@@ -3,8 +3,10 @@
 A key is generated once, when its member first appears, and created with a
 plain POST: an existing Secret is never overwritten, so a restarted operator or
 a repeated reconcile can never churn keys. A key changes only on request
-(rotation, see :func:`rotation_candidates`) and disappears with its member.
-Pure: the caller does the API calls.
+(rotation, see :func:`rotation_candidates` and :func:`rotated_secret`) and disappears
+with its member. The SST's key is the exception: it is the log's identity (as an RFC 9162
+log's key is), so it lives as long as the log (:func:`follows_log`) and a rotation renews
+only its TLS certificate. Pure: the caller does the API calls.
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ def follows_log(slot: Slot) -> bool:
     """Whether ``slot``'s key lives as long as the SST's log rather than as the network.
 
     The SST signs every tree head with its key and refuses, on start, a log whose latest head
-    another key signed; so its key Secret is owned as :func:`render.log_owners` says.
+    another key signed: the key is the log's identity, which every saved head and proof a
+    client holds is checked against. So its key Secret is owned as :func:`render.log_owners`
+    says, and a rotation keeps it (:func:`rotated_secret`).
     """
     return slot.role == names.ROLE_SST
 
@@ -134,9 +138,12 @@ def public_key(secret: Mapping[str, object]) -> bytes:
 
 
 def key_hash(secret: Mapping[str, object]) -> str:
-    """A short fingerprint of a key Secret's key, for pod-template annotations."""
+    """A short fingerprint of what a key Secret gives its pod (the key and its certificate),
+    for pod-template annotations: a renewed certificate restarts the pod like a new key."""
     data = secret.get("data")
-    raw = str(data.get(names.NODE_KEY, "")) if isinstance(data, Mapping) else ""
+    if not isinstance(data, Mapping):
+        return hashlib.sha256(b"").hexdigest()[:16]
+    raw = str(data.get(names.NODE_KEY, "")) + str(data.get(names.TLS_CERT_KEY, ""))
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -146,6 +153,39 @@ def _annotation(obj: Mapping[str, object], key: str) -> str:
         return ""
     ann = meta.get("annotations")
     return str(ann.get(key, "")) if isinstance(ann, Mapping) else ""
+
+
+def rotated_secret(
+    network: str,
+    namespace: str,
+    slot: Slot,
+    secret: Mapping[str, object],
+    version: str,
+    token: str,
+    now: datetime,
+    tls_pair: tuple[bytes, bytes] | None,
+) -> Obj:
+    """``secret`` (as read) rotated for the request ``token``: a fresh key and certificate,
+    except that a member whose key follows the log (the SST) keeps its key and gets only the
+    new certificate. Other metadata (owners, resourceVersion) is kept as read."""
+    keep: bytes | None = None
+    if follows_log(slot):
+        data = secret.get("data")
+        if not isinstance(data, Mapping) or names.NODE_KEY not in data:
+            raise keys.KeyError_(f"Secret lacks the key {names.NODE_KEY!r}")
+        keep = base64.b64decode(str(data[names.NODE_KEY]))
+    fresh = key_secret(
+        network, namespace, slot, version, token, now, keep, tls_pair=tls_pair, rotated=True
+    )
+    meta = secret.get("metadata")
+    meta = dict(meta) if isinstance(meta, Mapping) else {}
+    ann = meta.get("annotations")
+    meta["annotations"] = {
+        **(dict(ann) if isinstance(ann, Mapping) else {}),
+        **fresh["metadata"]["annotations"],
+    }
+    # list items carry neither apiVersion nor kind
+    return {**secret, "apiVersion": "v1", "kind": "Secret", "metadata": meta, "data": fresh["data"]}
 
 
 def rotation_token(secret: Mapping[str, object]) -> str:

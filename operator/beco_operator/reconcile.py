@@ -776,27 +776,24 @@ class Reconciler:
         tls_pair: tuple[bytes, bytes],
     ) -> None:
         meta0 = _meta(body)
-        fresh = keyring.key_secret(
+        replaced = keyring.rotated_secret(
             str(meta0["name"]),
             str(meta0["namespace"]),
             slot,
+            secret,
             spec.image_tag,
             token,
             self.clock(),
-            tls_pair=tls_pair,
-            rotated=True,
+            tls_pair,
         )
-        replaced = dict(secret)
-        replaced.update(apiVersion="v1", kind="Secret")  # list items carry neither
-        meta = dict(secret["metadata"])
-        ann = dict(meta.get("annotations") or {})
-        ann.update(fresh["metadata"]["annotations"])
-        meta["annotations"] = ann
-        replaced["metadata"] = meta
-        replaced["data"] = fresh["data"]
         await self.kube.replace(replaced)  # resourceVersion guards against a concurrent change
         metrics.KEYS_GENERATED.labels("rotation").inc()
-        await self.event(body, "Normal", "KeyRotated", f"rotated the peer key of {slot.name}")
+        what = (
+            "certificate (its key signs the log and stays)"
+            if keyring.follows_log(slot)
+            else "peer key"
+        )
+        await self.event(body, "Normal", "KeyRotated", f"rotated the {what} of {slot.name}")
 
     async def _ca(
         self,

@@ -62,6 +62,15 @@ def test_help_lists_examples_and_exit_codes() -> None:
     assert "kubectl beco connect demo -n beco-demo -- --key alice.key user get" in text
 
 
+def test_rotate_keys_help_says_the_sst_keeps_its_log_key(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit):
+        cli.parse(["rotate-keys", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "the SST keeps its log signing key" in text
+
+
 def test_beco_args_plaintext_and_tls() -> None:
     plain = cli.beco_args(4242, cli.ClientFiles("/t/m.json"), ["user", "get"])
     assert plain == ["--endpoint", "127.0.0.1:4242", "--membership", "/t/m.json", "user", "get"]

@@ -67,3 +67,24 @@ def test_rotation_candidates_are_those_not_yet_rotated_for_the_token() -> None:
     )
     todo = keyring.rotation_candidates(slots, secrets, "r1")
     assert [s.name for s in todo][:1] == ["demo-validator"]
+
+
+def test_rotation_keeps_the_sst_key_and_renews_its_certificate() -> None:
+    """The SST's key is its log's identity (RFC 9162): a rotation must not replace it, or the
+    restarted SST refuses its own log; its TLS certificate is renewed like everyone's."""
+    slots = keyring.desired_slots("demo", "ns", make_spec())
+    by_name = {s.name: s for s in slots}
+    assert [s.name for s in slots if keyring.follows_log(s)] == ["demo-sst"]
+    for name, keeps in (("demo-sst", True), ("demo-validator", False), ("demo-user-a-0", False)):
+        slot = by_name[name]
+        old = keyring.key_secret("demo", "ns", slot, "v", "", NOW, tls_pair=(b"cert1", b"k1"))
+        old["metadata"]["resourceVersion"] = "7"
+        new = keyring.rotated_secret("demo", "ns", slot, old, "v", "r1", NOW, (b"cert2", b"k2"))
+        assert (keyring.public_key(new) == keyring.public_key(old)) is keeps, name
+        assert new["data"][names.TLS_CERT_KEY] != old["data"][names.TLS_CERT_KEY]
+        assert keyring.key_hash(new) != keyring.key_hash(old), "the pod would not restart"
+        assert keyring.rotation_token(new) == "r1" and keyring.rotated_at(new)
+        assert new["metadata"]["resourceVersion"] == "7"  # the replace is guarded
+        peer = new["metadata"]["annotations"][names.PEER_ID_ANNOTATION]
+        assert peer == keys.peer_id(keyring.public_key(new))
+        assert (new["kind"], new["apiVersion"]) == ("Secret", "v1")

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from beco_node import membership
-from beco_operator import names
+from beco_operator import keyring, names
 from beco_operator.config import OperatorConfig
 from beco_operator.kube import path
 from beco_operator.names import Obj
@@ -267,3 +267,46 @@ async def test_a_removed_zone_leaves_only_once_the_membership_settled() -> None:
     st = (await converge(r, kube, clock, rounds=3))["status"]
     assert path("StatefulSet", NS, "demo-user-c") not in kube.objs
     assert (st["members"], st["quorum"]) == (2, 2)
+
+
+def _public_keys(kube: FakeKube) -> dict[str, bytes]:
+    cm = kube.objs[path("ConfigMap", NS, "demo-membership")]
+    return {
+        m.name: m.public_key for m in membership.loads(cm["data"][names.MEMBERSHIP_KEY]).members
+    }
+
+
+async def test_key_rotation_keeps_the_sst_log_key_and_restarts_every_pod() -> None:
+    """Rotating keys used to replace the SST's key too; the restarted SST then refused its own
+    log ("the latest tree head is not signed by this SST's key"). Its key is the log's
+    identity: it stays; its certificate and every other member's key change."""
+    clock = Clock()
+    kube = FakeKube(clock)
+    r = Reconciler(kube, clock, OperatorConfig(membership_wait=2))  # type: ignore[arg-type]
+    kube.objs[path(names.KIND, NS, "demo")] = network(1)
+    st = (await converge(r, kube, clock))["status"]
+    assert st["phase"] == "Ready"
+    before = _public_keys(kube)
+    sst_key = kube.objs[path("Secret", NS, "demo-sst-key")]
+    sst_sts = kube.objs[path("StatefulSet", NS, "demo-sst")]
+    sst_hash = sst_sts["spec"]["template"]["metadata"]["annotations"][names.KEY_HASH_ANNOTATION]
+    users = {p: kube.objs[path("Pod", NS, p)]["metadata"]["uid"] for p in ("demo-user-a-0",)}
+
+    net = kube.objs[path(names.KIND, NS, "demo")]
+    net["metadata"]["annotations"] = {names.ROTATE_KEYS_ANNOTATION: "r1"}
+    st = (await converge(r, kube, clock, rounds=300))["status"]  # rollout.SETTLE_SECONDS each
+    secrets = [o for u, o in kube.objs.items() if u.startswith(path("Secret", NS)) and "-key" in u]
+    assert {keyring.rotation_token(s) for s in secrets} == {"r1"}
+    assert st["phase"] == "Ready", st
+    after = _public_keys(kube)
+    assert after["demo-sst"] == before["demo-sst"], "the rotation replaced the log's key"
+    changed = {n for n in before if after[n] != before[n]}
+    assert changed == set(before) - {"demo-sst"}
+    new_sst = kube.objs[path("Secret", NS, "demo-sst-key")]
+    assert new_sst["data"][names.TLS_CERT_KEY] != sst_key["data"][names.TLS_CERT_KEY]
+    sst_sts = kube.objs[path("StatefulSet", NS, "demo-sst")]
+    assert (
+        sst_sts["spec"]["template"]["metadata"]["annotations"][names.KEY_HASH_ANNOTATION]
+        != sst_hash
+    ), "the SST's pod would keep its old certificate"
+    assert kube.objs[path("Pod", NS, "demo-user-a-0")]["metadata"]["uid"] != users["demo-user-a-0"]
