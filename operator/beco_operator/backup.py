@@ -185,13 +185,7 @@ def _job(
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 999,
-                        "runAsGroup": 999,
-                        "fsGroup": 999,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": names.postgres_pod_security(),
                     "containers": [
                         {
                             "name": ROLE,
@@ -297,8 +291,8 @@ def inspect_job(name: str, namespace: str, pvc: str, path: str, image: str) -> O
                     "enableServiceLinks": False,
                     "securityContext": {
                         "runAsNonRoot": True,
-                        "runAsUser": 999,
-                        "runAsGroup": 999,
+                        "runAsUser": names.POSTGRES_UID,
+                        "runAsGroup": names.POSTGRES_UID,
                         "seccompProfile": {"type": "RuntimeDefault"},
                     },
                     "containers": [

@@ -138,3 +138,19 @@ def postgres(network: str) -> str:
 
 def client_service(network: str) -> str:
     return network
+
+
+#: The uid/gid of ``postgres`` in the official image's contract (and ours): every pod that
+#: touches the database's files (the server, the backup and restore Jobs) runs as it.
+POSTGRES_UID = 999
+
+
+def postgres_pod_security() -> dict[str, Any]:
+    """The pod securityContext of every pod running the Postgres image."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POSTGRES_UID,
+        "runAsGroup": POSTGRES_UID,
+        "fsGroup": POSTGRES_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }

@@ -460,13 +460,7 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
                 "spec": {
                     "automountServiceAccountToken": False,
                     "enableServiceLinks": False,
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 999,
-                        "runAsGroup": 999,
-                        "fsGroup": 999,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
+                    "securityContext": names.postgres_pod_security(),
                     "containers": [
                         {
                             "name": "postgres",
