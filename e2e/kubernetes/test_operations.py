@@ -397,7 +397,8 @@ def test_network_policy_admits_members_only(demo: Target, tmp_path: Path) -> Non
     and not Postgres, while it does reach the user nodes' public port; a user node reaches
     the singletons, and only the SST reaches Postgres."""
     singletons = {names.singleton(NETWORK, r): names.PORT for r in names.SINGLETON_ROLES}
-    pg = {names.postgres(NETWORK): names.PG_PORT}
+    # the headless name (the pod) and the cluster IP the SST's DSN names
+    pg = {names.postgres(NETWORK): names.PG_PORT, names.postgres_service(NETWORK): names.PG_PORT}
     public = {names.client_service(NETWORK): names.PORT}
     targets = {**singletons, **pg, **public}
     script = (

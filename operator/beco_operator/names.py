@@ -136,6 +136,12 @@ def postgres(network: str) -> str:
     return f"{network}-postgres"
 
 
+def postgres_service(network: str) -> str:
+    """The Service the SST connects to: a cluster IP, so its DNS answer never changes when the
+    Postgres pod is replaced (the headless ``postgres`` Service only names the pod)."""
+    return f"{network}-database"
+
+
 def client_service(network: str) -> str:
     return network
 

@@ -7,8 +7,9 @@ so every choice here is unit-tested without a cluster:
 * user nodes: one StatefulSet per zone, pinned to it by a nodeSelector on
   ``topology.kubernetes.io/zone``, each with a headless Service for stable DNS;
   one client Service across every zone;
-* Postgres (managed): StatefulSet + volume claim + headless Service; its
-  password Secret is created once elsewhere (it must never be regenerated);
+* Postgres (managed): StatefulSet + volume claim + headless Service, and the
+  cluster-IP Service the SST's DSN names; its password Secret is created once
+  elsewhere (it must never be regenerated);
 * a PodDisruptionBudget keeping ``quorum`` user nodes up, NetworkPolicies, and
   a PodMonitor when the monitoring CRDs exist.
 
@@ -534,7 +535,31 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
             ],
         },
     }
-    return [sts, svc]
+    # What the SST connects to. The headless Service's DNS record goes with the pod: while the
+    # pod is replaced the name does not resolve, DNS caches (CoreDNS: ``cache 30``) keep that
+    # answer, or the dead pod's address, for up to 30 s after the new pod is up, and the SST
+    # waited that long to reconnect. A cluster IP never changes; kube-proxy refuses connections
+    # at once while there is no pod. Not-ready addresses too: the SST checks Postgres itself
+    # and reconnects when it answers, not a readiness probe period later.
+    client: Obj = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.postgres_service(network), namespace, labels),
+        "spec": {
+            "type": "ClusterIP",
+            "publishNotReadyAddresses": True,
+            "selector": dict(selector),
+            "ports": [
+                {
+                    "name": "postgres",
+                    "port": names.PG_PORT,
+                    "targetPort": "postgres",
+                    "protocol": "TCP",
+                }
+            ],
+        },
+    }
+    return [sts, svc, client]
 
 
 def log_owners(database: ManagedDatabase | ExternalDatabase, owner: Obj) -> list[Obj]:
@@ -555,7 +580,8 @@ def log_owners(database: ManagedDatabase | ExternalDatabase, owner: Obj) -> list
 def postgres_secret(network: str, namespace: str, version: str, password: str) -> Obj:
     """The managed database's credentials; created once, never rewritten."""
     name = names.postgres(network)
-    dsn = f"postgresql://{PG_USER}:{password}@{name}.{namespace}.svc:{names.PG_PORT}/{PG_DB}"
+    host = f"{names.postgres_service(network)}.{namespace}.svc"
+    dsn = f"postgresql://{PG_USER}:{password}@{host}:{names.PG_PORT}/{PG_DB}"
 
     def b64(s: str) -> str:
         return base64.b64encode(s.encode()).decode()

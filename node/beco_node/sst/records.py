@@ -74,8 +74,13 @@ class StoreUnavailableError(StoreError):
 
     The outcome of an interrupted commit is unknown to the caller but not lost:
     retrying the same entry is safe (idempotent on proposal_id) and returns the
-    stored result if it did commit.
+    stored result if it did commit. ``timed_out``: PostgreSQL was reached but did not
+    answer in time (it may only be slow), as opposed to a refused or broken connection.
     """
+
+    def __init__(self, message: str, *, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.timed_out = timed_out
 
 
 @dataclass(frozen=True)

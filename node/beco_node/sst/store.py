@@ -84,6 +84,9 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 
 # A commit whose connection broke is retried (it is idempotent) after these pauses.
 _RETRY_PAUSES_S = (0.05, 0.5, 0.0)
+# Bounds a connection attempt (asyncpg's default is 60 s): an address that drops packets
+# must not hold the single writer, and every commit queued behind it, for a minute.
+CONNECT_TIMEOUT_S = 10.0
 
 
 _Pending = tuple[CommitEntry, "asyncio.Future[CommitResult]"]
@@ -98,6 +101,11 @@ def _resolve(batch: list[_Pending], results: list[CommitResult | Exception]) -> 
             fut.set_exception(res)
         else:
             fut.set_result(res)
+
+
+def _said(exc: BaseException) -> str:
+    """An error's message, or its kind when it has none (a bare timeout)."""
+    return str(exc) or type(exc).__name__
 
 
 def wall_clock_ms() -> int:
@@ -133,6 +141,9 @@ class SstStore:
         self._max_batch = max(1, max_batch)
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        # Set when a query met a refused or broken connection: the SST's database watch
+        # (services.startup) checks at once instead of at its next poll.
+        self.connection_lost = asyncio.Event()
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -150,7 +161,11 @@ class SstStore:
         """Connect, migrate, load and verify the log (see module docstring)."""
         try:
             pool = await asyncpg.create_pool(
-                dsn, min_size=1, max_size=pool_size, command_timeout=60
+                dsn,
+                min_size=1,
+                max_size=pool_size,
+                command_timeout=60,
+                timeout=CONNECT_TIMEOUT_S,
             )
         except _CONNECTION_ERRORS as exc:
             raise StoreUnavailableError(f"cannot connect to PostgreSQL: {exc}") from exc
@@ -166,12 +181,20 @@ class SstStore:
         return store
 
     async def ping(self, timeout_s: float = 5.0) -> None:
-        """Raise ``StoreUnavailableError`` unless PostgreSQL answers now (readiness)."""
-        try:
-            async with self._pool.acquire(timeout=timeout_s) as conn:
-                await conn.fetchval("SELECT 1", timeout=timeout_s)
-        except _CONNECTION_ERRORS as exc:
-            raise StoreUnavailableError(f"PostgreSQL does not answer: {exc}") from exc
+        """Raise ``StoreUnavailableError`` unless PostgreSQL answers now (readiness). A pooled
+        connection that a server restart closed is replaced, not taken for an outage."""
+        for attempt in range(2):
+            try:
+                async with self._pool.acquire(timeout=timeout_s) as conn:
+                    await conn.fetchval("SELECT 1", timeout=timeout_s)
+                return
+            except _CONNECTION_ERRORS as exc:
+                slow = isinstance(exc, TimeoutError)
+                if attempt or slow:
+                    raise StoreUnavailableError(
+                        f"PostgreSQL does not answer: {_said(exc)}", timed_out=slow
+                    ) from exc
+                await self._pool.expire_connections()
 
     async def close(self) -> None:
         """Finish the commits already queued, then close the connections."""
@@ -318,6 +341,7 @@ class SstStore:
                 results = await self._write(batch, first_start, attempt_claimed)
             except _CONNECTION_ERRORS as exc:
                 self._stale = True
+                self.connection_lost.set()
                 await self._pool.expire_connections()
                 if attempt == len(_RETRY_PAUSES_S) - 1:
                     msg = f"PostgreSQL unavailable: {exc}"
@@ -542,6 +566,7 @@ class SstStore:
                     return rows
             except _CONNECTION_ERRORS as exc:
                 # Pooled connections die with a server restart; retry once on fresh ones.
+                self.connection_lost.set()
                 await self._pool.expire_connections()
                 if attempt:
                     raise StoreUnavailableError(f"PostgreSQL unavailable: {exc}") from exc

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import base64
 import json
 import os
 from typing import Any
@@ -42,6 +43,7 @@ def test_children_of_the_default_network() -> None:
         ("PodDisruptionBudget", "demo-user-nodes"),
         ("StatefulSet", "demo-postgres"),
         ("Service", "demo-postgres"),
+        ("Service", "demo-database"),
         ("NetworkPolicy", "demo-members-only"),
         ("NetworkPolicy", "demo-user-nodes"),
         ("NetworkPolicy", "demo-postgres"),
@@ -92,6 +94,26 @@ def test_singletons_mount_only_their_own_key() -> None:
     sst_env = objs[("StatefulSet", "demo-sst")]["spec"]["template"]["spec"]["containers"][0]["env"]
     dsn = next(e for e in sst_env if e["name"] == "BECO_DATABASE_URL")
     assert dsn["valueFrom"]["secretKeyRef"] == {"name": "demo-postgres", "key": "dsn"}
+
+
+def test_the_dsn_names_a_cluster_ip_service_of_the_postgres_pod() -> None:
+    """Not the headless Service: its DNS answer changes (and is cached) when the pod is
+    replaced, which kept the SST from reconnecting for 30-60 s on a real cluster."""
+    objs = _by(_render())
+    sec = render.postgres_secret("demo", "ns", "0.1.0", "pw")
+    dsn = base64.b64decode(sec["data"]["dsn"]).decode()
+    host = dsn.split("@", 1)[1].split(":", 1)[0]
+    name, ns, svc_suffix = host.split(".")
+    assert (ns, svc_suffix) == ("ns", "svc")
+    svc = objs[("Service", name)]
+    assert svc["spec"].get("clusterIP") != "None" and svc["spec"]["type"] == "ClusterIP"
+    assert svc["spec"]["publishNotReadyAddresses"] is True  # the SST checks Postgres itself
+    sts = objs[("StatefulSet", names.postgres("demo"))]
+    assert svc["spec"]["selector"] == sts["spec"]["selector"]["matchLabels"]
+    (port,) = svc["spec"]["ports"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    assert port["targetPort"] in [p["name"] for p in container["ports"]]
+    assert dsn.endswith(f":{port['port']}/{render.PG_DB}")
 
 
 def test_external_database_has_no_postgres_and_points_at_the_secret() -> None:
@@ -225,7 +247,10 @@ def test_postgres_does_not_change_with_the_node_image() -> None:
         sts = objs[("StatefulSet", "demo-postgres")]
         return (
             json.dumps(sts["spec"]["template"], sort_keys=True),
-            json.dumps([sts, objs[("Service", "demo-postgres")]], sort_keys=True),
+            json.dumps(
+                [sts, objs[("Service", "demo-postgres")], objs[("Service", "demo-database")]],
+                sort_keys=True,
+            ),
         )
 
     assert pg("0.1.0") == pg("0.2.0")
