@@ -883,7 +883,19 @@ class Reconciler:
                     body, "Normal", "DatabaseCredentials", "generated the Postgres password"
                 )
             return
-        await self._own(body, have, owners, "the Postgres password Secret")
+        have = await self._own(body, have, owners, "the Postgres password Secret")
+        dsn = render.updated_dsn(network, ns, have.get("data") or {})
+        if dsn is not None:  # written before the DSN named the cluster-IP Service
+            await self.kube.replace(
+                {**have, "apiVersion": "v1", "kind": "Secret", "data": {**have["data"], "dsn": dsn}}
+            )
+            await self.event(
+                body,
+                "Normal",
+                "DatabaseCredentials",
+                f"the DSN now names the Service {names.postgres_service(network)} (same password;"
+                " the SST uses it from its next start)",
+            )
 
     async def _database(
         self, ns: str, network: str, spec: NetworkSpec, pods: Sequence[Mapping[str, Any]]

@@ -577,22 +577,39 @@ def log_owners(database: ManagedDatabase | ExternalDatabase, owner: Obj) -> list
     return []
 
 
+def _managed_dsn(password: str, service: str, namespace: str) -> str:
+    return f"postgresql://{PG_USER}:{password}@{service}.{namespace}.svc:{names.PG_PORT}/{PG_DB}"
+
+
+def _b64(s: str) -> str:
+    return base64.b64encode(s.encode()).decode()
+
+
 def postgres_secret(network: str, namespace: str, version: str, password: str) -> Obj:
-    """The managed database's credentials; created once, never rewritten."""
+    """The managed database's credentials; created once (the password is never rewritten)."""
     name = names.postgres(network)
-    host = f"{names.postgres_service(network)}.{namespace}.svc"
-    dsn = f"postgresql://{PG_USER}:{password}@{host}:{names.PG_PORT}/{PG_DB}"
-
-    def b64(s: str) -> str:
-        return base64.b64encode(s.encode()).decode()
-
+    dsn = _managed_dsn(password, names.postgres_service(network), namespace)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "type": "Opaque",
         "metadata": _meta(name, namespace, names.labels(network, "postgres", version)),
-        "data": {"password": b64(password), "dsn": b64(dsn)},
+        "data": {"password": _b64(password), "dsn": _b64(dsn)},
     }
+
+
+def updated_dsn(network: str, namespace: str, data: Mapping[str, str]) -> str | None:
+    """The ``dsn`` (base64) a managed database Secret written before the cluster-IP Service
+    must get: the same password, the Service as host. None when it needs no change (already
+    current, or not a DSN this operator wrote: never touched)."""
+    try:
+        password = base64.b64decode(data["password"], validate=True).decode()
+        dsn = base64.b64decode(data["dsn"], validate=True).decode()
+    except (KeyError, ValueError):
+        return None
+    if dsn != _managed_dsn(password, names.postgres(network), namespace):
+        return None
+    return _b64(_managed_dsn(password, names.postgres_service(network), namespace))
 
 
 def _network_policies(network: str, namespace: str, spec: NetworkSpec, version: str) -> list[Obj]:

@@ -412,6 +412,32 @@ def test_a_recreated_network_reuses_its_retained_database_password(
     ]
 
 
+def test_a_dsn_naming_the_headless_postgres_service_moves_to_the_cluster_ip_one(
+    control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
+) -> None:
+    """A database Secret written before the Service ``demo-database`` existed (its DSN names
+    the headless ``demo-postgres``) keeps its password and gets the cluster IP as host."""
+    cp, ns = control_plane, k8s_namespace
+    old = f"postgresql://beco:pw-1@demo-postgres.{ns}.svc:5432/beco"
+    cp.api(
+        "POST",
+        f"/api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "demo-postgres"},
+            "stringData": {"password": "pw-1", "dsn": old},
+        },
+    )
+    create(cp, ns)
+    wait_ready(cp, ns, "demo")
+    data = cp.api("GET", f"/api/v1/namespaces/{ns}/secrets/demo-postgres")["data"]
+    assert base64.b64decode(data["password"]) == b"pw-1"
+    assert base64.b64decode(data["dsn"]).decode() == old.replace("demo-postgres", "demo-database")
+    svc = cp.api("GET", f"/api/v1/namespaces/{ns}/services/demo-database")
+    assert svc["spec"]["clusterIP"] not in ("", "None")
+
+
 def test_operator_restart_changes_no_secret(
     control_plane: ControlPlane, k8s_namespace: str, beco_operator: OperatorProcess
 ) -> None:

@@ -116,6 +116,24 @@ def test_the_dsn_names_a_cluster_ip_service_of_the_postgres_pod() -> None:
     assert dsn.endswith(f":{port['port']}/{render.PG_DB}")
 
 
+def test_a_dsn_written_for_the_headless_service_moves_to_the_cluster_ip_one() -> None:
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    current = render.postgres_secret("demo", "ns", "0.1.0", "pw")["data"]
+    assert render.updated_dsn("demo", "ns", current) is None
+    old = {**current, "dsn": b64("postgresql://beco:pw@demo-postgres.ns.svc:5432/beco")}
+    assert render.updated_dsn("demo", "ns", old) == current["dsn"]  # same password kept
+    # anything this operator did not write that way is left alone
+    for other in (
+        {**current, "dsn": b64("postgresql://beco:pw@db.example:5432/beco")},
+        {**old, "password": b64("another")},
+        {"password": current["password"]},
+        {**old, "dsn": "not base64!"},
+    ):
+        assert render.updated_dsn("demo", "ns", other) is None
+
+
 def test_external_database_has_no_postgres_and_points_at_the_secret() -> None:
     objs = _by(_render(database={"external": {"secretRef": {"name": "pg", "key": "url"}}}))
     assert ("StatefulSet", "demo-postgres") not in objs
