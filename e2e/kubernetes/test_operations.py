@@ -12,6 +12,7 @@ These steps change the shared network, so they run after every other e2e test
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import re
 import subprocess
@@ -43,6 +44,7 @@ NS = "default"
 USER_SEL = f"{names.NETWORK_LABEL}={NETWORK},{names.ROLE_LABEL}={names.ROLE_USER}"
 SST_POD = f"{names.singleton(NETWORK, names.ROLE_SST)}-0"
 PG_POD = f"{names.postgres(NETWORK)}-0"
+PG_HEADLESS, PG_SERVICE = names.postgres(NETWORK), names.postgres_service(NETWORK)
 COMMITTED = re.compile(r"committed: sequence (\d+)")
 
 
@@ -238,22 +240,108 @@ def _delete_and_return(k8s: Target, pod: str) -> float:
     return time.monotonic() - start
 
 
+# Run inside the SST pod: resolves each name (argv) every 0.5 s and prints the addresses.
+DNS_PROBE = """
+import socket, sys, time
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    out = []
+    for name in sys.argv[2:]:
+        try:
+            out.append(socket.getaddrinfo(name, 5432, socket.AF_INET)[0][4][0])
+        except OSError:
+            out.append("-")
+    print(*out, flush=True)
+    time.sleep(0.5)
+"""
+
+
+@dataclass
+class DnsWatch:
+    """What the SST's pod resolves for the headless Postgres name (the pod's own record)
+    and for the cluster-IP Service its DSN names, while Postgres is replaced: the figures
+    behind docs/operator.md's reason for the cluster IP. Figures only, never asserted."""
+
+    k8s: Target
+    names: tuple[str, ...]
+    seen: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+    proc: subprocess.Popen[str] | None = None
+    thread: threading.Thread | None = None
+
+    def start(self, seconds: float) -> None:
+        self.proc = subprocess.Popen(
+            [self.k8s.kubectl_bin, "exec", SST_POD, "--", "python3", "-c", DNS_PROBE,
+             str(seconds), *self.names],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.k8s.env(),
+        )  # fmt: skip
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            parts = tuple(line.split())
+            if len(parts) == len(self.names):
+                self.seen.append((time.monotonic(), parts))
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.thread is not None:
+            self.thread.join(10)
+
+    def record(self, deleted: float, ready: float) -> None:
+        """FIGURES: per name, how long it did not resolve, and when (after the deletion) it
+        first resolved to another address than before (the new pod's, or never: a cluster IP
+        stays), next to the pod's return."""
+        before = [ips for t, ips in self.seen if t <= deleted]
+        for i, name in enumerate(self.names):
+            short = name.split(".", 1)[0]
+            after = [(t, ips[i]) for t, ips in self.seen if t > deleted]
+            if not before or not after:
+                continue
+            missing = [t for t, ip in after if ip == "-"]
+            FIGURES[f"DNS {short}: unresolvable after the Postgres deletion (s of it)"] = (
+                (missing[-1] - missing[0]) if missing else 0.0
+            )
+            moved = next((t for t, ip in after if ip not in ("-", before[-1][i])), None)
+            if moved is not None:
+                FIGURES[f"DNS {short}: resolves to the new pod, after deletion (s)"] = (
+                    moved - deleted
+                )
+                FIGURES[f"DNS {short}: resolves to the new pod, after Ready (s)"] = moved - ready
+
+
 def test_sst_then_postgres_pod_deleted_every_acknowledged_write_survives(
     demo: Target, writer: Writer
 ) -> None:
     loaded = _start_load(writer)
+    dns: DnsWatch | None = None
     try:
         before_sst = time.monotonic()
         FIGURES["SST pod deleted -> Ready (s)"] = _delete_and_return(demo, SST_POD)
         _committed_after(loaded.load, time.monotonic(), "a write after the SST returned")
+        dns = DnsWatch(demo, tuple(f"{n}.{NS}.svc" for n in (PG_HEADLESS, PG_SERVICE)))
+        dns.start(150)
+        time.sleep(3)  # a few answers from before the deletion
         before_pg = time.monotonic()
         FIGURES["Postgres pod deleted -> Ready (s)"] = _delete_and_return(demo, PG_POD)
         back = time.monotonic()
         _committed_after(loaded.load, back, "a write after Postgres returned")
-        FIGURES["Postgres pod deleted -> next write committed (s)"] = (
-            next(a[0] for a in loaded.load.acked if a[0] > back) - before_pg
+        first_after = next(a[0] for a in loaded.load.acked if a[0] > back)
+        FIGURES["Postgres pod deleted -> next write committed (s)"] = first_after - before_pg
+        times = [a[0] for a in loaded.load.acked if a[0] <= first_after]
+        around = [t for t in times if t <= before_pg][-1:] + [t for t in times if t > before_pg]
+        FIGURES["Postgres pod deleted: longest time without a commit (s)"] = max(
+            (b - a for a, b in itertools.pairwise(around)), default=0.0
         )
+        time.sleep(max(0.0, before_pg + 75 - time.monotonic()))  # past CoreDNS' 30 s caching
+        dns.stop()
+        dns.record(before_pg, back)
     finally:
+        if dns is not None:
+            dns.stop()
         load = loaded.finish()
     seqs = [a[2] for a in load.acked]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs), seqs
