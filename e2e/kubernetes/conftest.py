@@ -91,9 +91,13 @@ FORWARDING = re.compile(r"Forwarding from 127\.0\.0\.1:(\d+)")
 
 
 @contextmanager
-def port_forward(k8s: Target, target: str, port: int, timeout: float = 60) -> Iterator[int]:
-    """``kubectl port-forward <target> :port`` on 127.0.0.1; yields the local port."""
-    cmd = [k8s.kubectl_bin, "port-forward", "--address", "127.0.0.1", target]
+def port_forward(
+    k8s: Target, target: str, port: int, timeout: float = 60, namespace: str | None = None
+) -> Iterator[int]:
+    """``kubectl port-forward [-n NAMESPACE] <target> :port`` on 127.0.0.1; yields the local
+    port (``namespace`` None: the kubeconfig's)."""
+    ns = ["-n", namespace] if namespace else []
+    cmd = [k8s.kubectl_bin, "port-forward", *ns, "--address", "127.0.0.1", target]
     proc = subprocess.Popen(
         [*cmd, f":{port}"],
         stdout=subprocess.PIPE,

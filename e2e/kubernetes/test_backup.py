@@ -35,7 +35,7 @@ import yaml
 
 from tests.cluster.fixtures import real_cluster_only
 
-from .conftest import FORWARDING, REPO, Target
+from .conftest import REPO, Target, port_forward
 
 pytestmark = [pytest.mark.realcluster, pytest.mark.slow, real_cluster_only]
 
@@ -101,38 +101,6 @@ class Session:
 
 
 @contextmanager
-def port_forward(k8s: Target, target: str, port: int, timeout: float = 60) -> Iterator[int]:
-    """``kubectl port-forward -n NS <target> :port`` on 127.0.0.1; yields the local port."""
-    cmd = [str(k8s.bin_dir / "kubectl"), "port-forward", "-n", NS, "--address", "127.0.0.1"]
-    proc = subprocess.Popen(
-        [*cmd, target, f":{port}"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=k8s.env(),
-    )
-    try:
-        assert proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        while True:  # kubectl prints the line once the forward listens
-            line = proc.stdout.readline()
-            m = FORWARDING.search(line)
-            if m:
-                break
-            if not line or time.monotonic() > deadline:
-                err = proc.stderr.read() if proc.stderr and proc.poll() is not None else ""
-                raise AssertionError(f"port-forward to {target} did not start: {err}")
-        yield int(m[1])
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-@contextmanager
 def session(k8s: Target, d: Path) -> Iterator[Session]:
     cm = json.loads(k8s.kubectl("get", "configmap", f"{NET}-membership", "-n", NS, "-o", "json"))
     (d / "membership.json").write_text(cm["data"]["membership.json"])
@@ -140,7 +108,7 @@ def session(k8s: Target, d: Path) -> Iterator[Session]:
     for key in ("ca.crt", "tls.crt", "tls.key"):
         (d / key).write_bytes(base64.b64decode(sec["data"][key]))
         (d / key).chmod(0o600)
-    with port_forward(k8s, f"service/{NET}", 9001) as port:
+    with port_forward(k8s, f"service/{NET}", 9001, namespace=NS) as port:
         yield Session(d, port)
 
 
