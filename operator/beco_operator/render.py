@@ -535,12 +535,12 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
             ],
         },
     }
-    # What the SST connects to. The headless Service's DNS record goes with the pod: while the
-    # pod is replaced the name does not resolve, DNS caches (CoreDNS: ``cache 30``) keep that
-    # answer, or the dead pod's address, for up to 30 s after the new pod is up, and the SST
-    # waited that long to reconnect. A cluster IP never changes; kube-proxy refuses connections
-    # at once while there is no pod. Not-ready addresses too: the SST checks Postgres itself
-    # and reconnects when it answers, not a readiness probe period later.
+    # What the SST connects to. The headless Service's DNS record follows the pod's address:
+    # a replaced pod gets a new one, and DNS caches (CoreDNS ``cache 30``) kept answering with
+    # the deleted pod's address for 28 s (measured), and the SST waited that long and more to
+    # reconnect. A cluster IP never changes; kube-proxy refuses connections at once while
+    # there is no pod. Not-ready addresses too: the SST checks Postgres itself and reconnects
+    # when it answers, not a readiness probe period later.
     client: Obj = {
         "apiVersion": "v1",
         "kind": "Service",
