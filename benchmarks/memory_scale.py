@@ -54,8 +54,9 @@ from beco_node.merkle.sth import sign_tree_head
 from beco_node.merkle.tree import MerkleTree
 from beco_node.sst.store import SstStore
 
+from benchmarks.doc import write_section
+
 ROOT = Path(__file__).resolve().parent.parent
-SECTION = "<!-- section: memory-1m -->"
 CHUNK = 20_000
 BASE_MS = 1_790_000_000_000
 NAMES = 2_000  # first and last names each drawn from this many (distinct pairs per user)
@@ -412,7 +413,6 @@ async def run(ns: argparse.Namespace) -> str:
 
     names = [n for n in net.order() if n in snaps[0][1]]
     report += [
-        SECTION,
         "### Node memory at 1,000,000 users and commits (`make bench-memory-1m`)",
         "",
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.machine()}, "
@@ -464,18 +464,6 @@ async def run(ns: argparse.Namespace) -> str:
     return "\n".join(report) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    doc = path.read_text() if path.exists() else ""
-    if SECTION in doc:
-        before, rest = doc.split(SECTION, 1)
-        nxt = rest.find("<!-- section:")
-        after = rest[nxt:] if nxt >= 0 else ""
-        doc = before + text + ("\n" + after if after else "")
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
-    path.write_text(doc)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--users", type=int, default=1_000_000, help="users = commits in the log")
@@ -492,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     ns = p.parse_args(argv)
     text = asyncio.run(run(ns))
-    write_section(Path(ns.out), text)
+    write_section("memory-1m", text, Path(ns.out))
     print(text)
     return 0
 

@@ -36,6 +36,8 @@ from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from benchmarks.doc import cpu_model, write_section
+
 ROOT = Path(__file__).resolve().parent.parent
 GET = "/beco.v1.Identity/GetUser"
 HEALTH = "/grpc.health.v1.Health/Check"
@@ -421,7 +423,7 @@ def render(
     cpu = main["cpu_ms"]
     bcpu = b.get("cpu_ms", {})
     lines = [
-        f"Machine: {os.cpu_count()} CPUs ({_cpu_model()}), Python {platform.python_version()}, "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}), Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, shared with other engineers' "
         f"work. Command: `make bench-network` (`python -m benchmarks.network`). Real processes: "
         "embedded PostgreSQL, SST, rendezvous, validator, 3 user nodes (zones a, b, c; quorum 2),"
@@ -489,23 +491,6 @@ def render(
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
-def write_section(text: str) -> None:
-    path = ROOT / "docs" / "benchmarks.md"
-    doc = path.read_text()
-    marker = "<!-- section: network -->"
-    start = doc.index(marker) + len(marker)
-    nxt = doc.find("<!-- section:", start)
-    end = nxt if nxt != -1 else len(doc)
-    path.write_text(doc[:start] + "\n" + text.rstrip() + "\n\n" + doc[end:])
-
-
 async def main_async(ns: argparse.Namespace) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
@@ -526,7 +511,7 @@ def report(runs: list[dict[str, Any]], ns: argparse.Namespace) -> None:
         saved = {"label": ns.label, "note": ns.note, "crypto": ns.crypto, "runs": runs}
         Path(ns.save).write_text(json.dumps(saved, indent=1) + "\n")
     if not ns.no_write:
-        write_section(text)
+        write_section("network", text)
 
 
 def main(argv: list[str] | None = None) -> int:

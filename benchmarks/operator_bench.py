@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from benchmarks.doc import write_section
 from tests.cluster.plane import ControlPlane
 from tests.operator.harness import (
     OperatorProcess,
@@ -32,8 +33,6 @@ from tests.operator.harness import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
-DOC = ROOT / "docs" / "benchmarks.md"
-MARK = "<!-- section: operator -->"
 KINDS = (
     "/apis/apps/v1/namespaces/{ns}/statefulsets",
     "/apis/apps/v1/namespaces/{ns}/deployments",
@@ -78,14 +77,6 @@ def apply_and_wait(cp: ControlPlane, ns: str) -> float:
     cp.api("POST", net_path(ns), network("demo", ns))
     wait_ready(cp, ns, "demo", timeout=600)
     return time.perf_counter() - t0
-
-
-def write_section(body: str) -> None:
-    text = DOC.read_text()
-    start = text.index(MARK) + len(MARK)
-    nxt = text.find("<!-- section:", start)
-    end = nxt if nxt != -1 else len(text)
-    DOC.write_text(text[:start] + "\n" + body.strip() + "\n\n" + text[end:].lstrip("\n"))
 
 
 def main() -> None:
@@ -158,7 +149,7 @@ Readiness comes from kwok's pod stages (no containers run), so these figures mea
 operator and the control plane, not the nodes. Leader election (`--leader-elect`, off here)
 adds one Lease update every 5 s.
 """
-    write_section(body)
+    write_section("operator", body)
 
 
 if __name__ == "__main__":

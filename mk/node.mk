@@ -3,7 +3,7 @@ PROTO_SRC := $(wildcard proto/beco/v1/*.proto)
 PROTO_GEN = $(PY) -m grpc_tools.protoc -Iproto --python_out=$(1) --grpc_python_out=$(1) \
 	--mypy_out=$(1) --mypy_grpc_out=$(1) $(PROTO_SRC)
 
-.PHONY: proto proto-check run bench-network bench-memory-1m
+.PHONY: proto proto-check run bench-network bench-grpc-floor bench-memory-1m
 
 proto: venv  ## generate node/beco/v1 from proto/beco/v1/*.proto
 	$(call PROTO_GEN,node)
@@ -25,6 +25,9 @@ run: venv  ## start the local network (beco-local up); Ctrl-C stops it
 bench-network: venv  ## network benchmarks -> docs/benchmarks.md (section network)
 	$(PY) -m benchmarks.network --before benchmarks/baseline-network.json $(BENCH_ARGS)
 
+bench-grpc-floor: venv  ## what one grpc.aio message costs here (the floor under bench-network) -> docs/benchmarks.md
+	$(PY) -m benchmarks.grpc_floor
+
 bench-memory: venv  ## node RSS vs commits on the local network -> docs/benchmarks-memory.md
 	$(PY) -m benchmarks.memory $(BENCH_MEMORY_ARGS)
 
@@ -34,4 +37,4 @@ bench-memory-1m: venv  ## node RSS with 1,000,000 users and commits -> docs/benc
 	nice -n 10 $(PY) -m benchmarks.memory_scale $(BENCH_MEMORY_1M_ARGS)
 
 TEST_DEPS += proto-check
-BENCH_DEPS += bench-network
+BENCH_DEPS += bench-grpc-floor bench-network
