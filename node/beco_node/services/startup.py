@@ -28,7 +28,7 @@ import asyncpg
 
 from beco_node.backoff import Backoff, DatabaseHealth
 from beco_node.services.runtime import Runtime
-from beco_node.sst.store import SstStore, StoreUnavailableError
+from beco_node.sst.store import SstStore, StoreUnavailableError, said
 
 log = logging.getLogger("beco.startup")
 
@@ -59,7 +59,7 @@ def _cause(exc: BaseException) -> str:
         return f"PostgreSQL refused the login: {exc}"
     if isinstance(exc, asyncpg.InvalidCatalogNameError):
         return f"PostgreSQL has no such database: {exc}"
-    return str(exc) or type(exc).__name__
+    return said(exc)
 
 
 class Pingable(Protocol):

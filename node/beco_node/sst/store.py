@@ -103,7 +103,7 @@ def _resolve(batch: list[_Pending], results: list[CommitResult | Exception]) -> 
             fut.set_result(res)
 
 
-def _said(exc: BaseException) -> str:
+def said(exc: BaseException) -> str:
     """An error's message, or its kind when it has none (a bare timeout)."""
     return str(exc) or type(exc).__name__
 
@@ -192,7 +192,7 @@ class SstStore:
                 slow = isinstance(exc, TimeoutError)
                 if attempt or slow:
                     raise StoreUnavailableError(
-                        f"PostgreSQL does not answer: {_said(exc)}", timed_out=slow
+                        f"PostgreSQL does not answer: {said(exc)}", timed_out=slow
                     ) from exc
                 await self._pool.expire_connections()
 
