@@ -59,6 +59,15 @@ MUTATIONS: dict[str, MutationKind] = {
     REVOKE: MutationKind("revoke", pb.AccessRequest),
 }
 
+OPEN_SESSION = SERVICE + "OpenSession"
+# The reads that may carry a session MAC instead of a signature: every method whose request
+# has a ``session`` field (derived from the API, so a new read cannot be forgotten).
+SESSION_READS: frozenset[str] = frozenset(
+    SERVICE + m.name
+    for m in pb.DESCRIPTOR.services_by_name["Identity"].methods
+    if "session" in m.input_type.fields_by_name
+)
+
 FIELD_ATTR: dict[int, str] = {
     pb.FIELD_FIRST_NAME: "first_name",
     pb.FIELD_MIDDLE_NAMES: "middle_names",

@@ -34,7 +34,7 @@ from beco.v1 import identity_pb2_grpc as pb_grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import auth, batch, limits, metrics, model, peer, tally
+from beco_node import auth, batch, limits, metrics, model, peer, session, tally
 from beco_node.auth import Authenticator, check_validator_clock
 from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
@@ -109,6 +109,8 @@ class UserNode:
         self.background_sync = background_sync  # False: tests call catch_up themselves
         self.store = UserStore()
         self.authn = Authenticator(rt.settings.skew_ms)
+        # Read sessions (OpenSession): in memory only, so a restart makes clients re-open.
+        self.sessions = session.SessionTable(rt.settings.session_ttl_ms, rt.settings.max_sessions)
         self.loaded = asyncio.Event()
         self._loader: asyncio.Task[None] | None = None
         rt.set_ready("loaded", "this user node is loading the users from the SST")
@@ -302,7 +304,32 @@ class IdentityService(pb_grpc.IdentityServicer):
         self.rt = node.rt
 
     def _auth(self, method: str, request: Any) -> str:
+        """A read's caller: by its session MAC when it carries one, else its signature."""
+        if request.HasField("session"):
+            sid, counter, tag, digest = session.take(request)
+            return self.node.sessions.authenticate(
+                method, sid, counter, tag, digest, self._session_ms()
+            )
         return self.node.authn.authenticate(method, request, self.rt.now_ms())
+
+    def _session_ms(self) -> int:
+        """Session lifetimes run on the monotonic clock (a wall-clock step cannot stretch them)."""
+        return int(self.rt.monotonic() * 1000)
+
+    @rpc_handler("OpenSession")
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Ctx
+    ) -> pb.OpenSessionResponse:
+        caller = self.node.authn.authenticate(model.OPEN_SESSION, request, self.rt.now_ms())
+        opened = self.node.sessions.open(
+            caller, request.client_public_key, request.auth.signature, self._session_ms()
+        )
+        return pb.OpenSessionResponse(
+            session_id=opened.session_id,
+            node_public_key=opened.node_public_key,
+            ttl_ms=opened.ttl_ms,
+            window=opened.window,
+        )
 
     async def _mutate(self, method: str, request: Any) -> pb.MutationResponse:
         node = self.node
