@@ -37,10 +37,14 @@ from beco.v1 import peer_pb2_grpc as ppb_grpc
 from beco_node import auth, batch, limits, metrics, model, peer, session, tally
 from beco_node.auth import Authenticator, check_validator_clock
 from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from beco_node.lru import BoundedLru
 from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.user")
+# Reads' replies per user (model.Views), rebuilt when the user's stored bytes change.
+VIEW_CACHE_ENTRIES = 10_000
+VIEW_CACHE_BYTES = 32 * 1024 * 1024
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = model.SERVICE
 
@@ -108,6 +112,9 @@ class UserNode:
         self.sync_interval_s = rt.settings.sync_interval_ms / 1000
         self.background_sync = background_sync  # False: tests call catch_up themselves
         self.store = UserStore()
+        self.views: BoundedLru[str, model.Views] = BoundedLru(
+            VIEW_CACHE_ENTRIES, VIEW_CACHE_BYTES, model.Views.size
+        )
         self.authn = Authenticator(rt.settings.skew_ms)
         # Read sessions (OpenSession): in memory only, so a restart makes clients re-open.
         self.sessions = session.SessionTable(rt.settings.session_ttl_ms, rt.settings.max_sessions)
@@ -171,6 +178,24 @@ class UserNode:
                 ) from None
         return st
 
+    async def user_views(self, uid: str) -> model.Views | None:
+        """The user's views (``user``'s state, same staleness rule), cached while its
+        stored bytes are unchanged: a read of a hot user neither parses nor builds."""
+        hit = self.store.users.get(uid)
+        if hit is not None and self.fresh():
+            v = self.views.get(uid)
+            if v is not None and v.data == hit[1]:
+                return v
+        st = await self.user(uid)
+        if st is None:
+            return None
+        hit = self.store.users.get(uid)
+        if hit is None or hit[0] != st.sequence:  # not what the store holds: not cached
+            return model.Views(st, st.SerializeToString())
+        v = model.Views(st, hit[1])
+        self.views.put(uid, v)
+        return v
+
     def start_loading(self) -> None:
         """(Re)load every user from the SST in the background; readiness follows."""
         if self._loader is not None and not self._loader.done():
@@ -194,6 +219,7 @@ class UserNode:
             log.info("not a member any more: dropping %d users", len(self.store.users))
         self.loaded.clear()
         self.store = UserStore()
+        self.views = BoundedLru(VIEW_CACHE_ENTRIES, VIEW_CACHE_BYTES, model.Views.size)
         self.synced_at = -math.inf  # what it held is gone: nothing is fresh until reloaded
         metrics.USERS.set(0)
         self.rt.set_ready("loaded", "this user node must reload the users from the SST")
@@ -451,10 +477,10 @@ class IdentityService(pb_grpc.IdentityServicer):
     async def GetUser(self, request: pb.GetUserRequest, context: Ctx) -> pb.User:
         caller = self._auth(M + "GetUser", request)
         limits.check_user_id("user_id", request.user_id)
-        st = await self.node.user(request.user_id)
-        if st is None:
+        views = await self.node.user_views(request.user_id)
+        if views is None:
             raise NotFound(f"no user {request.user_id}")
-        return model.view(st, caller)
+        return views.view(caller)
 
     @rpc_handler("ListUsers")
     async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:
