@@ -4,6 +4,7 @@ and how commits/s and CPU per commit change with 3, 6 and 9 user nodes. Writes t
 ``network`` section of docs/benchmarks.md.
 
     python -m benchmarks.network [--seconds 5] [--scale 1,2,3] [--before FILE] [--save FILE]
+    python -m benchmarks.network --reads-only   # the read phase on one network, printed
 
 Everything runs for real: PostgreSQL (embedded), SST, rendezvous, validator and the user
 nodes as separate processes, gRPC over loopback. The load generators are separate
