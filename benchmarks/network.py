@@ -4,6 +4,7 @@ and how commits/s and CPU per commit change with 3, 6 and 9 user nodes. Writes t
 ``network`` section of docs/benchmarks.md.
 
     python -m benchmarks.network [--seconds 5] [--scale 1,2,3] [--before FILE] [--save FILE]
+    python -m benchmarks.network --reads-only   # the read phase on one network, printed
 
 Everything runs for real: PostgreSQL (embedded), SST, rendezvous, validator and the user
 nodes as separate processes, gRPC over loopback. The load generators are separate
@@ -34,6 +35,7 @@ from beco_node import auth, keys
 from beco_node.client import Client
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
+from beco_node.session import ClientSession
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from benchmarks.doc import cpu_model, write_section
@@ -137,6 +139,9 @@ def print_profiles(where: Path) -> None:
 
 
 # ---------------------------------------------------------------- load workers
+READ_MODES = ("read", "signed_read", "floor")  # session reads, signed reads, empty calls
+
+
 def _signed_gets(key_pem: bytes, uid: str, n: int) -> list[pb.GetUserRequest]:
     key = keys.private_key_from_pem(key_pem)
     out = []
@@ -147,17 +152,46 @@ def _signed_gets(key_pem: bytes, uid: str, n: int) -> list[pb.GetUserRequest]:
     return out
 
 
+def _session_gets(cs: ClientSession, uid: str, n: int) -> list[pb.GetUserRequest]:
+    out = []
+    for _ in range(n):
+        r = pb.GetUserRequest(user_id=uid)
+        cs.seal(GET, r)
+        out.append(r)
+    return out
+
+
 def _health(ch: grpc.aio.Channel) -> Any:
     return ch.unary_unary(HEALTH, request_serializer=lambda _: b"", response_deserializer=bytes)
 
 
 async def _read_load(
-    endpoint: str, reqs: list[Any], concurrency: int, floor: bool, seconds: float
-) -> tuple[int, float]:
-    """Send ``reqs`` for at most ``seconds``; return (answered, wall seconds)."""
+    endpoint: str,
+    key_pem: bytes,
+    uid: str,
+    n: int,
+    concurrency: int,
+    mode: str,
+    seconds: float,
+    go: Any,
+    q: Any,
+) -> tuple[int, float, float]:
+    """Prepare ``n`` requests (signed, or sealed with a session opened here), then send them
+    for at most ``seconds``; return (answered, wall seconds, CPU seconds)."""
+    reqs: list[Any]
+    if mode == "floor":
+        reqs = [None] * (n + 1)
+    elif mode == "signed_read":
+        reqs = _signed_gets(key_pem, uid, n + 1)
+    else:
+        async with Client(endpoint, keys.private_key_from_pem(key_pem)) as c:
+            reqs = _session_gets(await c.open_session(), uid, n + 1)
     async with grpc.aio.insecure_channel(endpoint) as ch:
-        call = _health(ch) if floor else pb_grpc.IdentityStub(ch).GetUser
-        await call(reqs.pop(), timeout=10)  # connect
+        call = _health(ch) if mode == "floor" else pb_grpc.IdentityStub(ch).GetUser
+        await call(reqs.pop(0), timeout=10)  # connect
+        q.put("ready")
+        await asyncio.to_thread(go.wait)
+        c0 = time.process_time()
         it = iter(reqs)
         done = 0
         t0 = time.perf_counter()
@@ -172,7 +206,7 @@ async def _read_load(
                 done += 1
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return done, time.perf_counter() - t0
+        return done, time.perf_counter() - t0, time.process_time() - c0
 
 
 def read_worker(
@@ -181,17 +215,12 @@ def read_worker(
     uid: str,
     n: int,
     conc: int,
-    floor: bool,
+    mode: str,
     seconds: float,
     go: Any,
     q: Any,
 ) -> None:
-    reqs: list[Any] = [None] * (n + 1) if floor else _signed_gets(key_pem, uid, n + 1)
-    q.put("ready")
-    go.wait()
-    c0 = time.process_time()
-    done, wall = asyncio.run(_read_load(endpoint, reqs, conc, floor, seconds))
-    q.put((done, wall, time.process_time() - c0))
+    q.put(asyncio.run(_read_load(endpoint, key_pem, uid, n, conc, mode, seconds, go, q)))
 
 
 async def _commit_load(
@@ -263,46 +292,66 @@ def _run_workers(
 async def bench_reads(
     net: LocalNetwork, n: int, procs: int, conc: int, seconds: float, profile: Path | None = None
 ) -> dict[str, float]:
+    """Reads through a session (the client library's default: a MAC per read), signed reads
+    (an Ed25519 signature each) and the empty call, on the same node, side by side."""
     key = keys.generate_private_key()
     ep = net.user_endpoints()[0]
     pem = keys.private_key_to_pem(key)
     async with Client(ep, key) as c:
         await c.create_user("Bench", ["Read"], "Er")
         uid = c.user_id
+        cs = await c.open_session()
         check = _health(c.channel)
         lat: list[float] = []
+        signed: list[float] = []
         flo: list[float] = []
-        for i in range(1100):  # one in flight, reads and empty calls interleaved
-            r = _signed_gets(pem, uid, 1)[0]  # signed outside the timed call
+        for i in range(1100):  # one in flight; the three kinds of call interleaved
+            r = _session_gets(cs, uid, 1)[0]  # sealed and signed outside the timed calls
+            rs = _signed_gets(pem, uid, 1)[0]
             t0 = time.perf_counter()
             await c.stub.GetUser(r)
             t1 = time.perf_counter()
             await check(None)
             t2 = time.perf_counter()
+            await c.stub.GetUser(rs)
+            t3 = time.perf_counter()
             if i >= 100:
                 lat.append(t1 - t0)
                 flo.append(t2 - t1)
+                signed.append(t3 - t2)
     out: dict[str, float] = {
         "read_p50_ms": pct(lat, 50) * 1000,
         "read_p99_ms": pct(lat, 99) * 1000,
+        "signed_read_p50_ms": pct(signed, 50) * 1000,
+        "signed_read_p99_ms": pct(signed, 99) * 1000,
         "floor_p50_ms": pct(flo, 50) * 1000,
         "floor_p99_ms": pct(flo, 99) * 1000,
         "read_clients": procs * conc,
     }
-    for floor, name in ((False, "read"), (True, "floor")):
+    for mode in READ_MODES:
         per = n // procs
-        where = profile / name if profile else None
+        where = profile / mode if profile else None
         res, cpu = _run_workers(
             net,
             read_worker,
-            [(ep, pem, uid, per, conc, floor, seconds) for _ in range(procs)],
+            [(ep, pem, uid, per, conc, mode, seconds) for _ in range(procs)],
             lambda w=where: start_profiles(net, w, seconds, ("user",)) if w else [],
         )
         total = sum(r[0] for r in res)
-        out[f"{name}_per_s"] = total / max(r[1] for r in res)
-        out[f"{name}_user_cpu_us"] = cpu["user"] / total * 1e6
-        out[f"{name}_client_cpu_us"] = sum(r[2] for r in res) / total * 1e6
-    return out
+        out[f"{mode}_per_s"] = total / max(r[1] for r in res)
+        out[f"{mode}_user_cpu_us"] = cpu["user"] / total * 1e6
+        out[f"{mode}_client_cpu_us"] = sum(r[2] for r in res) / total * 1e6
+    return ratios(out)
+
+
+def ratios(m: dict[str, Any]) -> dict[str, Any]:
+    """The read figures against the empty call's, same run."""
+    m["read_ratio"] = m["read_p50_ms"] / m["floor_p50_ms"]
+    m["read_rate_ratio"] = m["read_per_s"] / m["floor_per_s"]
+    if "signed_read_p50_ms" in m:
+        m["signed_read_ratio"] = m["signed_read_p50_ms"] / m["floor_p50_ms"]
+        m["signed_read_rate_ratio"] = m["signed_read_per_s"] / m["floor_per_s"]
+    return m
 
 
 async def commit_latency(net: LocalNetwork, n: int) -> dict[str, float]:
@@ -459,8 +508,12 @@ def render(
         ),
         row("writes that failed under load (any status)", "errors", "{}"),
         row("read p50 / empty-call p50, 1 in flight (ratio)", "read_ratio", "{:.2f}", "x"),
-        row("read p50 (GetUser)", "read_p50_ms", "{:.2f}", " ms"),
-        row("read p99 (GetUser)", "read_p99_ms", "{:.2f}", " ms"),
+        row("read p50 (GetUser, session: a MAC)", "read_p50_ms", "{:.2f}", " ms"),
+        row("read p99 (GetUser, session)", "read_p99_ms", "{:.2f}", " ms"),
+        row(
+            "signed read p50 (GetUser, an Ed25519 signature)", "signed_read_p50_ms", "{:.2f}", " ms"
+        ),
+        row("signed read p50 / empty-call p50 (ratio)", "signed_read_ratio", "{:.2f}", "x"),
         row(
             "floor: empty call p50 (Health.Check, same node, same run)",
             "floor_p50_ms",
@@ -468,10 +521,16 @@ def render(
             " ms",
         ),
         row("floor: empty call p99", "floor_p99_ms", "{:.2f}", " ms"),
-        row(f"reads/s ({int(main.get('read_clients', 0))} in flight)", "read_per_s", "{:.0f}"),
+        row(
+            f"reads/s, session ({int(main.get('read_clients', 0))} in flight)",
+            "read_per_s",
+            "{:.0f}",
+        ),
+        row("signed reads/s, same load generator", "signed_read_per_s", "{:.0f}"),
         row("empty calls/s, same load generator", "floor_per_s", "{:.0f}"),
         row("reads/s / empty calls/s (ratio)", "read_rate_ratio", "{:.2f}"),
-        row("user node CPU per read", "read_user_cpu_us", "{:.0f}", " µs"),
+        row("user node CPU per read (session)", "read_user_cpu_us", "{:.0f}", " µs"),
+        row("user node CPU per signed read", "signed_read_user_cpu_us", "{:.0f}", " µs"),
         row("user node CPU per empty call", "floor_user_cpu_us", "{:.0f}", " µs"),
         "",
         "Commits/s and server CPU per commit against the number of user nodes (same run, "
@@ -491,6 +550,26 @@ def render(
     return "\n".join(lines)
 
 
+async def reads_only(ns: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
+        net = LocalNetwork(
+            Path(tmp) / "net3",
+            base_port=free_base_port(3),
+            extra_env={"BECO_LOG_LEVEL": "WARNING"},
+        )
+        await net.up()
+        try:
+            rprof = Path(ns.profile) / "reads" if ns.profile else None
+            r = await bench_reads(
+                net, ns.reads, ns.read_procs, ns.read_concurrency, ns.seconds, rprof
+            )
+            if rprof is not None:
+                print_profiles(rprof)
+            return r | {"load_average": list(os.getloadavg())}
+        finally:
+            await net.down()
+
+
 async def main_async(ns: argparse.Namespace) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
@@ -500,10 +579,6 @@ async def main_async(ns: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def report(runs: list[dict[str, Any]], ns: argparse.Namespace) -> None:
-    m = runs[0]
-    if "read_p50_ms" in m:
-        m["read_ratio"] = m["read_p50_ms"] / m["floor_p50_ms"]
-        m["read_rate_ratio"] = m["read_per_s"] / m["floor_per_s"]
     before = json.loads(Path(ns.before).read_text()) if ns.before else None
     text = render(runs, before, ns) + "\n\n" + Path(ns.notes).read_text()
     print(text)
@@ -531,7 +606,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--notes", default=str(ROOT / "benchmarks" / "network_notes.md"))
     p.add_argument("--profile", help="py-spy each role during the commit load; stacks here")
     p.add_argument("--no-write", action="store_true")
+    p.add_argument(
+        "--reads-only",
+        action="store_true",
+        help="only the read phase, on one network of 3 user nodes; prints, writes nothing",
+    )
     ns = p.parse_args(argv)
+    if ns.reads_only:
+        print(json.dumps(asyncio.run(reads_only(ns)), indent=1))
+        return 0
     ns.scale = [int(x) for x in ns.scale.split(",")]
     ns.load0 = os.getloadavg()[0]
     ns.crypto = verify_costs()

@@ -8,6 +8,13 @@ request, which the network answers with that request's final outcome and never
 applies twice (docs/reliability.md). Retries stop at the first definitive answer, or
 after ``retry_for`` seconds (then the last indeterminate error is raised; its
 proposal id, :func:`proposal_id`, can still be looked up with ``get_outcome``).
+
+Reads go through a session by default (``sessions=True``): the first read opens one with a
+signed ``OpenSession`` (``beco_node.session``), and every read then carries a MAC instead of
+an Ed25519 signature. A session the node no longer knows (it restarted, evicted or expired
+it) is re-opened and the read sent again, once; if that fails the same way (e.g. reads
+balanced across nodes), or the node has no sessions (an older version), the read is signed.
+Writes are always signed.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from beco_node import auth, keys, model, peer
 from beco_node.clock import now_ms
+from beco_node.session import REOPEN, RESEND, ClientSession, Opened, client_key, new_keypair
 
 M = model.SERVICE
 FIELDS = {
@@ -47,6 +55,10 @@ def proposal_id(request: Any) -> str:
     return peer.proposal_id(request.auth.signature)
 
 
+def _session_refused(exc: grpc.aio.AioRpcError, hint: str) -> bool:
+    return exc.code() == grpc.StatusCode.UNAUTHENTICATED and hint in (exc.details() or "")
+
+
 def _never_sent(exc: grpc.aio.AioRpcError) -> bool:
     """The channel could not connect: the request never left this client."""
     return exc.code() == grpc.StatusCode.UNAVAILABLE and "failed to connect" in (
@@ -67,11 +79,13 @@ class Client:
         tls_key: bytes | None = None,
         tls_server_name: str | None = None,
         retry_for: float = DEFAULT_RETRY_FOR_S,
+        sessions: bool = True,
     ) -> None:
         """TLS is on when any of ``tls_ca`` (trusted CAs; default the system's), ``tls_cert``
         + ``tls_key`` (a client certificate, for mutual TLS) or ``tls_server_name`` (the
         name to check the server's certificate against, e.g. through a port-forward to
-        127.0.0.1) is given."""
+        127.0.0.1) is given. ``sessions``: reads through a session (module docstring);
+        False signs every read."""
         self.key = key
         self.user_id = keys.peer_id(keys.public_key_bytes(key))
         self.endpoint = endpoint
@@ -94,6 +108,10 @@ class Client:
         # The proposal id of the last write whose outcome stayed unknown (None: every write
         # sent got a final answer); GetOutcome / `beco outcome` resolves it.
         self.unresolved: str | None = None
+        self.use_sessions = sessions
+        self.session: ClientSession | None = None
+        self.sessions_opened = 0  # for callers' figures and tests
+        self._opening: asyncio.Lock | None = None
 
     async def close(self) -> None:
         await self.channel.close(None)
@@ -105,11 +123,75 @@ class Client:
         await self.close()
 
     async def call(self, name: str, request: Any) -> Any:
+        if self.use_sessions and M + name in model.SESSION_READS:
+            return await self.session_read(name, request)
         model.canonicalise_names(request)
         auth.sign_request(M + name, request, self.key, now_ms())
         if M + name in model.MUTATIONS:
             return await self.send_write(name, request)
         return await getattr(self.stub, name)(request, timeout=self.timeout)
+
+    async def open_session(self) -> ClientSession:
+        """Open a read session on the node (a signed OpenSession; see beco_node.session)."""
+        private, pub = new_keypair()
+        req = pb.OpenSessionRequest(client_public_key=pub)
+        auth.sign_request(model.OPEN_SESSION, req, self.key, now_ms())
+        r: pb.OpenSessionResponse = await self.stub.OpenSession(req, timeout=self.timeout)
+        opened = Opened(r.session_id, r.node_public_key, r.ttl_ms, r.window)
+        key = client_key(private, pub, self.user_id, opened, req.auth.signature)
+        self.sessions_opened += 1
+        return ClientSession(r.session_id, key, r.ttl_ms, time.monotonic())
+
+    async def _current_session(self) -> ClientSession | None:
+        """The session to read with (opened once, shared by concurrent reads); None when
+        the node has none (an older version: reads are signed from then on)."""
+        s = self.session
+        if s is not None and not s.ending(time.monotonic()):
+            return s
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            s = self.session
+            if s is not None and not s.ending(time.monotonic()):
+                return s
+            if not self.use_sessions:
+                return None
+            try:
+                self.session = await self.open_session()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                    raise
+                self.use_sessions = False
+                self.session = None
+            return self.session
+
+    async def session_read(self, name: str, request: Any) -> Any:
+        """A read with the session's MAC; re-open once if the node lost the session, and
+        sign it if that does not help (module docstring)."""
+        method = M + name
+        send = getattr(self.stub, name)
+        reopened = False
+        for _ in range(3):
+            s = await self._current_session()
+            if s is None:
+                break
+            s.seal(method, request)
+            try:
+                return await send(request, timeout=self.timeout)
+            except grpc.aio.AioRpcError as exc:
+                if _session_refused(exc, RESEND):
+                    continue  # a counter the node saw as too old: a new one
+                if not _session_refused(exc, REOPEN):
+                    raise
+                if self.session is not s:
+                    continue  # another read re-opened it already
+                if reopened:
+                    break  # a fresh session was refused too: sign this read
+                self.session = None
+                reopened = True
+        request.ClearField("session")
+        auth.sign_request(method, request, self.key, now_ms())
+        return await send(request, timeout=self.timeout)
 
     async def send_write(self, name: str, request: Any) -> Any:
         """Send a signed write; after an indeterminate answer re-send it unchanged (see the

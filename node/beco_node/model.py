@@ -59,6 +59,15 @@ MUTATIONS: dict[str, MutationKind] = {
     REVOKE: MutationKind("revoke", pb.AccessRequest),
 }
 
+OPEN_SESSION = SERVICE + "OpenSession"
+# The reads that may carry a session MAC instead of a signature: every method whose request
+# has a ``session`` field (derived from the API, so a new read cannot be forgotten).
+SESSION_READS: frozenset[str] = frozenset(
+    SERVICE + m.name
+    for m in pb.DESCRIPTOR.services_by_name["Identity"].methods
+    if "session" in m.input_type.fields_by_name
+)
+
 FIELD_ATTR: dict[int, str] = {
     pb.FIELD_FIRST_NAME: "first_name",
     pb.FIELD_MIDDLE_NAMES: "middle_names",
@@ -132,6 +141,57 @@ def view(state: pb.UserState, caller: str) -> pb.User:
     _field_view(state, pb.FIELD_MIDDLE_NAMES, caller, user.middle_names)
     _field_view(state, pb.FIELD_LAST_NAME, caller, user.last_name)
     return user
+
+
+Access = tuple[str | None, str | None, str | None]  # the caller's access per field
+NO_ACCESS: Access = (None, None, None)
+OWNER_ACCESS: Access = (OWNER, OWNER, OWNER)
+MAX_VIEWS = 8  # distinct views cached per state (beyond: built per read)
+
+
+class Views:
+    """The views of one stored state, by the caller's access per field (pure).
+
+    A view depends only on the state and on what the caller may do with each field, so
+    every caller with the same access gets the same message: built once, then shared. The
+    user node caches one per user (its ``data``: the stored bytes it was built from).
+    Returned messages must not be changed (gRPC serialises them; appends copy them)."""
+
+    def __init__(self, state: pb.UserState, data: bytes) -> None:
+        self.state = state
+        self.data = data
+        acc: dict[str, list[str | None]] = {}
+        for i, attr in enumerate(FIELD_ATTR.values()):
+            fs: pb.FieldState = getattr(state, attr)
+            for who, role in ((w, VIEWER) for w in fs.viewers):
+                acc.setdefault(who, [None, None, None])[i] = role
+            for who in fs.editors:  # an editor who is also listed as viewer is an editor
+                acc.setdefault(who, [None, None, None])[i] = EDITOR
+        self.access: dict[str, Access] = {w: (a[0], a[1], a[2]) for w, a in acc.items()}
+        self._views: dict[Access, pb.User] = {}
+
+    def access_of(self, caller: str) -> Access:
+        if caller == self.state.user_id:
+            return OWNER_ACCESS
+        return self.access.get(caller, NO_ACCESS)
+
+    def can_see(self, caller: str) -> bool:
+        """Whether ``caller`` may read at least one field (``can_see_user``)."""
+        return self.access_of(caller) != NO_ACCESS
+
+    def view(self, caller: str) -> pb.User:
+        """``view(state, caller)``, shared by the callers with the same access."""
+        key = self.access_of(caller)
+        v = self._views.get(key)
+        if v is None:
+            v = view(self.state, caller)
+            if len(self._views) < MAX_VIEWS:
+                self._views[key] = v
+        return v
+
+    def size(self) -> int:
+        """Bytes held, about (a bound for the cache: the views it may still build)."""
+        return (len(self.data) + 400) * (2 + MAX_VIEWS) + 200 * len(self.access)
 
 
 def target_user(method: str, request: Message, caller: str) -> str:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from beco_node.auth import DEFAULT_SKEW_MS
 from beco_node.limits import MAX_MESSAGE_BYTES
+from beco_node.session import DEFAULT_MAX_SESSIONS, DEFAULT_TTL_MS
 
 ROLES = ("rendezvous", "validator", "user", "sst")
 # The grpc.health.v1 service a liveness probe asks for ("" is readiness); the operator's
@@ -47,6 +48,8 @@ class Settings:
     max_message_bytes: int
     staleness_bound_ms: int
     sync_interval_ms: int
+    session_ttl_ms: int
+    max_sessions: int
 
 
 _SPEC: list[tuple[str, str, object, str]] = [
@@ -102,6 +105,18 @@ _SPEC: list[tuple[str, str, object, str]] = [
         "int",
         DEFAULT_SYNC_INTERVAL_MS,
         "user node: how often to catch up with the SST's log (below --staleness-bound-ms)",
+    ),
+    (
+        "session-ttl-ms",
+        "int",
+        DEFAULT_TTL_MS,
+        "user node: lifetime of a read session (OpenSession); then the client opens another",
+    ),
+    (
+        "max-sessions",
+        "int",
+        DEFAULT_MAX_SESSIONS,
+        "user node: read sessions kept open (beyond, the least recently used is dropped)",
     ),
 ]
 
@@ -160,6 +175,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             f" --staleness-bound-ms ({ns.staleness_bound_ms}): a node that catches up less"
             " often than the bound would read every user from the SST"
         )
+    if ns.session_ttl_ms <= 0 or ns.max_sessions <= 0:
+        p.error("--session-ttl-ms and --max-sessions must be positive")
     if ns.advertise and is_wildcard(ns.advertise):
         p.error(
             f"--advertise {ns.advertise!r} is a wildcard address other nodes cannot reach:"

@@ -6,6 +6,10 @@ The public API of a BECO user node (port 9001 by default).
 Every request carries a RequestAuth: the caller's Ed25519 public key, a
 timestamp, a nonce and a signature over the canonical request bytes (see
 beco_node/auth.py). The caller's user id is derived from the public key.
+
+Reads may instead carry a SessionAuth (then no RequestAuth): a MAC with the key of
+a session the caller opened with a signed OpenSession (see beco_node/session.py).
+Writes are always signed.
 """
 
 from collections import abc as _abc
@@ -116,6 +120,36 @@ class RequestAuth(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestAuth: _TypeAlias = RequestAuth  # noqa: Y015
+
+@_typing.final
+class SessionAuth(_message.Message):
+    """A read's proof of its caller through a session, instead of `auth`."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    COUNTER_FIELD_NUMBER: _builtins.int
+    MAC_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.bytes
+    """OpenSessionResponse.session_id"""
+    counter: _builtins.int
+    """from 1, strictly increasing per session (never reused)"""
+    mac: _builtins.bytes
+    """HMAC-SHA256 with the session key (beco_node/session.py)"""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.bytes = ...,
+        counter: _builtins.int = ...,
+        mac: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["counter", b"counter", "mac", b"mac", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionAuth: _TypeAlias = SessionAuth  # noqa: Y015
 
 @_typing.final
 class FieldState(_message.Message):
@@ -317,19 +351,25 @@ class GetUserRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
         user_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,6 +380,7 @@ class ListUsersRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
@@ -348,16 +389,21 @@ class ListUsersRequest(_message.Message):
     """the last user id of the previous page"""
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "page_size", b"page_size", "page_token", b"page_token", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -611,6 +657,7 @@ class GetHistoryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
@@ -621,17 +668,22 @@ class GetHistoryRequest(_message.Message):
     """next_page_token of the previous page (the last sequence it held)"""
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
         user_id: _builtins.str = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "page_size", b"page_size", "page_token", b"page_token", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "page_size", b"page_size", "page_token", b"page_token", "session", b"session", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -757,16 +809,22 @@ class GetTreeHeadRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -777,6 +835,7 @@ class GetInclusionProofRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     LEAF_INDEX_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     leaf_index: _builtins.int
@@ -784,16 +843,21 @@ class GetInclusionProofRequest(_message.Message):
     """0 = the current tree head"""
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
         leaf_index: _builtins.int = ...,
         tree_size: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "leaf_index", b"leaf_index", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "leaf_index", b"leaf_index", "session", b"session", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -836,6 +900,7 @@ class GetConsistencyProofRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     OLD_SIZE_FIELD_NUMBER: _builtins.int
     NEW_SIZE_FIELD_NUMBER: _builtins.int
     old_size: _builtins.int
@@ -843,16 +908,21 @@ class GetConsistencyProofRequest(_message.Message):
     """0 = the current tree head"""
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
         old_size: _builtins.int = ...,
         new_size: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "new_size", b"new_size", "old_size", b"old_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "new_size", b"new_size", "old_size", b"old_size", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -899,19 +969,25 @@ class GetOutcomeRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     AUTH_FIELD_NUMBER: _builtins.int
+    SESSION_FIELD_NUMBER: _builtins.int
     PROPOSAL_ID_FIELD_NUMBER: _builtins.int
     proposal_id: _builtins.str
     @_builtins.property
     def auth(self) -> Global___RequestAuth: ...
+    @_builtins.property
+    def session(self) -> Global___SessionAuth:
+        """instead of auth: a session read"""
+
     def __init__(
         self,
         *,
         auth: Global___RequestAuth | None = ...,
+        session: Global___SessionAuth | None = ...,
         proposal_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "session", b"session"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "proposal_id", b"proposal_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "proposal_id", b"proposal_id", "session", b"session"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -951,3 +1027,66 @@ class GetOutcomeResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOutcomeResponse: _TypeAlias = GetOutcomeResponse  # noqa: Y015
+
+@_typing.final
+class OpenSessionRequest(_message.Message):
+    """Opens a read session: the caller's identity is bound once (this request is signed and
+    replay-checked like any), then reads carry a MAC instead of a signature. Both sides
+    make an ephemeral X25519 key; the MAC key is HKDF-SHA256 of the shared secret over a
+    transcript (user id, session id, both X25519 keys, this request's signature), so it is
+    never sent and the session is safe over plaintext too.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AUTH_FIELD_NUMBER: _builtins.int
+    CLIENT_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    client_public_key: _builtins.bytes
+    """32 raw X25519 bytes, fresh for this session"""
+    @_builtins.property
+    def auth(self) -> Global___RequestAuth: ...
+    def __init__(
+        self,
+        *,
+        auth: Global___RequestAuth | None = ...,
+        client_public_key: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth", b"auth", "client_public_key", b"client_public_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionRequest: _TypeAlias = OpenSessionRequest  # noqa: Y015
+
+@_typing.final
+class OpenSessionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    NODE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    TTL_MS_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.bytes
+    """16 random bytes"""
+    node_public_key: _builtins.bytes
+    """32 raw X25519 bytes, fresh for this session"""
+    ttl_ms: _builtins.int
+    """the session ends this long after it opened (then re-open)"""
+    window: _builtins.int
+    """counters accepted out of order, below the newest seen"""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.bytes = ...,
+        node_public_key: _builtins.bytes = ...,
+        ttl_ms: _builtins.int = ...,
+        window: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_public_key", b"node_public_key", "session_id", b"session_id", "ttl_ms", b"ttl_ms", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OpenSessionResponse: _TypeAlias = OpenSessionResponse  # noqa: Y015

@@ -99,6 +99,11 @@ class IdentityStub:
                 request_serializer=beco_dot_v1_dot_identity__pb2.GetOutcomeRequest.SerializeToString,
                 response_deserializer=beco_dot_v1_dot_identity__pb2.GetOutcomeResponse.FromString,
                 _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/beco.v1.Identity/OpenSession',
+                request_serializer=beco_dot_v1_dot_identity__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_identity__pb2.OpenSessionResponse.FromString,
+                _registered_method=True)
 
 
 class IdentityServicer:
@@ -182,6 +187,12 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -249,6 +260,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.GetOutcome,
                     request_deserializer=beco_dot_v1_dot_identity__pb2.GetOutcomeRequest.FromString,
                     response_serializer=beco_dot_v1_dot_identity__pb2.GetOutcomeResponse.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=beco_dot_v1_dot_identity__pb2.OpenSessionRequest.FromString,
+                    response_serializer=beco_dot_v1_dot_identity__pb2.OpenSessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -602,6 +618,33 @@ class Identity:
             '/beco.v1.Identity/GetOutcome',
             beco_dot_v1_dot_identity__pb2.GetOutcomeRequest.SerializeToString,
             beco_dot_v1_dot_identity__pb2.GetOutcomeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beco.v1.Identity/OpenSession',
+            beco_dot_v1_dot_identity__pb2.OpenSessionRequest.SerializeToString,
+            beco_dot_v1_dot_identity__pb2.OpenSessionResponse.FromString,
             options,
             channel_credentials,
             insecure,

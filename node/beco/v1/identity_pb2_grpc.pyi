@@ -6,6 +6,10 @@ The public API of a BECO user node (port 9001 by default).
 Every request carries a RequestAuth: the caller's Ed25519 public key, a
 timestamp, a nonce and a signature over the canonical request bytes (see
 beco_node/auth.py). The caller's user id is derived from the public key.
+
+Reads may instead carry a SessionAuth (then no RequestAuth): a MAC with the key of
+a session the caller opened with a signed OpenSession (see beco_node/session.py).
+Writes are always signed.
 """
 
 from beco.v1 import identity_pb2 as _identity_pb2
@@ -49,6 +53,7 @@ class IdentityStub:
     GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetInclusionProofRequest, _identity_pb2.InclusionProof]
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetConsistencyProofRequest, _identity_pb2.ConsistencyProof]
     GetOutcome: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetOutcomeRequest, _identity_pb2.GetOutcomeResponse]
+    OpenSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenSessionResponse]
 
 @_typing.type_check_only
 class IdentityAsyncStub(IdentityStub):
@@ -66,6 +71,7 @@ class IdentityAsyncStub(IdentityStub):
     GetInclusionProof: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetInclusionProofRequest, _identity_pb2.InclusionProof]  # type: ignore[assignment]
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetConsistencyProofRequest, _identity_pb2.ConsistencyProof]  # type: ignore[assignment]
     GetOutcome: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetOutcomeRequest, _identity_pb2.GetOutcomeResponse]  # type: ignore[assignment]
+    OpenSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenSessionResponse]  # type: ignore[assignment]
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -158,5 +164,12 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.GetOutcomeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.GetOutcomeResponse, _abc.Awaitable[_identity_pb2.GetOutcomeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def OpenSession(
+        self,
+        request: _identity_pb2.OpenSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_identity_pb2.OpenSessionResponse, _abc.Awaitable[_identity_pb2.OpenSessionResponse]]: ...
 
 def add_IdentityServicer_to_server(servicer: IdentityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -2,7 +2,8 @@
 
 The caller's identity is an Ed25519 key file (``beco keygen --out alice.key``),
 passed with ``--key`` (env ``BECO_KEY``); requests go to ``--endpoint`` (env
-``BECO_ENDPOINT``, default ``localhost:9001``). Every request is signed.
+``BECO_ENDPOINT``, default ``localhost:9001``). Every write is signed; reads go through
+a read session opened with one signed request (``beco_node.client``).
 
 Proofs are verified here, offline, trusting only the SST's public key: taken
 from ``--membership`` (env ``BECO_MEMBERSHIP``; ``./.state/local/membership.json``

@@ -75,6 +75,13 @@ def rpc_handler(
 
     def deco(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         latency = metrics.RPC_LATENCY.labels(label)
+        counted: dict[str, Any] = {}  # code -> its counter child: labels() costs per call
+
+        def count(code: str) -> None:
+            child = counted.get(code)
+            if child is None:
+                child = counted[code] = metrics.RPC_REQUESTS.labels(label, code)
+            child.inc()
 
         @functools.wraps(fn)
         async def wrapper(
@@ -104,7 +111,7 @@ def rpc_handler(
                 raise
             finally:
                 latency.observe(time.perf_counter() - t0)
-                metrics.RPC_REQUESTS.labels(label, code).inc()
+                count(code)
 
         return wrapper
 

@@ -34,13 +34,17 @@ from beco.v1 import identity_pb2_grpc as pb_grpc
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
-from beco_node import auth, batch, limits, metrics, model, peer, tally
+from beco_node import auth, batch, limits, metrics, model, peer, session, tally
 from beco_node.auth import Authenticator, check_validator_clock
 from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
+from beco_node.lru import BoundedLru
 from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
 log = logging.getLogger("beco.user")
+# Reads' replies per user (model.Views), rebuilt when the user's stored bytes change.
+VIEW_CACHE_ENTRIES = 10_000
+VIEW_CACHE_BYTES = 32 * 1024 * 1024
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = model.SERVICE
 
@@ -108,7 +112,12 @@ class UserNode:
         self.sync_interval_s = rt.settings.sync_interval_ms / 1000
         self.background_sync = background_sync  # False: tests call catch_up themselves
         self.store = UserStore()
+        self.views: BoundedLru[str, model.Views] = BoundedLru(
+            VIEW_CACHE_ENTRIES, VIEW_CACHE_BYTES, model.Views.size
+        )
         self.authn = Authenticator(rt.settings.skew_ms)
+        # Read sessions (OpenSession): in memory only, so a restart makes clients re-open.
+        self.sessions = session.SessionTable(rt.settings.session_ttl_ms, rt.settings.max_sessions)
         self.loaded = asyncio.Event()
         self._loader: asyncio.Task[None] | None = None
         rt.set_ready("loaded", "this user node is loading the users from the SST")
@@ -169,6 +178,24 @@ class UserNode:
                 ) from None
         return st
 
+    async def user_views(self, uid: str) -> model.Views | None:
+        """The user's views (``user``'s state, same staleness rule), cached while its
+        stored bytes are unchanged: a read of a hot user neither parses nor builds."""
+        hit = self.store.users.get(uid)
+        if hit is not None and self.fresh():
+            v = self.views.get(uid)
+            if v is not None and v.data == hit[1]:
+                return v
+        st = await self.user(uid)
+        if st is None:
+            return None
+        hit = self.store.users.get(uid)
+        if hit is None or hit[0] != st.sequence:  # not what the store holds: not cached
+            return model.Views(st, st.SerializeToString())
+        v = model.Views(st, hit[1])
+        self.views.put(uid, v)
+        return v
+
     def start_loading(self) -> None:
         """(Re)load every user from the SST in the background; readiness follows."""
         if self._loader is not None and not self._loader.done():
@@ -192,6 +219,7 @@ class UserNode:
             log.info("not a member any more: dropping %d users", len(self.store.users))
         self.loaded.clear()
         self.store = UserStore()
+        self.views = BoundedLru(VIEW_CACHE_ENTRIES, VIEW_CACHE_BYTES, model.Views.size)
         self.synced_at = -math.inf  # what it held is gone: nothing is fresh until reloaded
         metrics.USERS.set(0)
         self.rt.set_ready("loaded", "this user node must reload the users from the SST")
@@ -302,7 +330,32 @@ class IdentityService(pb_grpc.IdentityServicer):
         self.rt = node.rt
 
     def _auth(self, method: str, request: Any) -> str:
+        """A read's caller: by its session MAC when it carries one, else its signature."""
+        if request.HasField("session"):
+            sid, counter, tag, digest = session.take(request)
+            return self.node.sessions.authenticate(
+                method, sid, counter, tag, digest, self._session_ms()
+            )
         return self.node.authn.authenticate(method, request, self.rt.now_ms())
+
+    def _session_ms(self) -> int:
+        """Session lifetimes run on the monotonic clock (a wall-clock step cannot stretch them)."""
+        return int(self.rt.monotonic() * 1000)
+
+    @rpc_handler("OpenSession")
+    async def OpenSession(
+        self, request: pb.OpenSessionRequest, context: Ctx
+    ) -> pb.OpenSessionResponse:
+        caller = self.node.authn.authenticate(model.OPEN_SESSION, request, self.rt.now_ms())
+        opened = self.node.sessions.open(
+            caller, request.client_public_key, request.auth.signature, self._session_ms()
+        )
+        return pb.OpenSessionResponse(
+            session_id=opened.session_id,
+            node_public_key=opened.node_public_key,
+            ttl_ms=opened.ttl_ms,
+            window=opened.window,
+        )
 
     async def _mutate(self, method: str, request: Any) -> pb.MutationResponse:
         node = self.node
@@ -424,10 +477,10 @@ class IdentityService(pb_grpc.IdentityServicer):
     async def GetUser(self, request: pb.GetUserRequest, context: Ctx) -> pb.User:
         caller = self._auth(M + "GetUser", request)
         limits.check_user_id("user_id", request.user_id)
-        st = await self.node.user(request.user_id)
-        if st is None:
+        views = await self.node.user_views(request.user_id)
+        if views is None:
             raise NotFound(f"no user {request.user_id}")
-        return model.view(st, caller)
+        return views.view(caller)
 
     @rpc_handler("ListUsers")
     async def ListUsers(self, request: pb.ListUsersRequest, context: Ctx) -> pb.ListUsersResponse:

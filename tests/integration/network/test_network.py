@@ -16,16 +16,19 @@ import pytest
 from beco.v1 import identity_pb2 as pb
 from beco_node import auth, keys
 from beco_node import client as client_mod
+from beco_node.client import Client
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork
 from beco_node.membership import loads
 from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
 from beco_node.merkle.verify import verify_consistency, verify_inclusion
+from beco_node.session import ClientSession
 
 from .conftest import Person, wait_for_sequence
 
 pytestmark = pytest.mark.postgres
+GET = "/beco.v1.Identity/GetUser"
 
 
 def sst_key(net: LocalNetwork) -> bytes:
@@ -167,6 +170,62 @@ async def test_forged_stale_and_replayed_requests(network: LocalNetwork) -> None
         assert "replay" in details
         assert await tree_size(network, alice) == before + 1
         assert [e.sequence for e in (await a.history(alice.id)).entries] == [1, 2]
+
+
+async def test_session_reads_authenticate_the_caller(network: LocalNetwork) -> None:
+    """Reads through a session are the caller's: a viewer sees the value, an unrelated
+    caller existence only; another's session id without its key, a replayed read and a
+    session read of a write are refused."""
+    alice, viewer, stranger = Person(), Person(), Person()
+    async with (
+        alice.client(network) as a,
+        viewer.client(network) as v,
+        stranger.client(network) as s,
+    ):
+        await a.create_user("Alice")
+        await a.grant(alice.id, "first", viewer.id, "viewer")
+        await wait_for_sequence(network, 0, alice, alice.id, 2)
+        seen = await v.get_user(alice.id)
+        assert list(seen.first_name.values) == ["Alice"] and not seen.first_name.editors
+        assert not (await s.get_user(alice.id)).first_name.readable
+        assert {u.user_id for u in (await v.list_users()).users} == {alice.id}
+        assert v.sessions_opened == s.sessions_opened == 1  # one session, many reads
+        assert v.session is not None and s.session is not None
+        # the stranger with the viewer's session id but its own key: refused
+        req = pb.GetUserRequest(user_id=alice.id)
+        stolen = ClientSession(v.session.id, s.session.key, 60_000, 0)
+        stolen.seal(GET, req)
+        details = await expect(grpc.StatusCode.UNAUTHENTICATED, s.stub.GetUser(req))
+        assert "bad session MAC" in details
+        # a replayed session read: refused
+        req = pb.GetUserRequest(user_id=alice.id)
+        v.session.seal(GET, req)
+        assert list((await v.stub.GetUser(req)).first_name.values) == ["Alice"]
+        details = await expect(grpc.StatusCode.UNAUTHENTICATED, v.stub.GetUser(req))
+        assert "replayed" in details
+        # a MAC for one read is worth nothing for another method
+        h = pb.GetHistoryRequest(user_id=alice.id)
+        v.session.seal(GET, h)
+        await expect(grpc.StatusCode.UNAUTHENTICATED, v.stub.GetHistory(h))
+        # signed reads still work (older clients)
+        async with Client(network.user_endpoints()[0], viewer.key, sessions=False) as old:
+            assert list((await old.get_user(alice.id)).first_name.values) == ["Alice"]
+            assert old.sessions_opened == 0
+
+
+async def test_session_reads_survive_a_node_restart(network: LocalNetwork) -> None:
+    alice = Person()
+    async with alice.client(network, 2) as a:
+        await a.create_user("Alice")
+        await wait_for_sequence(network, 2, alice, alice.id, 1)
+        assert (await a.get_user(alice.id)).sequence == 1
+        assert a.sessions_opened == 1
+        network.stop_node("user-c-0")
+        network.start_node("user-c-0")
+        await network.wait_healthy(["user-c-0"])
+        # the node forgot the session: the client re-opens and reads, transparently
+        assert list((await a.get_user(alice.id)).first_name.values) == ["Alice"]
+        assert a.sessions_opened == 2
 
 
 async def test_bad_input_is_refused_and_nothing_written(network: LocalNetwork) -> None:

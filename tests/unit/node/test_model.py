@@ -179,3 +179,26 @@ def test_bad_user_id_is_invalid(alice: Person) -> None:
     r = alice.req(model.UPDATE_FIRST, pb.UpdateFirstNameRequest(user_id="bob", first_name="A"))
     with pytest.raises(InvalidArgument, match="user id"):
         model.check_limits(model.UPDATE_FIRST, r)
+
+
+def test_cached_views_equal_the_view_of_every_caller() -> None:
+    """model.Views answers what model.view does, for owner, editors, viewers (per field)
+    and strangers, and shares one message between callers with the same access."""
+    owner, ed, vw, both, nobody, other = (f"{i:032x}" for i in range(1, 7))
+    st = pb.UserState(user_id=owner, public_key=b"k" * 32, sequence=4)
+    st.first_name.values.append("Ada")
+    st.middle_names.values.extend(["B", "C"])
+    st.last_name.values.append("Lovelace")
+    st.first_name.editors.append(ed)
+    st.first_name.viewers.extend([vw, both])
+    st.last_name.viewers.append(ed)
+    st.middle_names.editors.append(both)
+    st.last_name.editors.append(both)
+    st.last_name.viewers.append(both)  # editor and viewer: an editor
+    views = model.Views(st, st.SerializeToString())
+    for caller in (owner, ed, vw, both, nobody, other):
+        assert views.view(caller) == model.view(st, caller), caller
+        assert views.can_see(caller) == model.can_see_user(st, caller), caller
+    assert views.view(nobody) is views.view(other)  # strangers share one reply
+    assert views.view(owner) is views.view(owner)
+    assert views.access_of(both) == (model.VIEWER, model.EDITOR, model.EDITOR)
