@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from beco.v1 import identity_pb2 as pb
+from beco_node import model
 
 with warnings.catch_warnings():
     # the SDK flags its classic dashboard model as superseded by v2; we build the classic one
@@ -52,8 +54,10 @@ CHART = Path(__file__).resolve().parent.parent
 SEL = 'namespace=~"$namespace", network=~"$network"'
 OPSEL = 'namespace=~"$namespace"'
 RI = "$__rate_interval"
-READS = "GetUser|ListUsers|GetHistory|GetTreeHead|GetInclusionProof|GetConsistencyProof"
-WRITES = "CreateUser|UpdateFirstName|UpdateMiddleNames|UpdateLastName|GrantAccess|RevokeAccess"
+# The API's own split (beco_node.model): a write is a mutation, every other Identity method reads.
+_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["Identity"].methods]
+WRITES = "|".join(m for m in _METHODS if model.SERVICE + m in model.MUTATIONS)
+READS = "|".join(m for m in _METHODS if model.SERVICE + m not in model.MUTATIONS)
 BY = "namespace, network"
 # every panel and query reads the data source the dashboard's $datasource variable selects
 DS = common_m.DataSourceRef(type_val="prometheus", uid="${datasource}")
