@@ -202,7 +202,9 @@ class SstStore:
         try:
             async with self._pool.acquire(timeout=timeout_s) as conn:
                 await conn.fetchval("SELECT 1", timeout=timeout_s)
-        except _CONNECTION_ERRORS as exc:
+        # asyncpg can also trip over its own protocol state on a connection the server is
+        # closing (InternalClientError, seen while PostgreSQL shuts down): not answering.
+        except (*_CONNECTION_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
             raise StoreUnavailableError(f"PostgreSQL does not answer: {exc}") from exc
 
     async def close(self) -> None:
