@@ -3,7 +3,7 @@
     python -m benchmarks.backup [--changes 100000] [--users 1000]
 
 The log is seeded through the SST store's real commit path (``SstStore.commit``: the same
-``beco_commit`` transaction, Merkle tree and signed head per commit as the SST), batched by the
+``beco_commit_batch`` transaction, Merkle tree and signed head per batch as the SST), batched by the
 store's single writer (with ``synchronous_commit = off`` for the seeded database only: the
 same transactions, without waiting for a disk flush each). Then the backup Job's script (``beco_operator.backup.BACKUP_SCRIPT``:
 ``pg_dump --format=custom`` and the head read back from the dump) and the restore Job's script

@@ -8,7 +8,8 @@ on this machine, so the database is filled in bulk, by the code the SST commits 
 each user's ``CreateUser`` request goes through ``model.apply`` (the state the SST would
 store), the log leaf is the ``LogLeaf`` the SST builds (proposal header digest, voters,
 request and state digests), its hash is appended to the real ``MerkleTree``, and every
-tree size gets a tree head signed with the SST's key (``sign_tree_head``); the rows are
+``HEAD_EVERY`` commits (a batch) get one tree head signed with the SST's key
+(``sign_tree_head``), as the SST signs one per batch; the rows are
 written with COPY into the SST's own schema (migrated by ``SstStore.open``), constraints
 on. Not real: the users' keys and request signatures are random bytes of the right
 sizes (a million Ed25519 key pairs would take longer than the rest; the store never
@@ -58,6 +59,8 @@ from benchmarks.doc import write_section
 
 ROOT = Path(__file__).resolve().parent.parent
 CHUNK = 20_000
+# One signed tree head per this many commits, as the SST's batches under load write them.
+HEAD_EVERY = 32
 BASE_MS = 1_790_000_000_000
 NAMES = 2_000  # first and last names each drawn from this many (distinct pairs per user)
 
@@ -167,18 +170,22 @@ class Filler:
 
 
 def heads(tree: MerkleTree, rows: Rows) -> list[tuple[int, bytes, int]]:
-    """Append the chunk's leaves to the log's tree; the (size, root, time) after each.
+    """Append the chunk's leaves to the log's tree; the (size, root, time) of a head every
+    ``HEAD_EVERY`` leaves and at the chunk's end (the SST signs one head per batch).
 
-    The root after each append is the RFC 9162 fold of the tree's complete subtrees
-    (the ``MerkleTree``'s own nodes, one per set bit of the size): ``MerkleTree.root()``
+    The root at a size is the RFC 9162 fold of the tree's complete subtrees (the
+    ``MerkleTree``'s own nodes, one per set bit of the size): ``MerkleTree.root()``
     gives the same, with more calls per size; it checks the last root of every chunk,
     and the SST checks the final one when it loads the log.
     """
     out = []
     levels = tree._levels  # the complete subtrees: levels[h][i] covers 2**h leaves
+    last = rows.leaves[-1][0]
     for (index, lh, _), change in zip(rows.leaves, rows.changes, strict=True):
         assert tree.append(lh) == index
         n, h, acc = index + 1, 0, b""
+        if n % HEAD_EVERY and index != last:
+            continue
         while n >> h:
             if (n >> h) & 1:
                 node = levels[h][(n >> h) - 1]

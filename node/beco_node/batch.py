@@ -19,10 +19,12 @@ Pure (no I/O).
 
 from __future__ import annotations
 
+import collections
 import hmac
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from beco_node.merkle import MerkleTree, leaf_hash
 from beco_node.merkle.verify import ProofError, root_from_inclusion_proof
@@ -32,6 +34,66 @@ DIGEST_SIZE = 32
 # A batch holds at most this many changes (and one per user: the validator runs one
 # proposal per user at a time); the validator also caps a batch's bytes (see validator).
 MAX_BATCH = 256
+# When batches go (``Batcher``): a batch starts at once while fewer than MAX_ROUNDS are in
+# flight, and holds at most BATCH_BYTES of its items (its previous-commit notices get as
+# much again in a vote request), well below the 64 KiB peer message limit.
+MAX_ROUNDS = 2
+BATCH_BYTES = 24 * 1024
+
+T = TypeVar("T")
+
+
+class Batcher(Generic[T]):
+    """Which waiting items make up the next batch, and when it may start. Pure: the
+    caller sends the batches, and calls ``done`` when one has finished.
+
+    A batch starts at once while fewer than ``max_rounds`` are in flight, so an idle
+    sender adds no wait; the items that arrive meanwhile make up the next batch, at most
+    ``max_count`` of them and ``max_bytes`` of their sizes (one item alone may exceed it).
+    The validator batches proposals into vote rounds with it, and each origin user node
+    its proposals into calls to the validator.
+    """
+
+    def __init__(
+        self,
+        max_rounds: int = MAX_ROUNDS,
+        max_count: int = MAX_BATCH,
+        max_bytes: int = BATCH_BYTES,
+    ) -> None:
+        if max_rounds < 1 or max_count < 1:
+            raise ValueError("a batcher needs at least one round and one item per batch")
+        self.max_rounds, self.max_count, self.max_bytes = max_rounds, max_count, max_bytes
+        self.pending: collections.deque[tuple[T, int]] = collections.deque()
+        self.rounds = 0  # batches started and not yet done
+
+    def add(self, item: T, size: int) -> None:
+        self.pending.append((item, size))
+
+    def next_batch(self, live: Callable[[T], bool] = lambda _: True) -> list[T] | None:
+        """The next batch to start now (counted in flight until ``done``), or None when
+        nothing waits or ``max_rounds`` are in flight. Items ``live`` refuses (their
+        sender stopped waiting) are dropped."""
+        while self.pending and self.rounds < self.max_rounds:
+            take: list[T] = []
+            size = 0
+            while self.pending and len(take) < self.max_count:
+                item, n = self.pending[0]
+                if take and size + n > self.max_bytes:
+                    break
+                self.pending.popleft()
+                if live(item):
+                    take.append(item)
+                    size += n
+            if take:
+                self.rounds += 1
+                return take
+        return None
+
+    def done(self) -> None:
+        """A batch started by ``next_batch`` has finished."""
+        if self.rounds < 1:
+            raise ValueError("no batch in flight")
+        self.rounds -= 1
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,7 @@ ALLOWED_SENDERS: dict[str, frozenset[str]] = {
     "peer_record": frozenset({"rendezvous", "validator", "user", "sst"}),
     "discover": frozenset({"rendezvous", "validator", "user", "sst"}),
     "propose": frozenset({"user"}),
+    "propose_batch": frozenset({"user"}),
     "vote_batch": frozenset({"validator"}),
     "commit_batch": frozenset({"validator"}),
     "applied": frozenset({"sst"}),

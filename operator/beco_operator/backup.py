@@ -4,8 +4,8 @@ A backup is ``pg_dump --format=custom`` of the network's Postgres, run by a Job 
 Postgres image into a volume claim the user names, as ``<network>/<stamp>.dump`` next to
 ``<stamp>.json`` (network, time, size, duration and the latest signed tree head *in the
 dump*, read back from the dump itself). pg_dump reads one repeatable-read snapshot, and
-``beco_commit`` writes state, change, leaf and tree head in one transaction, so a dump taken
-under writes holds whole commits only. The SST's log key, which signed every head in the
+``beco_commit_batch`` writes a batch's states, changes, leaves and tree head in one transaction,
+so a dump taken under writes holds whole batches only. The SST's log key, which signed every head in the
 dump, is copied into a Secret of its own (:func:`key_secret`), not owned by the network.
 
 A restore is a BecoNetwork created with ``spec.restore``: the operator keeps the SST at zero

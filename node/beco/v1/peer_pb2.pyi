@@ -540,6 +540,55 @@ class ApplyReply(_message.Message):
 Global___ApplyReply: _TypeAlias = ApplyReply  # noqa: Y015
 
 @_typing.final
+class ProposalBatch(_message.Message):
+    """The proposals an origin user node collected while its previous forwards were in flight
+    (kind "propose_batch"); each keeps its own outcome, errors and idempotency.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROPOSALS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proposals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Proposal]: ...
+    def __init__(
+        self,
+        *,
+        proposals: _abc.Iterable[Global___Proposal] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proposals", b"proposals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposalBatch: _TypeAlias = ProposalBatch  # noqa: Y015
+
+@_typing.final
+class ProposalOutcomes(_message.Message):
+    """One Outcome per proposal of a ProposalBatch, in its order. OUTCOME_UNSPECIFIED: the
+    validator has no outcome for that proposal (it stopped deciding it, e.g. shutting
+    down): unknown, the origin asks the SST.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OUTCOMES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def outcomes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Outcome]: ...
+    def __init__(
+        self,
+        *,
+        outcomes: _abc.Iterable[Global___Outcome] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outcomes", b"outcomes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ProposalOutcomes: _TypeAlias = ProposalOutcomes  # noqa: Y015
+
+@_typing.final
 class SstQuery(_message.Message):
     """---- SST ----"""
 

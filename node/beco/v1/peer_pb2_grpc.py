@@ -155,13 +155,25 @@ class ValidatorStub:
                 request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
                 response_deserializer=beco_dot_v1_dot_peer__pb2.Outcome.FromString,
                 _registered_method=True)
+        self.ProposeBatch = channel.unary_unary(
+                '/beco.v1.Validator/ProposeBatch',
+                request_serializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.ProposalOutcomes.FromString,
+                _registered_method=True)
 
 
 class ValidatorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Propose(self, request, context):
-        """payload: Proposal
+        """payload: Proposal (one; earlier origins)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ProposeBatch(self, request, context):
+        """payload: ProposalBatch
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,6 +186,11 @@ def add_ValidatorServicer_to_server(servicer, server):
                     servicer.Propose,
                     request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
                     response_serializer=beco_dot_v1_dot_peer__pb2.Outcome.SerializeToString,
+            ),
+            'ProposeBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeBatch,
+                    request_deserializer=beco_dot_v1_dot_peer__pb2.PeerEnvelope.FromString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.ProposalOutcomes.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -203,6 +220,33 @@ class Validator:
             '/beco.v1.Validator/Propose',
             beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
             beco_dot_v1_dot_peer__pb2.Outcome.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/beco.v1.Validator/ProposeBatch',
+            beco_dot_v1_dot_peer__pb2.PeerEnvelope.SerializeToString,
+            beco_dot_v1_dot_peer__pb2.ProposalOutcomes.FromString,
             options,
             channel_credentials,
             insecure,

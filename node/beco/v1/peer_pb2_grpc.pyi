@@ -67,13 +67,17 @@ class ValidatorStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ValidatorAsyncStub: ...
     Propose: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]
-    """payload: Proposal"""
+    """payload: Proposal (one; earlier origins)"""
+    ProposeBatch: _grpc.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ProposalOutcomes]
+    """payload: ProposalBatch"""
 
 @_typing.type_check_only
 class ValidatorAsyncStub(ValidatorStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Propose: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.Outcome]  # type: ignore[assignment]
-    """payload: Proposal"""
+    """payload: Proposal (one; earlier origins)"""
+    ProposeBatch: _aio.UnaryUnaryMultiCallable[_peer_pb2.PeerEnvelope, _peer_pb2.ProposalOutcomes]  # type: ignore[assignment]
+    """payload: ProposalBatch"""
 
 class ValidatorServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -82,7 +86,15 @@ class ValidatorServicer(metaclass=_abc_1.ABCMeta):
         request: _peer_pb2.PeerEnvelope,
         context: _ServicerContext,
     ) -> _typing.Union[_peer_pb2.Outcome, _abc.Awaitable[_peer_pb2.Outcome]]:
-        """payload: Proposal"""
+        """payload: Proposal (one; earlier origins)"""
+
+    @_abc_1.abstractmethod
+    def ProposeBatch(
+        self,
+        request: _peer_pb2.PeerEnvelope,
+        context: _ServicerContext,
+    ) -> _typing.Union[_peer_pb2.ProposalOutcomes, _abc.Awaitable[_peer_pb2.ProposalOutcomes]]:
+        """payload: ProposalBatch"""
 
 def add_ValidatorServicer_to_server(servicer: ValidatorServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

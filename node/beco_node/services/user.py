@@ -12,7 +12,10 @@ answers UNAVAILABLE ("not a member"); re-added, it loads them again first.
 A mutation is authenticated (signature, skew, replay), checked against the
 limits and the node's copy of the user (``model.apply``), then proposed to the
 validator; the node answers the client when the outcome comes back (COMMITTED
--> the new view; FAILED/REJECTED -> the matching gRPC status).
+-> the new view; FAILED/REJECTED -> the matching gRPC status). Proposals that
+arrive while this node's forwards to the validator are in flight go together in
+one ``ProposeBatch`` call (``Forwarder``: ``batch.Batcher``'s policy, so an idle
+node adds no wait); each keeps its own outcome.
 
 As a voter, the node re-checks the client's signature and runs ``model.apply``
 against its own copy at the sequence the validator assigned; if its copy lags
@@ -38,6 +41,7 @@ from beco_node import auth, batch, limits, metrics, model, peer, session, tally
 from beco_node.auth import Authenticator, check_validator_clock
 from beco_node.errors import BecoError, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from beco_node.lru import BoundedLru
+from beco_node.membership import Member
 from beco_node.services.relay import PROPOSE_PASSED_ON, QUERY_PASSED_ON, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
 
@@ -92,6 +96,107 @@ class UserStore:
         return True
 
 
+# How long an origin waits for the validator's answer to a forward (as for one proposal).
+FORWARD_TIMEOUT_S = 60
+
+
+class Forwarder:
+    """This origin's proposals to the validator. A proposal that finds no forward in flight
+    goes at once; those that arrive while forwards are in flight go together in the next
+    ``ProposeBatch`` call (``batch.Batcher``: at most ``batch.MAX_ROUNDS`` calls in
+    flight, ``batch.MAX_BATCH`` proposals and ``batch.BATCH_BYTES`` a call). Each proposal
+    keeps its own outcome; the same proposal id sent again while it waits joins it."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.batcher: batch.Batcher[tuple[ppb.Proposal, asyncio.Future[ppb.Outcome]]] = (
+            batch.Batcher()
+        )
+        self.waiting: dict[str, asyncio.Future[ppb.Outcome]] = {}
+
+    async def propose(self, prop: ppb.Proposal) -> ppb.Outcome:
+        """The validator's outcome for ``prop``; raises ``BecoError`` when the call to the
+        validator failed (the outcome is then unknown here)."""
+        pid = prop.proposal_id
+        fut = self.waiting.get(pid)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self.waiting[pid] = fut
+            fut.add_done_callback(lambda f: self._forget(pid, f))
+            self.batcher.add((prop, fut), prop.ByteSize())
+            self._kick()
+        # Shielded: a caller that gives up does not take the answer from a re-send.
+        return await asyncio.shield(fut)
+
+    def _forget(self, pid: str, fut: asyncio.Future[ppb.Outcome]) -> None:
+        if self.waiting.get(pid) is fut:
+            del self.waiting[pid]
+        if not fut.cancelled():
+            fut.exception()  # retrieved: nobody may be waiting any more
+
+    def _kick(self) -> None:
+        while (take := self.batcher.next_batch()) is not None:
+            self.rt.start(self._forward(take)).add_done_callback(self._forward_done)
+
+    def _forward_done(self, task: asyncio.Task[None]) -> None:
+        del task
+        self.batcher.done()
+        self._kick()
+
+    async def _forward(self, items: list[tuple[ppb.Proposal, asyncio.Future[ppb.Outcome]]]) -> None:
+        try:
+            outcomes = await self._call([p for p, _ in items])
+        except BaseException as exc:
+            err = (
+                exc
+                if isinstance(exc, BecoError)
+                else Unavailable(f"the validator call failed: {exc!r}")
+            )
+            for _, fut in items:  # each its own error: they are raised in different tasks
+                if not fut.done():
+                    fut.set_exception(BecoError(err.message, err.code))
+            if not isinstance(exc, Exception):
+                raise
+            return
+        for (_, fut), out in zip(items, outcomes, strict=True):
+            if not fut.done():
+                fut.set_result(out)
+
+    async def _call(self, props: list[ppb.Proposal]) -> list[ppb.Outcome]:
+        rt = self.rt
+        validator: Member = rt.membership.one("validator")
+        stub = ppb_grpc.ValidatorStub(rt.peer_channel(validator))
+        env = peer.seal(
+            "propose_batch", ppb.ProposalBatch(proposals=props), rt.key, rt.peer_id, rt.now_ms()
+        )
+        try:
+            reply: ppb.ProposalOutcomes = await stub.ProposeBatch(
+                env, timeout=FORWARD_TIMEOUT_S, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise relayed(exc, "the validator", PROPOSE_PASSED_ON) from None
+            # A validator of the previous version (a rolling upgrade): one call each.
+            return list(await asyncio.gather(*(self._one(stub, p) for p in props)))
+        if len(reply.outcomes) != len(props):
+            raise Unavailable(
+                f"the validator answered {len(reply.outcomes)} outcomes for {len(props)} proposals"
+            )
+        return list(reply.outcomes)
+
+    async def _one(self, stub: ppb_grpc.ValidatorAsyncStub, prop: ppb.Proposal) -> ppb.Outcome:
+        rt = self.rt
+        env = peer.seal("propose", prop, rt.key, rt.peer_id, rt.now_ms())
+        try:
+            out: ppb.Outcome = await stub.Propose(
+                env, timeout=FORWARD_TIMEOUT_S, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            err = relayed(exc, "the validator", PROPOSE_PASSED_ON)
+            return ppb.Outcome(status=ppb.OUTCOME_UNSPECIFIED, code=err.code, reason=err.message)
+        return out
+
+
 def _grantees(st: pb.UserState) -> set[str]:
     out: set[str] = set()
     for fs in (st.first_name, st.middle_names, st.last_name):
@@ -125,6 +230,7 @@ class UserNode:
         # proposals this node originated and is waiting on: id -> (request digest, caller);
         # its own vote then skips re-verifying the client signature it already checked.
         self.own: dict[str, tuple[bytes, str]] = {}
+        self.forwarder = Forwarder(rt)
         # Catch-up by log position: every commit before ``synced_size`` is applied, as of
         # the monotonic time ``synced_at`` when that catch-up was asked for.
         self.synced_size = 0
@@ -404,16 +510,14 @@ class IdentityService(pb_grpc.IdentityServicer):
             origin=self.rt.peer_id,
         )
         node.own[pid] = (hashlib.sha256(prop.request).digest(), caller)
-        validator = self.rt.membership.one("validator")
-        stub = ppb_grpc.ValidatorStub(self.rt.peer_channel(validator))
-        env = peer.seal("propose", prop, self.rt.key, self.rt.peer_id, self.rt.now_ms())
         try:
-            outcome: ppb.Outcome = await stub.Propose(env, timeout=60, wait_for_ready=True)
-        except grpc.aio.AioRpcError as exc:
-            err = relayed(exc, "the validator", PROPOSE_PASSED_ON)
+            outcome = await node.forwarder.propose(prop)
+        except BecoError as err:  # the validator did not answer
             outcome = await self._lookup_after(pid, err.message)
         finally:
             node.own.pop(pid, None)
+        if outcome.status == ppb.OUTCOME_UNSPECIFIED:  # the validator has none
+            outcome = await self._lookup_after(pid, outcome.reason or "no outcome")
         return self._answer(outcome, caller)
 
     def _check(self, method: str, request: Any, caller: str, state: pb.UserState | None) -> None:

@@ -7,11 +7,14 @@
   (same id) joins its attempt in flight; otherwise it is proposed again, and the
   SST answers the first attempt's commit or recorded failure (it commits an id
   at most once and never after recording it failed).
+- Origins send the proposals they collected meanwhile in one ``ProposeBatch`` call
+  (``Propose`` takes one); each proposal is decided on its own and answered with its own
+  outcome, in order.
 - The validator assigns ``sequence = current + 1`` and a timestamp, and queues the
   header for a round: a round takes every queued header (one per user, at most
-  ``batch.MAX_BATCH`` and ``BATCH_BYTES``) and starts at once while fewer than
-  ``MAX_ROUNDS`` are in flight, so an idle validator adds no wait and a busy one
-  batches. One signed vote request per batch goes to every user node of the current
+  ``batch.MAX_BATCH`` and ``batch.BATCH_BYTES``) and starts at once while fewer than
+  ``batch.MAX_ROUNDS`` are in flight (``batch.Batcher``), so an idle validator adds no
+  wait and a busy one batches. One signed vote request per batch goes to every user node of the current
   membership in parallel; each answers one batch vote (``beco_node.batch``). Per
   change: VALIDATED at ``quorum`` voters that did not reject it; FAILED as soon as the
   quorum can no longer be reached (rejections, unreachable nodes) or at
@@ -38,7 +41,7 @@ from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
 from beco_node import batch, metrics, model, peer, tally
-from beco_node.errors import BecoError
+from beco_node.errors import BecoError, InvalidArgument
 from beco_node.lru import BoundedLru
 from beco_node.services.relay import refused, relayed
 from beco_node.services.runtime import Runtime, rpc_handler
@@ -51,10 +54,6 @@ MAX_SEQUENCES = 100_000
 COMMIT_TIMEOUT_S = 10
 COMMIT_RETRY_PAUSES_S = (0.5, 1.0, 2.0)
 RECORD_TIMEOUT_S = 5
-# Batches: rounds (votes + commit) in flight at once, and the request bytes of one batch
-# (its previous-commit notices get as much again), well below the peer message limit.
-MAX_ROUNDS = 2
-BATCH_BYTES = 24 * 1024
 Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -80,14 +79,55 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         # Proposals being decided, by id: a re-sent request joins its first attempt.
         self.inflight: dict[str, asyncio.Task[ppb.Outcome]] = {}
         # Sequenced proposals waiting for a round, and the rounds in flight.
-        self.pending: collections.deque[_Slot] = collections.deque()
-        self.rounds = 0
+        self.batcher: batch.Batcher[_Slot] = batch.Batcher()
+        self.kick_scheduled = False
+
+    @property
+    def pending(self) -> collections.deque[tuple[_Slot, int]]:
+        return self.batcher.pending
+
+    @property
+    def rounds(self) -> int:
+        return self.batcher.rounds
 
     @rpc_handler("validator.Propose")
     async def Propose(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.Outcome:
         peer.open_envelope(request, "propose", self.rt.membership, self.rt.now_ms())
         prop = peer.parse(ppb.Proposal, request.payload)
         assert isinstance(prop, ppb.Proposal)
+        return await asyncio.shield(self._decide(prop))
+
+    @rpc_handler("validator.ProposeBatch")
+    async def ProposeBatch(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ProposalOutcomes:
+        """An origin's proposals, each decided on its own (as if proposed alone, in this
+        order): one outcome each. A proposal whose decision stopped (the validator shutting
+        down) is answered OUTCOME_UNSPECIFIED: its outcome is unknown here."""
+        peer.open_envelope(request, "propose_batch", self.rt.membership, self.rt.now_ms())
+        props = peer.parse(ppb.ProposalBatch, request.payload)
+        assert isinstance(props, ppb.ProposalBatch)
+        if not 0 < len(props.proposals) <= batch.MAX_BATCH:
+            raise InvalidArgument(
+                f"a proposal batch holds 1 to {batch.MAX_BATCH} proposals, "
+                f"got {len(props.proposals)}"
+            )
+        tasks = [self._decide(p) for p in props.proposals]
+        done = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        out = ppb.ProposalOutcomes()
+        for r in done:
+            if isinstance(r, ppb.Outcome):
+                out.outcomes.append(r)
+            else:
+                out.outcomes.append(
+                    ppb.Outcome(
+                        status=ppb.OUTCOME_UNSPECIFIED,
+                        code="UNAVAILABLE",
+                        reason=f"the validator stopped deciding it ({type(r).__name__})",
+                    )
+                )
+        return out
+
+    def _decide(self, prop: ppb.Proposal) -> asyncio.Task[ppb.Outcome]:
+        """The decision of a proposal: a re-sent one joins its attempt in flight."""
         pid = prop.proposal_id
         task = self.inflight.get(pid)
         if task is None:
@@ -96,7 +136,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             task = self.rt.start(self._serialised(prop))
             self.inflight[pid] = task
             task.add_done_callback(lambda t: self._forget(pid, t))
-        return await asyncio.shield(task)
+        return task
 
     def _forget(self, pid: str, task: asyncio.Task[ppb.Outcome]) -> None:
         if self.inflight.get(pid) is task:
@@ -203,8 +243,8 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             proposal=prop, sequence=current + 1, validator_ts_ms=rt.now_ms(), validator=rt.peer_id
         )
         slot = _Slot(header, self.notices.get(prop.user_id), header.ByteSize())
-        self.pending.append(slot)
-        self._kick()
+        self.batcher.add(slot, slot.size)
+        self._kick_soon()
         try:
             res = await slot.result
         except BaseException:
@@ -256,27 +296,26 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
     def _kick(self) -> None:
         """Start rounds for the pending proposals while fewer than MAX_ROUNDS are in flight:
         a proposal that finds the validator idle goes at once (no added wait); those that
-        arrive meanwhile make up the next batch."""
-        while self.pending and self.rounds < MAX_ROUNDS:
-            take: list[_Slot] = []
-            size = 0
-            while self.pending and len(take) < batch.MAX_BATCH:
-                if take and size + self.pending[0].size > BATCH_BYTES:
-                    break
-                slot = self.pending.popleft()
-                if slot.result.done():  # its proposal was cancelled while it waited
-                    continue
-                take.append(slot)
-                size += slot.size
-            if not take:
-                continue
-            self.rounds += 1
+        arrive meanwhile make up the next batch (``batch.Batcher``). A proposal cancelled
+        while it waited is dropped."""
+        while (take := self.batcher.next_batch(lambda s: not s.result.done())) is not None:
             metrics.BATCH_SIZE.observe(len(take))
             self.rt.start(self._round(take)).add_done_callback(self._round_done)
 
+    def _kick_soon(self) -> None:
+        """Kick once the proposals sequenced in this turn of the event loop are queued (an
+        origin's batch, decided by one task each, then makes one round): no time passes."""
+        if not self.kick_scheduled:
+            self.kick_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_kick)
+
+    def _scheduled_kick(self) -> None:
+        self.kick_scheduled = False
+        self._kick()
+
     def _round_done(self, task: asyncio.Task[None]) -> None:
         del task
-        self.rounds -= 1
+        self.batcher.done()
         self._kick()
 
     async def _round(self, slots: list[_Slot]) -> None:
@@ -301,7 +340,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             if env is None or env.signature in seen:
                 continue
             n = env.ByteSize()
-            if size + n <= 2 * BATCH_BYTES:
+            if size + n <= 2 * batch.BATCH_BYTES:
                 vreq.previous.append(env)
                 seen.add(env.signature)
                 size += n

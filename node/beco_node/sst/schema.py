@@ -1,14 +1,16 @@
 """The SST's PostgreSQL schema, as numbered idempotent migrations, and the commit function.
 
-Tables (all writes come from ``beco_commit``, one statement = one transaction):
+Tables (all commits come from ``beco_commit_batch``, one statement per batch):
 
 - ``users``: the current state of each user (opaque bytes) and its sequence;
 - ``leaves``: the Merkle log, ``leaf_index`` dense from 0: the generated column
   ``prev_index`` must reference an existing leaf, so no gap can ever be stored;
 - ``changes``: one row per committed proposal, ``proposal_id`` unique (idempotency),
   ``(user_id, sequence)`` unique (no lost or doubled update), one leaf per change;
-- ``tree_heads``: the signed tree head after each commit (plus the empty one), whose
-  ``tree_size`` must match an existing last leaf in the same way;
+- ``tree_heads``: the signed tree head after each batch of commits (plus the empty
+  one; logs written before migration 4 have one per commit), whose ``tree_size`` must
+  match an existing last leaf in the same way; a change's first covering head is the
+  one of the smallest size above its leaf index;
 - ``failed_proposals``: proposals answered as failed for good (``beco_fail``, under
   the same lock as commits): ``beco_commit`` refuses them, so a request a client was
   told failed can never commit later, whichever role restarts. A record goes
@@ -16,10 +18,14 @@ Tables (all writes come from ``beco_commit``, one statement = one transaction):
   is past the admission horizon and so could never commit anyway; records without
   ``signed_ms`` (written before migration 3) stay.
 
-``beco_commit`` does the whole commit server-side in one round trip: it takes a
-transaction-scoped advisory lock (commits serialise even across processes), returns
-the stored row for a known proposal, checks the sequence, then inserts into all four
-tables. Any error aborts the statement, and with it everything it wrote.
+``beco_commit_batch`` commits a batch server-side in one round trip: it takes a
+transaction-scoped advisory lock (commits serialise even across processes), checks
+every entry (a known proposal, a recorded failure, the sequence) and, if one is
+refused, returns the refusals and writes nothing (the store drops them and re-signs
+for the rest); otherwise it inserts the batch's rows into users, leaves and changes
+(one multi-row statement each) and ONE signed tree head at the batch's end size. Any
+error aborts the statement, and with it everything it wrote. (Migrations 1-3 had
+``beco_commit``, one change and one head per call.)
 """
 
 from __future__ import annotations
@@ -213,17 +219,83 @@ MIGRATIONS: list[str] = [
     END
     $fn$;
     """,
+    # 4: a batch of commits in one statement with ONE signed tree head at its end size.
+    # The heads of earlier (per-commit) logs stay: each is still a valid signed head.
+    """
+    DROP FUNCTION beco_commit(text, text, bigint, text, bytea, bigint, bytea, bytea, bigint,
+                              bytea, bigint, bytea);
+
+    -- Entries are parallel arrays (distinct users and proposal ids: the caller splits);
+    -- entry i gets leaf p_first_leaf + i - 1, and the head covers them all. Returns one
+    -- row per REFUSED entry (duplicate, failed, sequence) and then writes nothing; no
+    -- rows means every entry committed.
+    CREATE FUNCTION beco_commit_batch(
+        p_ids text[], p_users text[], p_seqs bigint[], p_kinds text[], p_states bytea[],
+        p_leaf_hashes bytea[], p_leaf_data bytea[], p_committed_ms bigint[],
+        p_first_leaf bigint, p_root bytea, p_sth_ms bigint, p_signature bytea)
+    RETURNS TABLE (o_ord integer, o_outcome text, o_leaf_index bigint, o_expected bigint,
+                   o_user_id text, o_sequence bigint, o_kind text, o_leaf_hash bytea)
+    LANGUAGE plpgsql AS $fn$
+    DECLARE
+        n integer := cardinality(p_ids);
+    BEGIN
+        IF n = 0 OR cardinality(p_users) <> n OR cardinality(p_seqs) <> n
+           OR cardinality(p_kinds) <> n OR cardinality(p_states) <> n
+           OR cardinality(p_leaf_hashes) <> n OR cardinality(p_leaf_data) <> n
+           OR cardinality(p_committed_ms) <> n THEN
+            RAISE EXCEPTION 'beco_commit_batch: % entries but arrays of other lengths', n;
+        END IF;
+        PERFORM pg_advisory_xact_lock(6962);
+        RETURN QUERY
+        SELECT r.ord, r.outcome, r.leaf_index, r.expected, r.user_id, r.seq, r.kind, r.lh
+          FROM (SELECT e.ord::integer AS ord,
+                       CASE WHEN c.proposal_id IS NOT NULL THEN 'duplicate'
+                            WHEN f.proposal_id IS NOT NULL THEN 'failed'
+                            WHEN COALESCE(u.sequence, 0) + 1 <> e.seq THEN 'sequence'
+                       END AS outcome,
+                       c.leaf_index, COALESCE(u.sequence, 0) + 1 AS expected,
+                       COALESCE(c.user_id, e.uid) AS user_id, COALESCE(c.sequence, e.seq) AS seq,
+                       c.kind, l.leaf_hash AS lh
+                  FROM unnest(p_ids, p_users, p_seqs) WITH ORDINALITY AS e(pid, uid, seq, ord)
+                  LEFT JOIN changes c ON c.proposal_id = e.pid
+                  LEFT JOIN leaves l ON l.leaf_index = c.leaf_index
+                  LEFT JOIN failed_proposals f ON f.proposal_id = e.pid
+                  LEFT JOIN users u ON u.user_id = e.uid) AS r
+         WHERE r.outcome IS NOT NULL
+         ORDER BY r.ord;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        INSERT INTO users (user_id, sequence, state, updated_ms)
+             SELECT t.uid, t.seq, t.state, t.ms
+               FROM unnest(p_users, p_seqs, p_states, p_committed_ms) AS t(uid, seq, state, ms)
+        ON CONFLICT (user_id) DO UPDATE
+             SET sequence = EXCLUDED.sequence, state = EXCLUDED.state,
+                 updated_ms = EXCLUDED.updated_ms;
+        INSERT INTO leaves (leaf_index, leaf_hash, leaf_data)
+             SELECT p_first_leaf + t.ord - 1, t.lh, t.ld
+               FROM unnest(p_leaf_hashes, p_leaf_data) WITH ORDINALITY AS t(lh, ld, ord);
+        INSERT INTO changes (proposal_id, user_id, sequence, kind, leaf_index, committed_ms)
+             SELECT t.pid, t.uid, t.seq, t.kind, p_first_leaf + t.ord - 1, t.ms
+               FROM unnest(p_ids, p_users, p_seqs, p_kinds, p_committed_ms)
+                    WITH ORDINALITY AS t(pid, uid, seq, kind, ms, ord);
+        INSERT INTO tree_heads (tree_size, root_hash, timestamp_ms, signature)
+             VALUES (p_first_leaf + n, p_root, p_sth_ms, p_signature);
+    END
+    $fn$;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 _MIGRATION_LOCK = 6963
 
 
-async def migrate(conn: Any) -> int:
+async def migrate(conn: Any, upto: int = SCHEMA_VERSION) -> int:
     """Apply the missing migrations (each in its own transaction); returns the schema version.
 
     ``conn`` is an asyncpg connection. Safe to run concurrently: an advisory lock
-    serialises migrators. A database newer than this code is refused.
+    serialises migrators. A database newer than this code is refused. ``upto`` stops at
+    an older version (tests write databases as earlier code did).
     """
     await conn.execute("SELECT pg_advisory_lock($1)", _MIGRATION_LOCK)
     try:
@@ -236,10 +308,10 @@ async def migrate(conn: Any) -> int:
             raise RuntimeError(
                 f"database schema version {current} is newer than this code ({SCHEMA_VERSION})"
             )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
+        for version in range(current + 1, upto + 1):
             async with conn.transaction():
                 await conn.execute(MIGRATIONS[version - 1])
                 await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", version)
-        return SCHEMA_VERSION
+        return max(int(current), upto)
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK)

@@ -1,14 +1,16 @@
 """SstStore: the SST's users, changes and Merkle log in PostgreSQL (asyncpg), one writer.
 
-Commit path: ``commit()`` queues the entry; ONE writer task takes queued entries in
-order (so leaf indexes are dense and per-user order is kept) and, per entry, appends
-the leaf to the in-memory ``MerkleTree``, signs the new root and calls
-``beco_commit`` (see ``schema.py``), which writes user state, change, leaf and tree
-head in one statement. Entries that queue up while a commit is in flight are
-written together in one transaction (group commit: one WAL flush for all of them);
-each entry is still all-or-nothing, and an entry the database refuses is retried
-alone so it cannot take the others down. Nothing is acknowledged before the
-transaction commits; on any error the tree is truncated back.
+Commit path: ``commit()`` queues the entry; ONE writer task takes the queued entries
+in order (so leaf indexes are dense and per-user order is kept), appends their leaves
+to the in-memory ``MerkleTree``, signs ONE tree head at the batch's end size and calls
+``beco_commit_batch`` (see ``schema.py``), which writes the users' states, the
+changes, the leaves (one multi-row statement each) and that head in one statement.
+Every change of the batch is proved against the batch's head (its ``CommitResult``
+carries it). An entry the database refuses (wrong sequence, recorded failure, known
+proposal) is answered alone and the others are re-signed and written; an entry that
+makes the statement fail is retried alone so it cannot take the others down. Nothing
+is acknowledged before the transaction commits; on any error the tree is truncated
+back.
 
 A commit whose connection breaks has an unknown outcome: the store re-reads the log
 tail and retries (idempotent on ``proposal_id``), so an entry is either committed
@@ -34,6 +36,7 @@ from typing import Any
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from beco_node.batch import MAX_BATCH as VALIDATOR_MAX_BATCH
 from beco_node.keys import public_key_bytes
 from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, sign_tree_head, verify_tree_head
@@ -90,7 +93,7 @@ CONNECT_TIMEOUT_S = 10.0
 
 
 _Pending = tuple[CommitEntry, "asyncio.Future[CommitResult]"]
-MAX_BATCH = 64
+MAX_BATCH = VALIDATOR_MAX_BATCH  # a validator batch is one transaction and one head
 
 
 def _resolve(batch: list[_Pending], results: list[CommitResult | Exception]) -> None:
@@ -106,6 +109,35 @@ def _resolve(batch: list[_Pending], results: list[CommitResult | Exception]) -> 
 def said(exc: BaseException) -> str:
     """An error's message, or its kind when it has none (a bare timeout)."""
     return str(exc) or type(exc).__name__
+
+
+# The first signed tree head that includes leaf $1 (the head of its batch).
+_COVERING_HEAD = "SELECT * FROM tree_heads WHERE tree_size > $1 ORDER BY tree_size LIMIT 1"
+
+
+def split_calls(keys: list[tuple[str, str]]) -> list[list[int]]:
+    """Split a batch's entries, given as (user id, proposal id), into groups that one
+    ``beco_commit_batch`` call can take: distinct users and proposal ids, each user's
+    entries in their order. Normally one group (the validator batches one change per
+    user); a user's later entry, or a proposal queued twice, waits for the next one."""
+    calls: list[list[int]] = []
+    rest = list(range(len(keys)))
+    while rest:
+        users: set[str] = set()
+        pids: set[str] = set()
+        call: list[int] = []
+        later: list[int] = []
+        for i in rest:
+            user, pid = keys[i]
+            if user in users or pid in pids:
+                later.append(i)
+            else:
+                call.append(i)
+            users.add(user)  # a user whose entry waits keeps its later ones waiting too
+            pids.add(pid)
+        calls.append(call)
+        rest = later
+    return calls
 
 
 def wall_clock_ms() -> int:
@@ -188,7 +220,9 @@ class SstStore:
                 async with self._pool.acquire(timeout=timeout_s) as conn:
                     await conn.fetchval("SELECT 1", timeout=timeout_s)
                 return
-            except _CONNECTION_ERRORS as exc:
+            # asyncpg can also trip over its own protocol state on a connection the server is
+            # closing (InternalClientError, seen while PostgreSQL shuts down): not answering.
+            except (*_CONNECTION_ERRORS, asyncpg.exceptions.InternalClientError) as exc:
                 slow = isinstance(exc, TimeoutError)
                 if attempt or slow:
                     raise StoreUnavailableError(
@@ -367,79 +401,97 @@ class SstStore:
     async def _write(
         self, batch: list[_Pending], first_start: int, claimed: set[str]
     ) -> list[CommitResult | Exception]:
-        """One transaction for the whole batch, one ``beco_commit`` call per entry.
+        """Commit ``batch`` with one ``beco_commit_batch`` call per group of distinct
+        users (``split_calls``: normally one), each signing ONE tree head at its end size.
 
-        A batch of one is a single statement (its own transaction, one round trip);
-        a larger one shares a transaction and so one WAL flush (group commit). The
-        tree is rolled back to where it was if anything raises.
+        A refused entry (wrong sequence, recorded failure, known proposal) is answered
+        alone and the rest re-signed and sent again (the refusing call wrote nothing). A
+        single call is its own transaction; several share one (one WAL flush). The tree
+        is rolled back to where it was if anything raises.
         """
         assert self._sth is not None
         tree = self._tree
         start = tree.size
         last_ts = self._sth.timestamp_ms
         last_sth: SignedTreeHead | None = None
-        out: list[CommitResult | Exception] = []
+        out: list[CommitResult | Exception | None] = [None] * len(batch)
+        entries = [e for e, _ in batch]
+        hashes = [leaf_hash(e.leaf_data) for e in entries]
+        calls = split_calls([(e.user_id, e.proposal_id) for e in entries])
         try:
             async with self._pool.acquire() as conn:
-                tx = conn.transaction() if len(batch) > 1 else contextlib.nullcontext()
+                tx = conn.transaction() if len(calls) > 1 else contextlib.nullcontext()
                 async with tx:
-                    for entry, _ in batch:
-                        index = tree.size
-                        lh = leaf_hash(entry.leaf_data)
-                        tree.append(lh)
-                        # Tree-head timestamps never go backwards, whatever the clock does.
-                        ts = max(self._clock(), last_ts)
-                        sth = sign_tree_head(self._key, index + 1, tree.root(), ts)
-                        row = await conn.fetchrow(
-                            "SELECT * FROM beco_commit("
-                            "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-                            entry.proposal_id,
-                            entry.user_id,
-                            entry.sequence,
-                            entry.kind,
-                            entry.state,
-                            index,
-                            lh,
-                            entry.leaf_data,
-                            entry.committed_ms,
-                            sth.root_hash,
-                            sth.timestamp_ms,
-                            sth.signature,
-                        )
-                        assert row is not None
-                        if row["o_outcome"] == "committed":
-                            last_ts, last_sth = ts, sth
-                            claimed.add(entry.proposal_id)
-                            out.append(
-                                CommitResult(
-                                    entry.proposal_id,
-                                    entry.user_id,
-                                    entry.sequence,
-                                    index,
-                                    sth,
-                                    False,
+                    for call in calls:
+                        todo = call
+                        while todo:
+                            base = tree.size
+                            for i in todo:
+                                tree.append(hashes[i])
+                            # Tree-head timestamps never go backwards, whatever the clock does.
+                            ts = max(self._clock(), last_ts)
+                            sth = sign_tree_head(self._key, tree.size, tree.root(), ts)
+                            part = [entries[i] for i in todo]
+                            rows = await conn.fetch(
+                                "SELECT * FROM beco_commit_batch("
+                                "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                                [e.proposal_id for e in part],
+                                [e.user_id for e in part],
+                                [e.sequence for e in part],
+                                [e.kind for e in part],
+                                [e.state for e in part],
+                                [hashes[i] for i in todo],
+                                [e.leaf_data for e in part],
+                                [e.committed_ms for e in part],
+                                base,
+                                sth.root_hash,
+                                sth.timestamp_ms,
+                                sth.signature,
+                            )
+                            if not rows:  # every entry committed, under this one head
+                                last_ts, last_sth = ts, sth
+                                for k, i in enumerate(todo):
+                                    claimed.add(entries[i].proposal_id)
+                                    out[i] = CommitResult(
+                                        entries[i].proposal_id,
+                                        entries[i].user_id,
+                                        entries[i].sequence,
+                                        base + k,
+                                        sth,
+                                        False,
+                                    )
+                                break
+                            tree.truncate(base)
+                            refused = {todo[r["o_ord"] - 1]: r for r in rows}
+                            for i, row in refused.items():
+                                out[i] = await self._refused(
+                                    conn, entries[i], row, hashes[i], first_start, claimed
                                 )
-                            )
-                            continue
-                        tree.truncate(index)
-                        if row["o_outcome"] == "sequence":
-                            out.append(
-                                SequenceError(entry.user_id, row["o_expected"], entry.sequence)
-                            )
-                        elif row["o_outcome"] == "failed":
-                            failed = await self._failed(conn, entry.proposal_id)
-                            assert failed is not None  # failures are never deleted under the lock
-                            out.append(ProposalFailedError(failed))
-                        else:
-                            out.append(
-                                await self._duplicate(conn, entry, row, lh, first_start, claimed)
-                            )
+                            todo = [i for i in todo if i not in refused]
         except BaseException:
             tree.truncate(start)
             raise
         if last_sth is not None:
             self._sth = last_sth
-        return out
+        assert all(r is not None for r in out)
+        return [r for r in out if r is not None]
+
+    async def _refused(
+        self,
+        conn: Any,
+        entry: CommitEntry,
+        row: Any,
+        lh: bytes,
+        first_start: int,
+        claimed: set[str],
+    ) -> CommitResult | Exception:
+        if row["o_outcome"] == "sequence":
+            return SequenceError(entry.user_id, row["o_expected"], entry.sequence)
+        if row["o_outcome"] == "failed":
+            failed = await self._failed(conn, entry.proposal_id)
+            assert failed is not None  # failures are never deleted under the lock
+            return ProposalFailedError(failed)
+        return await self._duplicate(conn, entry, row, lh, first_start, claimed)
 
     @staticmethod
     async def _duplicate(
@@ -456,8 +508,8 @@ class SstStore:
                 f"proposal {entry.proposal_id!r} was already committed with different content"
             )
         index = row["o_leaf_index"]
-        head = await conn.fetchrow("SELECT * FROM tree_heads WHERE tree_size = $1", index + 1)
-        assert head is not None  # every commit stores the tree head that includes its leaf
+        head = await conn.fetchrow(_COVERING_HEAD, index)
+        assert head is not None  # every commit stores a tree head that includes its leaf
         # Written after this batch began and not by an earlier entry of it: by our own
         # attempt whose connection broke before the acknowledgement, so it is new.
         fresh = index >= first_start and entry.proposal_id not in claimed
@@ -483,7 +535,8 @@ class SstStore:
         rows = await self._fetch(
             "SELECT c.user_id, c.sequence, c.leaf_index, c.committed_ms, h.tree_size,"
             " h.root_hash, h.timestamp_ms, h.signature FROM changes c"
-            " JOIN tree_heads h ON h.tree_size = c.leaf_index + 1 WHERE c.proposal_id = $1",
+            f" CROSS JOIN LATERAL ({_COVERING_HEAD.replace('$1', 'c.leaf_index')}) h"
+            " WHERE c.proposal_id = $1",
             proposal_id,
         )
         if rows:
@@ -630,7 +683,7 @@ class SstStore:
         ]
 
     async def tree_head_at(self, tree_size: int) -> SignedTreeHead | None:
-        """The signed tree head stored for ``tree_size`` (one per commit), if any."""
+        """The signed tree head stored for ``tree_size`` (one per batch), if any."""
         rows = await self._fetch("SELECT * FROM tree_heads WHERE tree_size = $1", tree_size)
         return _sth(rows[0]) if rows else None
 

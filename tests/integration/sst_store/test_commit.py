@@ -10,17 +10,22 @@ import pytest
 from beco_node.keys import public_key_bytes
 from beco_node.merkle import (
     EMPTY_ROOT,
+    MerkleTree,
     leaf_hash,
+    sign_tree_head,
     verify_consistency,
     verify_inclusion,
     verify_tree_head,
 )
+from beco_node.sst.schema import SCHEMA_VERSION, migrate
 from beco_node.sst.store import (
     CommitEntry,
     CommitResult,
     ProposalConflictError,
+    ProposalFailedError,
     SequenceError,
     SstStore,
+    StoredCommit,
     StoreError,
 )
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -346,5 +351,138 @@ async def test_tree_head_timestamps_never_go_backwards(dsn: str, key: Ed25519Pri
         for seq in range(1, 5):
             stamps.append((await store.commit(make_entry("alice", seq))).tree_head.timestamp_ms)
         assert stamps == [5_000, 5_000, 6_000, 6_000, 7_000]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_signs_one_tree_head_and_a_refused_entry_is_answered_alone(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        await store.commit(make_entry("alice", 1))
+        await store.record_failure("p-dave-1", "ABORTED", "no quorum")
+        heads_before = (await _counts(dsn))["tree_heads"]
+        # Queued together: one call; two refusals (wrong sequence, recorded failure) are
+        # answered alone and the other three commit under ONE signed head.
+        bob, seq_err, carol, failed, erin = await asyncio.gather(
+            store.commit(make_entry("bob", 1)),
+            store.commit(make_entry("alice", 3)),
+            store.commit(make_entry("carol", 1)),
+            store.commit(make_entry("dave", 1)),
+            store.commit(make_entry("erin", 1)),
+            return_exceptions=True,
+        )
+        assert isinstance(seq_err, SequenceError) and seq_err.expected == 2
+        assert isinstance(failed, ProposalFailedError)
+        ok = [bob, carol, erin]
+        assert all(isinstance(r, CommitResult) and not r.duplicate for r in ok)
+        results = [r for r in ok if isinstance(r, CommitResult)]
+        assert [r.leaf_index for r in results] == [1, 2, 3]
+        head = store.tree_head()
+        assert head.tree_size == 4 and all(r.tree_head == head for r in results)
+        assert (await _counts(dsn))["tree_heads"] == heads_before + 1
+        assert await store.tree_head_at(2) is None  # no head inside a batch
+        pub = public_key_bytes(key)
+        verify_tree_head(pub, head)
+        for r in results:  # every leaf of the batch proves against the batch's head
+            data = make_entry(r.user_id, 1).leaf_data
+            proof = store.inclusion_proof(r.leaf_index, head.tree_size)
+            verify_inclusion(leaf_hash(data), r.leaf_index, head.tree_size, proof, head.root_hash)
+        # The stored outcome and a re-delivery name the same head.
+        found = await store.outcome("p-carol-1")
+        assert isinstance(found, StoredCommit) and found.result.tree_head == head
+        again = await store.commit(make_entry("carol", 1))
+        assert again.duplicate and (again.leaf_index, again.tree_head) == (2, head)
+        assert await store.get_user("dave") is None
+        # Two changes of one user queued together: two calls in one transaction, in order,
+        # each change under the first head that covers it.
+        two, three = await asyncio.gather(
+            store.commit(make_entry("bob", 2)), store.commit(make_entry("bob", 3))
+        )
+        assert (two.leaf_index, two.tree_head.tree_size) == (4, 5)
+        assert (three.leaf_index, three.tree_head.tree_size) == (5, 6)
+        found = await store.outcome("p-bob-2")
+        assert isinstance(found, StoredCommit) and found.result.tree_head == two.tree_head
+    finally:
+        await store.close()
+
+
+async def test_a_log_written_by_schema_3_migrates_and_stays_provable(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    # A database as the code before migration 4 wrote it: one beco_commit call and one
+    # signed tree head per change.
+    old_entries = [make_entry("alice", 1), make_entry("bob", 1), make_entry("alice", 2)]
+    tree = MerkleTree()
+    old_heads = [sign_tree_head(key, 0, tree.root(), 1_000)]
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await migrate(conn, upto=3) == 3
+        await conn.execute(
+            "INSERT INTO tree_heads (tree_size, root_hash, timestamp_ms, signature)"
+            " VALUES (0, $1, $2, $3)",
+            old_heads[0].root_hash,
+            old_heads[0].timestamp_ms,
+            old_heads[0].signature,
+        )
+        for i, e in enumerate(old_entries):
+            lh = leaf_hash(e.leaf_data)
+            tree.append(lh)
+            sth = sign_tree_head(key, i + 1, tree.root(), 1_001 + i)
+            row = await conn.fetchrow(
+                "SELECT * FROM beco_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                e.proposal_id,
+                e.user_id,
+                e.sequence,
+                e.kind,
+                e.state,
+                i,
+                lh,
+                e.leaf_data,
+                e.committed_ms,
+                sth.root_hash,
+                sth.timestamp_ms,
+                sth.signature,
+            )
+            assert row is not None and row["o_outcome"] == "committed"
+            old_heads.append(sth)
+    finally:
+        await conn.close()
+
+    store = await SstStore.open(dsn, key, clock=clock)  # migrates, loads, verifies
+    try:
+        assert store.tree_head() == old_heads[-1]
+        # An old change keeps its own per-commit head, and proves against it.
+        found = await store.outcome("p-bob-1")
+        assert isinstance(found, StoredCommit)
+        assert (found.result.leaf_index, found.result.tree_head) == (1, old_heads[2])
+        proof = store.inclusion_proof(1, 2)
+        verify_inclusion(leaf_hash(old_entries[1].leaf_data), 1, 2, proof, old_heads[2].root_hash)
+        # New commits after the migration: one batch, one head.
+        new_entries = [make_entry("carol", 1), make_entry("alice", 3), make_entry("bob", 2)]
+        results = await asyncio.gather(*(store.commit(e) for e in new_entries))
+        head = store.tree_head()
+        assert head.tree_size == 6 and {r.tree_head for r in results} == {head}
+        pub = public_key_bytes(key)
+        verify_tree_head(pub, head)
+        for r, e in zip(results, new_entries, strict=True):
+            proof = store.inclusion_proof(r.leaf_index, 6)
+            verify_inclusion(leaf_hash(e.leaf_data), r.leaf_index, 6, proof, head.root_hash)
+        for old in old_heads:  # every head a client kept from before is extended
+            proof = store.consistency_proof(old.tree_size, 6)
+            verify_consistency(old.tree_size, 6, old.root_hash, head.root_hash, proof)
+    finally:
+        await store.close()
+    assert await _counts(dsn) == {"users": 3, "changes": 6, "leaves": 6, "tree_heads": 5}
+    conn = await asyncpg.connect(dsn)
+    try:
+        assert await conn.fetchval("SELECT max(version) FROM schema_version") == SCHEMA_VERSION
+        assert await conn.fetchval("SELECT to_regproc('beco_commit')") is None
+    finally:
+        await conn.close()
+    store = await SstStore.open(dsn, key, clock=clock)  # and the mixed log verifies again
+    try:
+        assert store.tree_head() == head
     finally:
         await store.close()

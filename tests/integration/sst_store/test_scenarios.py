@@ -371,7 +371,7 @@ async def test_the_validator_retries_a_commit_the_sst_could_not_take(
 def held_round(net: Net, method: str, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
     """One round at a time, and the next call(s) of ``method`` held: what arrives meanwhile
     makes up the next batch."""
-    monkeypatch.setattr(validator_mod, "MAX_ROUNDS", 1)
+    monkeypatch.setattr(net.validator.batcher, "max_rounds", 1)
     hold = asyncio.Event()
     times = len(USERS) if method == "VoteBatch" else 1
     net.net.faults.append(Fault(method=method, hold=hold, times=times))
@@ -386,9 +386,8 @@ async def until(cond: Any, what: str) -> None:
     raise AssertionError(f"never happened: {what}")
 
 
-def propose_directly(net: Net, origin: str, method: str, req: Any, uid: str) -> Any:
-    """What a faulty (or lagging) origin could send: a proposal it did not check."""
-    prop = ppb.Proposal(
+def proposal(net: Net, origin: str, method: str, req: Any, uid: str) -> ppb.Proposal:
+    return ppb.Proposal(
         proposal_id=proposal_id(req),
         user_id=uid,
         kind=model.MUTATIONS[method].kind,
@@ -396,6 +395,11 @@ def propose_directly(net: Net, origin: str, method: str, req: Any, uid: str) -> 
         request=req.SerializeToString(),
         origin=keys.peer_id(keys.public_key_bytes(net.keys[origin])),
     )
+
+
+def propose_directly(net: Net, origin: str, method: str, req: Any, uid: str) -> Any:
+    """What a faulty (or lagging) origin could send: a proposal it did not check."""
+    prop = proposal(net, origin, method, req, uid)
     env = peer.seal("propose", prop, net.keys[origin], prop.origin, net.clock.now_ms())
     return ppb_grpc.ValidatorStub(net.net.channel(ADDR["validator"])).Propose(env, timeout=30)
 
@@ -548,3 +552,132 @@ async def test_failure_records_are_pruned_past_the_admission_horizon(net: Net) -
         await expect(grpc.StatusCode.UNAUTHENTICATED, a.stub.UpdateLastName(early))
         assert await outcome(proposal_id(early)) == pb.PROPOSAL_STATUS_FAILED
         assert net.store.tree_head().tree_size == 1
+
+
+# ---- origin batches: a user node forwards what arrives while its forwards are in flight
+
+
+def calls_of(net: Net, method: str, start: int = 0) -> int:
+    return sum(m.endswith("/" + method) for _, m in net.net.calls[start:])
+
+
+async def test_an_idle_origin_forwards_a_proposal_at_once_and_alone(net: Net) -> None:
+    alice = keys.generate_private_key()
+    async with net.client(alice) as a:
+        await a.create_user("Ann")
+    fw = net.nodes["user-a"].forwarder
+    req = signed(
+        alice, "UpdateFirstName", pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="B")
+    )
+    start = len(net.net.calls)
+    out = asyncio.ensure_future(
+        fw.propose(proposal(net, "user-a", model.UPDATE_FIRST, req, a.user_id))
+    )
+    # No timer, no wait for company: within a few turns of the loop the call is made.
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert fw.batcher.rounds == 1 and not fw.batcher.pending
+    assert calls_of(net, "ProposeBatch", start) == 1
+    assert (await out).status == ppb.OUTCOME_COMMITTED
+    assert calls_of(net, "ProposeBatch", start) == 1 and calls_of(net, "Propose", start) == 0
+
+
+def held_forwards(net: Net, origin: str, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """One forward at a time from ``origin``, and its next forward held: what arrives
+    meanwhile makes up the next origin batch."""
+    monkeypatch.setattr(net.nodes[origin].forwarder.batcher, "max_rounds", 1)
+    hold = asyncio.Event()
+    net.net.faults.append(
+        Fault(address=ADDR["validator"], method="ProposeBatch", hold=hold, times=1)
+    )
+    return hold
+
+
+async def test_an_origin_batch_with_one_invalid_proposal_commits_the_others(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    people = [keys.generate_private_key() for _ in range(3)]
+    async with net.client(people[0]) as a, net.client(people[1]) as b, net.client(people[2]) as c:
+        for cl, name in ((a, "Ann"), (b, "Bob"), (c, "Cid")):
+            await cl.create_user(name)
+        fw = net.nodes["user-a"].forwarder
+        hold = held_forwards(net, "user-a", monkeypatch)
+        start = len(net.net.calls)
+        first = asyncio.ensure_future(a.set_first(a.user_id, "Held"))
+        await until(lambda: fw.batcher.rounds == 1 and not fw.batcher.pending, "forward 1")
+        ok_b = asyncio.ensure_future(b.set_first(b.user_id, "B"))
+        ok_c = asyncio.ensure_future(c.set_last(c.user_id, "C"))
+        # Bob may not edit Ann's name: every voter refuses it (the origin's own check is
+        # bypassed, as a lagging origin's copy could let it through).
+        bad_req = signed(
+            people[1],
+            "UpdateFirstName",
+            pb.UpdateFirstNameRequest(user_id=a.user_id, first_name="X"),
+        )
+        bad = asyncio.ensure_future(
+            fw.propose(proposal(net, "user-a", model.UPDATE_FIRST, bad_req, a.user_id))
+        )
+        await until(lambda: len(fw.batcher.pending) == 3, "three proposals collected")
+        hold.set()
+        assert (await first).commit.sequence == 2
+        assert (await ok_b).commit.sequence == 2
+        assert (await ok_c).commit.sequence == 2
+        out = await bad
+        assert out.status == ppb.OUTCOME_FAILED and out.code == "PERMISSION_DENIED", out
+        assert calls_of(net, "ProposeBatch", start) == 2  # the held one, then one of three
+        assert net.store.tree_head().tree_size == 6
+        assert (await net.sst._known(proposal_id(bad_req))).code == "PERMISSION_DENIED"
+        # the same signed request again: its one recorded outcome, nothing new
+        again = await fw.propose(proposal(net, "user-a", model.UPDATE_FIRST, bad_req, a.user_id))
+        assert again.status == ppb.OUTCOME_FAILED and again.code == "PERMISSION_DENIED"
+        assert net.store.tree_head().tree_size == 6
+
+
+async def test_an_origin_batch_cut_by_a_validator_crash_resolves_exactly_once(
+    net: Net, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An origin's batch of two reached the validator, the SST committed it, its answer
+    was lost and the validator crashed: each client learns its commit once (from the
+    SST), none is applied twice."""
+    people = [keys.generate_private_key() for _ in range(3)]
+    monkeypatch.setattr(validator_mod, "COMMIT_RETRY_PAUSES_S", (60.0, 60.0, 60.0))
+    async with net.client(people[0]) as a, net.client(people[1]) as b, net.client(people[2]) as c:
+        for cl, name in ((a, "Ann"), (b, "Bob"), (c, "Cid")):
+            await cl.create_user(name)
+        fw = net.nodes["user-a"].forwarder
+        hold = held_forwards(net, "user-a", monkeypatch)
+        start = len(net.net.calls)
+        first = asyncio.ensure_future(c.set_first(c.user_id, "Held"))
+        await until(lambda: fw.batcher.rounds == 1 and not fw.batcher.pending, "forward 1")
+        writes = [
+            asyncio.ensure_future(a.set_first(a.user_id, "Ann2")),
+            asyncio.ensure_future(b.set_first(b.user_id, "Bob2")),
+        ]
+        await until(lambda: len(fw.batcher.pending) == 2, "an origin batch of two")
+        hold.set()
+        assert (await first).commit.sequence == 2
+        await until(lambda: calls_of(net, "ProposeBatch", start) == 2, "the batch forwarded")
+        net.net.faults.append(Fault(method="CommitBatch", drop="reply", times=1))
+        await until(lambda: net.store.tree_head().tree_size == 6, "the batch committed")
+        for t in list(net.validator.rt._tasks):  # the validator crashes
+            t.cancel()
+        net.start_validator()
+        for w in writes:
+            assert (await w).commit.sequence == 2
+        # answered from the SST's durable outcome, not by the crashed validator
+        assert calls_of(net, "GetOutcome", start) == 2
+        assert calls_of(net, "ProposeBatch", start) == 2
+        assert net.store.tree_head().tree_size == 6
+        for cl, uid in ((a, a.user_id), (b, b.user_id)):
+            assert [e.sequence for e in (await cl.history(uid)).entries] == [1, 2]
+            assert (await cl.set_last(uid, "Next")).commit.sequence == 3
+
+
+async def test_an_origin_proposes_one_by_one_to_a_validator_without_batches(net: Net) -> None:
+    """A validator of the previous version (a rolling upgrade) has no ProposeBatch."""
+    del net.net.servers[ADDR["validator"]].handlers["/beco.v1.Validator/ProposeBatch"]
+    start = len(net.net.calls)
+    async with net.client(keys.generate_private_key()) as a:
+        await a.create_user("Ann")
+        assert (await a.set_first(a.user_id, "B")).commit.sequence == 2
+    assert calls_of(net, "Propose", start) == 2
