@@ -299,6 +299,9 @@ async def _run(ns: argparse.Namespace) -> int:
         tls_cert=_read_bytes(ns.tls_cert) if ns.tls_cert else None,
         tls_key=_read_bytes(ns.tls_key) if ns.tls_key else None,
         tls_server_name=ns.tls_server_name or None,
+        # One process, one command, mostly one read: a session would cost a call more than it
+        # saves. Long-lived clients (the library's default) are where sessions pay.
+        sessions=False,
     )
     ns.unresolved_write = client  # read by main() when a write's outcome stays unknown
     async with client as cl:
