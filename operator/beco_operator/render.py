@@ -518,6 +518,12 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
             "volumeClaimTemplates": [claim],
         },
     }
+    port: Obj = {
+        "name": "postgres",
+        "port": names.PG_PORT,
+        "targetPort": "postgres",
+        "protocol": "TCP",
+    }
     svc: Obj = {
         "apiVersion": "v1",
         "kind": "Service",
@@ -525,14 +531,7 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
         "spec": {
             "clusterIP": "None",
             "selector": dict(selector),
-            "ports": [
-                {
-                    "name": "postgres",
-                    "port": names.PG_PORT,
-                    "targetPort": "postgres",
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": [dict(port)],
         },
     }
     # What the SST connects to. The headless Service's DNS record follows the pod's address:
@@ -549,14 +548,7 @@ def _postgres(network: str, namespace: str, db: ManagedDatabase) -> list[Obj]:
             "type": "ClusterIP",
             "publishNotReadyAddresses": True,
             "selector": dict(selector),
-            "ports": [
-                {
-                    "name": "postgres",
-                    "port": names.PG_PORT,
-                    "targetPort": "postgres",
-                    "protocol": "TCP",
-                }
-            ],
+            "ports": [dict(port)],
         },
     }
     return [sts, svc, client]
