@@ -3,6 +3,9 @@ window, expiry and eviction on the manual clock."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 import pytest
 from beco.v1 import identity_pb2 as pb
 from beco_node import auth, keys, model, session
@@ -70,6 +73,31 @@ def test_a_replayed_read_is_refused() -> None:
     check(table, clock, req)
     with pytest.raises(Unauthenticated, match="replayed"):
         check(table, clock, req)
+
+
+def test_the_mac_is_hmac_sha256_of_the_documented_message() -> None:
+    """The per-session keyed HMAC (copied per read) gives the MAC the protocol names, on both
+    sides, read after read: clients and nodes of other versions must agree on it."""
+    clock, table = ManualClock(), SessionTable()
+    cs = handshake(table, clock)
+    for _ in range(3):
+        req = read(cs)
+        body = pb.GetUserRequest(user_id=ALICE)
+        message = b"".join(
+            (
+                b"beco-session-v1 read\x00",
+                GET.encode(),
+                b"\x00",
+                cs.id,
+                req.session.counter.to_bytes(8, "big"),
+                hashlib.sha256(body.SerializeToString(deterministic=True)).digest(),
+            )
+        )
+        assert req.session.mac == hmac.digest(cs.key, message, "sha256")
+        assert check(table, clock, req) == ALICE
+    assert session.mac(cs.key, GET, cs.id, 7, b"d" * 32) == session.mac_with(
+        session.keyed(cs.key), GET, cs.id, 7, b"d" * 32
+    )
 
 
 @pytest.mark.parametrize("change", ["body", "method", "counter", "mac"])
