@@ -375,7 +375,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
 
         n = len(slots)
         tasks = [asyncio.ensure_future(ask(m)) for m in voters]
-        counts = [tally.Tally(quorum=ms.quorum, voters=len(voters)) for _ in slots]
+        count = tally.BatchTally(ms.quorum, len(voters), n)
         reasons: list[list[str]] = [[] for _ in slots]
         votes: list[ppb.BatchVote] = []
         try:
@@ -385,24 +385,21 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 except TimeoutError:
                     break
                 if isinstance(res, str):
-                    for i in range(n):
-                        reasons[i].append(res)
-                        counts[i] = counts[i].add_unreachable()
+                    for why in reasons:
+                        why.append(res)
+                    count.add_unreachable()
                     metrics.VOTES.labels("unreachable").inc(n)
                 else:
                     votes.append(res)
-                    rejected = {r.index: r for r in res.rejected}
-                    name = _name(ms, res.voter)
-                    for i in range(n):
-                        r = rejected.get(i)
-                        if r is None:
-                            counts[i] = counts[i].add_valid()
-                        else:
-                            counts[i] = counts[i].add_invalid(r.code)
+                    rejected = {r.index: r for r in res.rejected if r.index < n}
+                    count.add_vote({i: r.code for i, r in rejected.items()})
+                    if rejected:
+                        name = _name(ms, res.voter)
+                        for i, r in rejected.items():
                             reasons[i].append(f"{name}: {r.reason}")
                     metrics.VOTES.labels("invalid").inc(len(rejected))
                     metrics.VOTES.labels("valid").inc(n - len(rejected))
-                if all(c.decided for c in counts):
+                if count.decided:
                     break
         except TimeoutError:
             pass
@@ -411,9 +408,10 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         for t in tasks:
             if not t.done():
                 rt.spawn(t)
+        counts = [count.tally(i) for i in range(n)]
         certified = [i for i in range(n) if counts[i].reached]
         for i in range(n):
-            if i not in certified:
+            if not counts[i].reached:
                 slots[i].settle(_Decided(counts[i], reasons[i]))
         if not certified:
             return
