@@ -692,13 +692,7 @@ class VoterService(ppb_grpc.UserNodeServicer):
         for env in vreq.previous:
             self._apply_notice(env)
         root = batch.root([peer.header_digest(h) for h in vreq.headers])
-        users: set[str] = set()
-        checks = []
-        for h in vreq.headers:
-            first = h.proposal.user_id not in users
-            users.add(h.proposal.user_id)
-            checks.append(self._check(h, first))
-        results = await asyncio.gather(*checks)
+        results = await self._check_all(list(vreq.headers))
         rejected = [
             batch.Rejection(i, exc.code, exc.message)
             for i, exc in enumerate(results)
@@ -708,34 +702,67 @@ class VoterService(ppb_grpc.UserNodeServicer):
         metrics.VOTES.labels("invalid").inc(len(rejected))
         return peer.sign_batch_vote(root, rejected, rt.key, rt.peer_id)
 
-    async def _check(self, header: ppb.ProposalHeader, first: bool) -> BecoError | None:
-        """This voter's verdict on one change: None (VALID) or why it is INVALID."""
+    async def _check_all(self, headers: list[ppb.ProposalHeader]) -> list[BecoError | None]:
+        """This voter's verdict on each change: None (VALID) or why it is INVALID. Changes
+        are checked in this call (no task each); only users whose copy lags wait, together,
+        for the SST's state."""
+        verdicts: list[BecoError | None] = []
+        lagging: list[tuple[int, ppb.ProposalHeader, Any, str]] = []
+        users: set[str] = set()
+        for i, h in enumerate(headers):
+            uid = h.proposal.user_id
+            first = uid not in users
+            users.add(uid)
+            verdicts.append(None)
+            try:
+                req, caller = self._admit(h, first)
+                state = self.node.store.get(uid)
+                if (state.sequence if state else 0) != h.sequence - 1:
+                    lagging.append((i, h, req, caller))
+                    continue
+                self._apply(h, req, caller, state)
+            except BecoError as exc:
+                verdicts[i] = exc
+        if lagging:
+            fetched = await asyncio.gather(
+                *(self.node.fetch(h.proposal.user_id) for _, h, _, _ in lagging),
+                return_exceptions=True,
+            )
+            for (i, h, req, caller), st in zip(lagging, fetched, strict=True):
+                try:
+                    if isinstance(st, BaseException):
+                        raise st
+                    self._apply(h, req, caller, st)
+                except BecoError as exc:
+                    verdicts[i] = exc
+        return verdicts
+
+    def _admit(self, header: ppb.ProposalHeader, first: bool) -> tuple[Any, str]:
+        """The checks of one change that need no user state: its request and caller."""
         rt = self.rt
         prop = header.proposal
-        try:
-            if not first:
-                raise InvalidArgument("two changes of one user in one batch")
-            req = model.parse_mutation(prop.method, prop.request)
-            mine = self.node.own.get(prop.proposal_id)
-            if mine is not None and mine[0] == hashlib.sha256(prop.request).digest():
-                caller = mine[1]  # verified when the client sent it to us
-            else:
-                caller = auth.verify_signature(prop.method, req)
-            if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
-                raise InvalidArgument("proposal id does not match the request")
-            if model.target_user(prop.method, req, caller) != prop.user_id:
-                raise InvalidArgument("proposal user does not match the request")
-            # An honest quorum only votes for requests sequenced now, signed just before.
-            check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
-            want = header.sequence - 1
-            state = self.node.store.get(prop.user_id)
-            have = state.sequence if state else 0
-            if have != want:
-                state = await self.node.fetch(prop.user_id)
-            model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
-        except BecoError as exc:
-            return exc
-        return None
+        if not first:
+            raise InvalidArgument("two changes of one user in one batch")
+        req = model.parse_mutation(prop.method, prop.request)
+        mine = self.node.own.get(prop.proposal_id)
+        if mine is not None and mine[0] == hashlib.sha256(prop.request).digest():
+            caller = mine[1]  # verified when the client sent it to us
+        else:
+            caller = auth.verify_signature(prop.method, req)
+        if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
+            raise InvalidArgument("proposal id does not match the request")
+        if model.target_user(prop.method, req, caller) != prop.user_id:
+            raise InvalidArgument("proposal user does not match the request")
+        # An honest quorum only votes for requests sequenced now, signed just before.
+        check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
+        return req, caller
+
+    @staticmethod
+    def _apply(
+        header: ppb.ProposalHeader, req: Any, caller: str, state: pb.UserState | None
+    ) -> None:
+        prop = header.proposal
+        model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
 
     def _apply_notice(self, env: ppb.PeerEnvelope) -> None:
         """Apply an SST notice the validator forwarded (checked like any notice)."""
