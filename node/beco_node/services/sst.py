@@ -164,8 +164,14 @@ class SstService(ppb_grpc.SstServicer):
         )
         # From here the commits and their bookkeeping (cache, notices) run to the end in a
         # task the runtime owns, whatever happens to this call.
-        task = rt.start(self._commit_batch(list(items)))
-        return await asyncio.shield(task)
+        replied = asyncio.get_running_loop().create_future()
+        task = rt.start(self._commit_batch(list(items), replied))
+        try:
+            return await asyncio.shield(task)
+        finally:
+            # The reply goes first: gRPC takes it when this returns, in this turn of the
+            # event loop; the notices, released here, start in a later one.
+            replied.set_result(None)
 
     async def _entry(
         self, header: ppb.ProposalHeader, checked: tuple[ppb.ProposalHeader, list[str]] | BecoError
@@ -235,12 +241,15 @@ class SstService(ppb_grpc.SstServicer):
             committed_ms=rt.now_ms(),
         )
 
-    async def _commit_batch(self, items: list[CommitEntry | ppb.Outcome]) -> ppb.BatchOutcome:
+    async def _commit_batch(
+        self, items: list[CommitEntry | ppb.Outcome], replied: asyncio.Future[None] | None = None
+    ) -> ppb.BatchOutcome:
         """Commit a batch's entries (queued together, so the store writes them in one
         transaction), then one signed notice per batch (split to stay below the message
-        limit) to every user node. If the database was unreachable for some entry, the
-        whole answer is UNAVAILABLE after the others' bookkeeping: the validator re-sends
-        the certificate, and what committed is answered as such."""
+        limit) to every user node, sent once ``replied`` is done (the validator's reply
+        first: it carries the same notices). If the database was unreachable for some
+        entry, the whole answer is UNAVAILABLE after the others' bookkeeping: the validator
+        re-sends the certificate, and what committed is answered as such."""
         entries = [it for it in items if isinstance(it, CommitEntry)]
         results = await asyncio.gather(*(self._commit(e) for e in entries), return_exceptions=True)
         done: dict[str, ppb.Outcome | BaseException] = {
@@ -281,9 +290,9 @@ class SstService(ppb_grpc.SstServicer):
                 self.rt.now_ms(),
             )
             out.applied.append(env)
-        for m in self.rt.membership.user_nodes:
-            if out.applied:
-                self.rt.spawn(self._notify(m, list(out.applied)))
+        if out.applied:
+            for m in self.rt.membership.user_nodes:
+                self.rt.spawn(self._notify(m, list(out.applied), replied))
         if unavailable is not None:
             raise unavailable
         return out
@@ -367,9 +376,13 @@ class SstService(ppb_grpc.SstServicer):
         delivery)."""
         return await self._committed_outcome(pb.CommitInfo.FromString(info_bytes), uid)
 
-    async def _notify(self, member: Any, envs: list[ppb.PeerEnvelope]) -> None:
-        """Deliver a batch's commit notices, each retried a few times; the nodes' catch-up
-        covers the rest."""
+    async def _notify(
+        self, member: Any, envs: list[ppb.PeerEnvelope], after: asyncio.Future[None] | None = None
+    ) -> None:
+        """Deliver a batch's commit notices in order, once ``after`` is done, each retried a
+        few times; the nodes' catch-up covers the rest."""
+        if after is not None:
+            await after
         stub = ppb_grpc.UserNodeStub(self.rt.peer_channel(member))
         for env in envs:
             code = ""
