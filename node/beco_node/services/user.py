@@ -49,6 +49,9 @@ log = logging.getLogger("beco.user")
 # Reads' replies per user (model.Views), rebuilt when the user's stored bytes change.
 VIEW_CACHE_ENTRIES = 10_000
 VIEW_CACHE_BYTES = 32 * 1024 * 1024
+# Signatures of the SST notices applied (a notice arrives from the SST and again inside the
+# validator's vote requests): the second copy is neither opened nor applied again.
+NOTICES_APPLIED = 4096
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = model.SERVICE
 
@@ -230,6 +233,9 @@ class UserNode:
         # proposals this node originated and is waiting on: id -> (request digest, caller);
         # its own vote then skips re-verifying the client signature it already checked.
         self.own: dict[str, tuple[bytes, str]] = {}
+        self.notices_applied: BoundedLru[bytes, bool] = BoundedLru(
+            NOTICES_APPLIED, NOTICES_APPLIED * 1024
+        )
         self.forwarder = Forwarder(rt)
         # Catch-up by log position: every commit before ``synced_size`` is applied, as of
         # the monotonic time ``synced_at`` when that catch-up was asked for.
@@ -325,6 +331,7 @@ class UserNode:
             log.info("not a member any more: dropping %d users", len(self.store.users))
         self.loaded.clear()
         self.store = UserStore()
+        self.notices_applied = BoundedLru(NOTICES_APPLIED, NOTICES_APPLIED * 1024)
         self.views = BoundedLru(VIEW_CACHE_ENTRIES, VIEW_CACHE_BYTES, model.Views.size)
         self.synced_at = -math.inf  # what it held is gone: nothing is fresh until reloaded
         metrics.USERS.set(0)
@@ -394,7 +401,11 @@ class UserNode:
                 log.info("catch-up with the SST failed: %s", exc.message)
             await asyncio.sleep(interval_s)
 
-    def apply_commit(self, seq: int, data: bytes) -> None:
+    def apply_commit(self, seq: int, data: bytes, uid: str = "") -> None:
+        """Store a user's committed state if newer (``uid``, when known, skips parsing an
+        older one)."""
+        if uid and self.store.sequence(uid) >= seq:
+            return
         if self.store.put(seq, data):
             metrics.USERS.set(len(self.store.users))
 
@@ -544,7 +555,7 @@ class IdentityService(pb_grpc.IdentityServicer):
             )
         new = pb.UserState()
         new.ParseFromString(outcome.state)
-        self.node.apply_commit(new.sequence, outcome.state)
+        self.node.apply_commit(new.sequence, outcome.state, new.user_id)
         return pb.MutationResponse(user=model.view(new, caller), commit=outcome.commit)
 
     @rpc_handler("CreateUser")
@@ -765,8 +776,12 @@ class VoterService(ppb_grpc.UserNodeServicer):
         model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
 
     def _apply_notice(self, env: ppb.PeerEnvelope) -> None:
-        """Apply an SST notice the validator forwarded (checked like any notice)."""
-        if env.kind not in ("applied", "applied_batch"):
+        """Apply an SST notice the validator forwarded (checked like any notice), unless
+        this node applied it already (the vote request's envelope covers its bytes)."""
+        if (
+            env.kind not in ("applied", "applied_batch")
+            or env.signature in self.node.notices_applied
+        ):
             return
         try:
             peer.open_envelope(env, env.kind, self.rt.membership, self.rt.now_ms())
@@ -775,6 +790,9 @@ class VoterService(ppb_grpc.UserNodeServicer):
         self._apply_payload(env)
 
     def _apply_payload(self, env: ppb.PeerEnvelope) -> None:
+        """Apply a notice that opened (its signature verified)."""
+        if env.signature in self.node.notices_applied:
+            return
         if env.kind == "applied":
             one = peer.parse(ppb.Applied, env.payload)
             assert isinstance(one, ppb.Applied)
@@ -784,8 +802,9 @@ class VoterService(ppb_grpc.UserNodeServicer):
             assert isinstance(many, ppb.AppliedBatch)
             applied = list(many.applied)
         for a in applied:
-            self.node.apply_commit(a.sequence, a.state)
+            self.node.apply_commit(a.sequence, a.state, a.user_id)
             self.node.heard_of(a.commit.tree_head.tree_size)
+        self.node.notices_applied.put(env.signature, True)
 
     @rpc_handler("user.ApplyBatch")
     async def ApplyBatch(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ApplyReply:
