@@ -111,17 +111,20 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 f"got {len(props.proposals)}"
             )
         tasks = [self._decide(p) for p in props.proposals]
-        done = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        # One waiter for all (``asyncio.wait`` never cancels the decisions if this call is).
+        await asyncio.wait(set(tasks))
         out = ppb.ProposalOutcomes()
-        for r in done:
+        for t in tasks:
+            r = None if t.cancelled() else (t.exception() or t.result())
             if isinstance(r, ppb.Outcome):
                 out.outcomes.append(r)
             else:
+                why = "CancelledError" if r is None else type(r).__name__
                 out.outcomes.append(
                     ppb.Outcome(
                         status=ppb.OUTCOME_UNSPECIFIED,
                         code="UNAVAILABLE",
-                        reason=f"the validator stopped deciding it ({type(r).__name__})",
+                        reason=f"the validator stopped deciding it ({why})",
                     )
                 )
         return out
