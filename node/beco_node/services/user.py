@@ -401,12 +401,14 @@ class UserNode:
                 log.info("catch-up with the SST failed: %s", exc.message)
             await asyncio.sleep(interval_s)
 
-    def apply_commit(self, seq: int, data: bytes, uid: str = "") -> None:
+    def apply_commit(
+        self, seq: int, data: bytes, uid: str = "", state: pb.UserState | None = None
+    ) -> None:
         """Store a user's committed state if newer (``uid``, when known, skips parsing an
-        older one)."""
+        older one; ``state``: ``data`` parsed already)."""
         if uid and self.store.sequence(uid) >= seq:
             return
-        if self.store.put(seq, data):
+        if self.store.put(seq, data, state):
             metrics.USERS.set(len(self.store.users))
 
     async def outcome(self, proposal_id: str) -> ppb.Outcome:
@@ -555,7 +557,7 @@ class IdentityService(pb_grpc.IdentityServicer):
             )
         new = pb.UserState()
         new.ParseFromString(outcome.state)
-        self.node.apply_commit(new.sequence, outcome.state, new.user_id)
+        self.node.apply_commit(new.sequence, outcome.state, new.user_id, new)
         return pb.MutationResponse(user=model.view(new, caller), commit=outcome.commit)
 
     @rpc_handler("CreateUser")
