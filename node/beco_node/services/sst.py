@@ -138,6 +138,13 @@ class SstService(ppb_grpc.SstServicer):
                 self.cache.put(uid, hit)
         return hit
 
+    async def _warm(self, uids: set[str]) -> None:
+        """Cache the current states of ``uids`` not cached, fetched concurrently (a failure
+        is left to the change's own check, which asks again and says why)."""
+        missing = [u for u in uids if u not in self.cache]
+        if missing:
+            await asyncio.gather(*(self._state(u) for u in missing), return_exceptions=True)
+
     def _commit_info(self, res: CommitResult, committed_ms: int) -> pb.CommitInfo:
         return pb.CommitInfo(
             proposal_id=res.proposal_id,
@@ -159,9 +166,10 @@ class SstService(ppb_grpc.SstServicer):
         if any(h.validator != validator for h in cert.headers):
             raise InvalidArgument("the certificate names another validator")
         checked = peer.verify_batch_certificate(cert, ms)  # each vote's signature, once
-        items = await asyncio.gather(
-            *(self._entry(h, c) for h, c in zip(cert.headers, checked, strict=True))
-        )
+        # Checked one after the other in this call (no task per change): the states not
+        # cached are fetched together first.
+        await self._warm({h.proposal.user_id for h in cert.headers})
+        items = [await self._entry(h, c) for h, c in zip(cert.headers, checked, strict=True)]
         # From here the commits and their bookkeeping (cache, notices) run to the end in a
         # task the runtime owns, whatever happens to this call.
         replied = asyncio.get_running_loop().create_future()
