@@ -11,8 +11,8 @@ answered alone (``OUTCOME_REJECTED`` with its status). The others go to
 delivered twice is stored once; a retried proposal whose first attempt committed is
 answered with that commit. Once verified, the commits and their bookkeeping (cache,
 notices) run in a task the runtime owns, so a caller's deadline or disconnect cannot skip
-them. Afterwards it tells every user node (``applied_batch``, signed once per batch;
-retried a few times) so they update their memory; nodes also catch up by log position
+them. Once the reply to the validator has gone, it tells every user node
+(``applied_batch``, signed once per batch; retried a few times) so they update their memory; nodes also catch up by log position
 (``Changes``).
 
 Outcomes are durable: ``GetOutcome`` answers from the database, and
