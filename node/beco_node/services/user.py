@@ -805,7 +805,8 @@ class VoterService(ppb_grpc.UserNodeServicer):
             applied = list(many.applied)
         for a in applied:
             self.node.apply_commit(a.sequence, a.state, a.user_id)
-            self.node.heard_of(a.commit.tree_head.tree_size)
+        if applied:
+            self.node.heard_of(max(a.commit.tree_head.tree_size for a in applied))
         self.node.notices_applied.put(env.signature, True)
 
     @rpc_handler("user.ApplyBatch")
