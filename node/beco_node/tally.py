@@ -99,6 +99,13 @@ class BatchTally:
     def tally(self, i: int) -> Tally:
         return self._of(self.invalid.get(i, ()))
 
+    def tallies(self) -> list[Tally]:
+        """``tally(i)`` for every change (those no vote rejected share one: it is frozen)."""
+        clean = self._of(())
+        return [
+            self._of(self.invalid[i]) if i in self.invalid else clean for i in range(self.changes)
+        ]
+
     def _of(self, codes: Iterable[str]) -> Tally:
         codes = tuple(codes)
         return Tally(

@@ -411,7 +411,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         for t in tasks:
             if not t.done():
                 rt.spawn(t)
-        counts = [count.tally(i) for i in range(n)]
+        counts = count.tallies()
         certified = [i for i in range(n) if counts[i].reached]
         for i in range(n):
             if not counts[i].reached:

@@ -76,7 +76,7 @@ def test_batch_tally_is_the_per_change_fold(voters: int) -> None:
                 fold = [
                     t.add_invalid(rej[i]) if i in rej else t.add_valid() for i, t in enumerate(fold)
                 ]
-            assert [bt.tally(i) for i in range(n)] == fold
+            assert [bt.tally(i) for i in range(n)] == fold == bt.tallies()
             assert bt.decided == all(t.decided for t in fold)
 
 
