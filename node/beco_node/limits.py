@@ -18,6 +18,7 @@ than ``MAX_MESSAGE_BYTES`` are refused by gRPC itself with RESOURCE_EXHAUSTED.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -38,6 +39,10 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 100
 USER_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 NAME_PROFILE = get_profile("NicknameCasePreserved")
+# Distinct names (of at most MAX_NAME_CHARS) remembered in canonical form: a change's names
+# are checked by its origin, its vote and the SST's apply, several times in one process;
+# PRECIS enforcement (precis-i18n also looks a regex up per call) then runs once per name.
+NAME_CACHE_ENTRIES = 4096
 # precis-i18n's reason codes, said in words
 _PRECIS_REASONS = {
     "DISALLOWED/controls": "a control character",
@@ -55,7 +60,7 @@ _PRECIS_REASONS = {
 def canonical_name(what: str, value: str) -> str:
     """The PRECIS Nickname form of ``value``; raises InvalidArgument with the reason."""
     try:
-        out: str = NAME_PROFILE.enforce(value)
+        out = _enforce(value) if len(value) <= MAX_NAME_CHARS else NAME_PROFILE.enforce(value)
     except UnicodeEncodeError as exc:
         if exc.reason == "empty":
             raise InvalidArgument(f"{what} is empty once spaces are removed") from None
@@ -66,6 +71,13 @@ def canonical_name(what: str, value: str) -> str:
             f"{what} is refused by PRECIS (RFC 8266 nickname): {cps} at position "
             f"{exc.start} is {words} [{exc.reason}]"
         ) from None
+    return out
+
+
+@functools.lru_cache(maxsize=NAME_CACHE_ENTRIES)
+def _enforce(value: str) -> str:
+    """``NAME_PROFILE.enforce``, remembered (it is pure; refusals raise and are not kept)."""
+    out: str = NAME_PROFILE.enforce(value)
     return out
 
 

@@ -11,8 +11,8 @@ answered alone (``OUTCOME_REJECTED`` with its status). The others go to
 delivered twice is stored once; a retried proposal whose first attempt committed is
 answered with that commit. Once verified, the commits and their bookkeeping (cache,
 notices) run in a task the runtime owns, so a caller's deadline or disconnect cannot skip
-them. Afterwards it tells every user node (``applied_batch``, signed once per batch;
-retried a few times) so they update their memory; nodes also catch up by log position
+them. Once the reply to the validator has gone, it tells every user node
+(``applied_batch``, signed once per batch; retried a few times) so they update their memory; nodes also catch up by log position
 (``Changes``).
 
 Outcomes are durable: ``GetOutcome`` answers from the database, and
@@ -138,6 +138,13 @@ class SstService(ppb_grpc.SstServicer):
                 self.cache.put(uid, hit)
         return hit
 
+    async def _warm(self, uids: set[str]) -> None:
+        """Cache the current states of ``uids`` not cached, fetched concurrently (a failure
+        is left to the change's own check, which asks again and says why)."""
+        missing = [u for u in uids if u not in self.cache]
+        if missing:
+            await asyncio.gather(*(self._state(u) for u in missing), return_exceptions=True)
+
     def _commit_info(self, res: CommitResult, committed_ms: int) -> pb.CommitInfo:
         return pb.CommitInfo(
             proposal_id=res.proposal_id,
@@ -159,13 +166,20 @@ class SstService(ppb_grpc.SstServicer):
         if any(h.validator != validator for h in cert.headers):
             raise InvalidArgument("the certificate names another validator")
         checked = peer.verify_batch_certificate(cert, ms)  # each vote's signature, once
-        items = await asyncio.gather(
-            *(self._entry(h, c) for h, c in zip(cert.headers, checked, strict=True))
-        )
+        # Checked one after the other in this call (no task per change): the states not
+        # cached are fetched together first.
+        await self._warm({h.proposal.user_id for h in cert.headers})
+        items = [await self._entry(h, c) for h, c in zip(cert.headers, checked, strict=True)]
         # From here the commits and their bookkeeping (cache, notices) run to the end in a
         # task the runtime owns, whatever happens to this call.
-        task = rt.start(self._commit_batch(list(items)))
-        return await asyncio.shield(task)
+        replied = asyncio.get_running_loop().create_future()
+        task = rt.start(self._commit_batch(list(items), replied))
+        try:
+            return await asyncio.shield(task)
+        finally:
+            # The reply goes first: gRPC takes it when this returns, in this turn of the
+            # event loop; the notices, released here, start in a later one.
+            replied.set_result(None)
 
     async def _entry(
         self, header: ppb.ProposalHeader, checked: tuple[ppb.ProposalHeader, list[str]] | BecoError
@@ -235,12 +249,15 @@ class SstService(ppb_grpc.SstServicer):
             committed_ms=rt.now_ms(),
         )
 
-    async def _commit_batch(self, items: list[CommitEntry | ppb.Outcome]) -> ppb.BatchOutcome:
+    async def _commit_batch(
+        self, items: list[CommitEntry | ppb.Outcome], replied: asyncio.Future[None] | None = None
+    ) -> ppb.BatchOutcome:
         """Commit a batch's entries (queued together, so the store writes them in one
         transaction), then one signed notice per batch (split to stay below the message
-        limit) to every user node. If the database was unreachable for some entry, the
-        whole answer is UNAVAILABLE after the others' bookkeeping: the validator re-sends
-        the certificate, and what committed is answered as such."""
+        limit) to every user node, sent once ``replied`` is done (the validator's reply
+        first: it carries the same notices). If the database was unreachable for some
+        entry, the whole answer is UNAVAILABLE after the others' bookkeeping: the validator
+        re-sends the certificate, and what committed is answered as such."""
         entries = [it for it in items if isinstance(it, CommitEntry)]
         results = await asyncio.gather(*(self._commit(e) for e in entries), return_exceptions=True)
         done: dict[str, ppb.Outcome | BaseException] = {
@@ -281,9 +298,9 @@ class SstService(ppb_grpc.SstServicer):
                 self.rt.now_ms(),
             )
             out.applied.append(env)
-        for m in self.rt.membership.user_nodes:
-            if out.applied:
-                self.rt.spawn(self._notify(m, list(out.applied)))
+        if out.applied:
+            for m in self.rt.membership.user_nodes:
+                self.rt.spawn(self._notify(m, list(out.applied), replied))
         if unavailable is not None:
             raise unavailable
         return out
@@ -367,9 +384,13 @@ class SstService(ppb_grpc.SstServicer):
         delivery)."""
         return await self._committed_outcome(pb.CommitInfo.FromString(info_bytes), uid)
 
-    async def _notify(self, member: Any, envs: list[ppb.PeerEnvelope]) -> None:
-        """Deliver a batch's commit notices, each retried a few times; the nodes' catch-up
-        covers the rest."""
+    async def _notify(
+        self, member: Any, envs: list[ppb.PeerEnvelope], after: asyncio.Future[None] | None = None
+    ) -> None:
+        """Deliver a batch's commit notices in order, once ``after`` is done, each retried a
+        few times; the nodes' catch-up covers the rest."""
+        if after is not None:
+            await after
         stub = ppb_grpc.UserNodeStub(self.rt.peer_channel(member))
         for env in envs:
             code = ""

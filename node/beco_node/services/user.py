@@ -49,6 +49,9 @@ log = logging.getLogger("beco.user")
 # Reads' replies per user (model.Views), rebuilt when the user's stored bytes change.
 VIEW_CACHE_ENTRIES = 10_000
 VIEW_CACHE_BYTES = 32 * 1024 * 1024
+# Signatures of the SST notices applied (a notice arrives from the SST and again inside the
+# validator's vote requests): the second copy is neither opened nor applied again.
+NOTICES_APPLIED = 4096
 Ctx = grpc.aio.ServicerContext[Any, Any]
 M = model.SERVICE
 
@@ -230,6 +233,9 @@ class UserNode:
         # proposals this node originated and is waiting on: id -> (request digest, caller);
         # its own vote then skips re-verifying the client signature it already checked.
         self.own: dict[str, tuple[bytes, str]] = {}
+        self.notices_applied: BoundedLru[bytes, bool] = BoundedLru(
+            NOTICES_APPLIED, NOTICES_APPLIED * 1024
+        )
         self.forwarder = Forwarder(rt)
         # Catch-up by log position: every commit before ``synced_size`` is applied, as of
         # the monotonic time ``synced_at`` when that catch-up was asked for.
@@ -325,6 +331,7 @@ class UserNode:
             log.info("not a member any more: dropping %d users", len(self.store.users))
         self.loaded.clear()
         self.store = UserStore()
+        self.notices_applied = BoundedLru(NOTICES_APPLIED, NOTICES_APPLIED * 1024)
         self.views = BoundedLru(VIEW_CACHE_ENTRIES, VIEW_CACHE_BYTES, model.Views.size)
         self.synced_at = -math.inf  # what it held is gone: nothing is fresh until reloaded
         metrics.USERS.set(0)
@@ -394,8 +401,14 @@ class UserNode:
                 log.info("catch-up with the SST failed: %s", exc.message)
             await asyncio.sleep(interval_s)
 
-    def apply_commit(self, seq: int, data: bytes) -> None:
-        if self.store.put(seq, data):
+    def apply_commit(
+        self, seq: int, data: bytes, uid: str = "", state: pb.UserState | None = None
+    ) -> None:
+        """Store a user's committed state if newer (``uid``, when known, skips parsing an
+        older one; ``state``: ``data`` parsed already)."""
+        if uid and self.store.sequence(uid) >= seq:
+            return
+        if self.store.put(seq, data, state):
             metrics.USERS.set(len(self.store.users))
 
     async def outcome(self, proposal_id: str) -> ppb.Outcome:
@@ -544,7 +557,7 @@ class IdentityService(pb_grpc.IdentityServicer):
             )
         new = pb.UserState()
         new.ParseFromString(outcome.state)
-        self.node.apply_commit(new.sequence, outcome.state)
+        self.node.apply_commit(new.sequence, outcome.state, new.user_id, new)
         return pb.MutationResponse(user=model.view(new, caller), commit=outcome.commit)
 
     @rpc_handler("CreateUser")
@@ -692,13 +705,7 @@ class VoterService(ppb_grpc.UserNodeServicer):
         for env in vreq.previous:
             self._apply_notice(env)
         root = batch.root([peer.header_digest(h) for h in vreq.headers])
-        users: set[str] = set()
-        checks = []
-        for h in vreq.headers:
-            first = h.proposal.user_id not in users
-            users.add(h.proposal.user_id)
-            checks.append(self._check(h, first))
-        results = await asyncio.gather(*checks)
+        results = await self._check_all(list(vreq.headers))
         rejected = [
             batch.Rejection(i, exc.code, exc.message)
             for i, exc in enumerate(results)
@@ -708,38 +715,75 @@ class VoterService(ppb_grpc.UserNodeServicer):
         metrics.VOTES.labels("invalid").inc(len(rejected))
         return peer.sign_batch_vote(root, rejected, rt.key, rt.peer_id)
 
-    async def _check(self, header: ppb.ProposalHeader, first: bool) -> BecoError | None:
-        """This voter's verdict on one change: None (VALID) or why it is INVALID."""
+    async def _check_all(self, headers: list[ppb.ProposalHeader]) -> list[BecoError | None]:
+        """This voter's verdict on each change: None (VALID) or why it is INVALID. Changes
+        are checked in this call (no task each); only users whose copy lags wait, together,
+        for the SST's state."""
+        verdicts: list[BecoError | None] = []
+        lagging: list[tuple[int, ppb.ProposalHeader, Any, str]] = []
+        users: set[str] = set()
+        for i, h in enumerate(headers):
+            uid = h.proposal.user_id
+            first = uid not in users
+            users.add(uid)
+            verdicts.append(None)
+            try:
+                req, caller = self._admit(h, first)
+                state = self.node.store.get(uid)
+                if (state.sequence if state else 0) != h.sequence - 1:
+                    lagging.append((i, h, req, caller))
+                    continue
+                self._apply(h, req, caller, state)
+            except BecoError as exc:
+                verdicts[i] = exc
+        if lagging:
+            fetched = await asyncio.gather(
+                *(self.node.fetch(h.proposal.user_id) for _, h, _, _ in lagging),
+                return_exceptions=True,
+            )
+            for (i, h, req, caller), st in zip(lagging, fetched, strict=True):
+                try:
+                    if isinstance(st, BaseException):
+                        raise st
+                    self._apply(h, req, caller, st)
+                except BecoError as exc:
+                    verdicts[i] = exc
+        return verdicts
+
+    def _admit(self, header: ppb.ProposalHeader, first: bool) -> tuple[Any, str]:
+        """The checks of one change that need no user state: its request and caller."""
         rt = self.rt
         prop = header.proposal
-        try:
-            if not first:
-                raise InvalidArgument("two changes of one user in one batch")
-            req = model.parse_mutation(prop.method, prop.request)
-            mine = self.node.own.get(prop.proposal_id)
-            if mine is not None and mine[0] == hashlib.sha256(prop.request).digest():
-                caller = mine[1]  # verified when the client sent it to us
-            else:
-                caller = auth.verify_signature(prop.method, req)
-            if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
-                raise InvalidArgument("proposal id does not match the request")
-            if model.target_user(prop.method, req, caller) != prop.user_id:
-                raise InvalidArgument("proposal user does not match the request")
-            # An honest quorum only votes for requests sequenced now, signed just before.
-            check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
-            want = header.sequence - 1
-            state = self.node.store.get(prop.user_id)
-            have = state.sequence if state else 0
-            if have != want:
-                state = await self.node.fetch(prop.user_id)
-            model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
-        except BecoError as exc:
-            return exc
-        return None
+        if not first:
+            raise InvalidArgument("two changes of one user in one batch")
+        req = model.parse_mutation(prop.method, prop.request)
+        mine = self.node.own.get(prop.proposal_id)
+        if mine is not None and mine[0] == hashlib.sha256(prop.request).digest():
+            caller = mine[1]  # verified when the client sent it to us
+        else:
+            caller = auth.verify_signature(prop.method, req)
+        if peer.proposal_id(req.auth.signature) != prop.proposal_id:  # type: ignore[attr-defined]
+            raise InvalidArgument("proposal id does not match the request")
+        if model.target_user(prop.method, req, caller) != prop.user_id:
+            raise InvalidArgument("proposal user does not match the request")
+        # An honest quorum only votes for requests sequenced now, signed just before.
+        check_validator_clock(req, header.validator_ts_ms, rt.now_ms(), rt.settings.skew_ms)
+        return req, caller
+
+    @staticmethod
+    def _apply(
+        header: ppb.ProposalHeader, req: Any, caller: str, state: pb.UserState | None
+    ) -> None:
+        prop = header.proposal
+        model.apply(prop.method, req, caller, state, header.sequence, header.validator_ts_ms)
 
     def _apply_notice(self, env: ppb.PeerEnvelope) -> None:
-        """Apply an SST notice the validator forwarded (checked like any notice)."""
-        if env.kind not in ("applied", "applied_batch"):
+        """Apply an SST notice the validator forwarded (checked like any notice), unless
+        this node applied it already (the vote request's envelope covers its bytes)."""
+        if (
+            env.kind not in ("applied", "applied_batch")
+            or env.signature in self.node.notices_applied
+        ):
             return
         try:
             peer.open_envelope(env, env.kind, self.rt.membership, self.rt.now_ms())
@@ -748,6 +792,9 @@ class VoterService(ppb_grpc.UserNodeServicer):
         self._apply_payload(env)
 
     def _apply_payload(self, env: ppb.PeerEnvelope) -> None:
+        """Apply a notice that opened (its signature verified)."""
+        if env.signature in self.node.notices_applied:
+            return
         if env.kind == "applied":
             one = peer.parse(ppb.Applied, env.payload)
             assert isinstance(one, ppb.Applied)
@@ -757,8 +804,10 @@ class VoterService(ppb_grpc.UserNodeServicer):
             assert isinstance(many, ppb.AppliedBatch)
             applied = list(many.applied)
         for a in applied:
-            self.node.apply_commit(a.sequence, a.state)
-            self.node.heard_of(a.commit.tree_head.tree_size)
+            self.node.apply_commit(a.sequence, a.state, a.user_id)
+        if applied:
+            self.node.heard_of(max(a.commit.tree_head.tree_size for a in applied))
+        self.node.notices_applied.put(env.signature, True)
 
     @rpc_handler("user.ApplyBatch")
     async def ApplyBatch(self, request: ppb.PeerEnvelope, context: Ctx) -> ppb.ApplyReply:

@@ -111,17 +111,20 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 f"got {len(props.proposals)}"
             )
         tasks = [self._decide(p) for p in props.proposals]
-        done = await asyncio.gather(*(asyncio.shield(t) for t in tasks), return_exceptions=True)
+        # One waiter for all (``asyncio.wait`` never cancels the decisions if this call is).
+        await asyncio.wait(set(tasks))
         out = ppb.ProposalOutcomes()
-        for r in done:
+        for t in tasks:
+            r = None if t.cancelled() else (t.exception() or t.result())
             if isinstance(r, ppb.Outcome):
                 out.outcomes.append(r)
             else:
+                why = "CancelledError" if r is None else type(r).__name__
                 out.outcomes.append(
                     ppb.Outcome(
                         status=ppb.OUTCOME_UNSPECIFIED,
                         code="UNAVAILABLE",
-                        reason=f"the validator stopped deciding it ({type(r).__name__})",
+                        reason=f"the validator stopped deciding it ({why})",
                     )
                 )
         return out
@@ -375,7 +378,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
 
         n = len(slots)
         tasks = [asyncio.ensure_future(ask(m)) for m in voters]
-        counts = [tally.Tally(quorum=ms.quorum, voters=len(voters)) for _ in slots]
+        count = tally.BatchTally(ms.quorum, len(voters), n)
         reasons: list[list[str]] = [[] for _ in slots]
         votes: list[ppb.BatchVote] = []
         try:
@@ -385,24 +388,21 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                 except TimeoutError:
                     break
                 if isinstance(res, str):
-                    for i in range(n):
-                        reasons[i].append(res)
-                        counts[i] = counts[i].add_unreachable()
+                    for why in reasons:
+                        why.append(res)
+                    count.add_unreachable()
                     metrics.VOTES.labels("unreachable").inc(n)
                 else:
                     votes.append(res)
-                    rejected = {r.index: r for r in res.rejected}
-                    name = _name(ms, res.voter)
-                    for i in range(n):
-                        r = rejected.get(i)
-                        if r is None:
-                            counts[i] = counts[i].add_valid()
-                        else:
-                            counts[i] = counts[i].add_invalid(r.code)
+                    rejected = {r.index: r for r in res.rejected if r.index < n}
+                    count.add_vote({i: r.code for i, r in rejected.items()})
+                    if rejected:
+                        name = _name(ms, res.voter)
+                        for i, r in rejected.items():
                             reasons[i].append(f"{name}: {r.reason}")
                     metrics.VOTES.labels("invalid").inc(len(rejected))
                     metrics.VOTES.labels("valid").inc(n - len(rejected))
-                if all(c.decided for c in counts):
+                if count.decided:
                     break
         except TimeoutError:
             pass
@@ -411,9 +411,10 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         for t in tasks:
             if not t.done():
                 rt.spawn(t)
+        counts = count.tallies()
         certified = [i for i in range(n) if counts[i].reached]
         for i in range(n):
-            if i not in certified:
+            if not counts[i].reached:
                 slots[i].settle(_Decided(counts[i], reasons[i]))
         if not certified:
             return

@@ -107,3 +107,30 @@ def test_the_canonical_form_is_stable() -> None:
         assert limits.canonical_name("n", canonical) == canonical, repr(raw)
         checked += 1
     assert checked > 1000
+
+
+def test_a_name_is_enforced_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Origin, vote and apply check the same names in one process: PRECIS runs once each,
+    refusals are never remembered, and names longer than the limit are not kept."""
+    calls: list[str] = []
+    real = limits.NAME_PROFILE.enforce
+
+    def counting(value: str) -> str:
+        calls.append(value)
+        out: str = real(value)
+        return out
+
+    monkeypatch.setattr(limits.NAME_PROFILE, "enforce", counting)
+    limits._enforce.cache_clear()
+    for _ in range(3):
+        limits.check_name("first_name", "Zoë Quinn")
+    assert calls == ["Zoë Quinn"]
+    for _ in range(2):
+        with pytest.raises(InvalidArgument, match=r"U\+200B"):
+            limits.check_name("first_name", "Zo\u200be")
+    assert calls.count("Zo\u200be") == 2
+    long = "x" * (limits.MAX_NAME_CHARS + 1)
+    limits.canonical_name("n", long)
+    limits.canonical_name("n", long)
+    assert calls.count(long) == 2
+    limits._enforce.cache_clear()

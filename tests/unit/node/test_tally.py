@@ -51,3 +51,36 @@ def test_a_definitive_failure_never_says_outcome_unknown() -> None:
     assert tally.definitive_code("NOT_FOUND") == "NOT_FOUND"
     invalid = tally.Tally(quorum=3, voters=3).add_invalid("").add_invalid("NOT_FOUND")
     assert invalid.add_invalid("NOT_FOUND").failure_code() == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("voters", [1, 3, 4, 5])
+def test_batch_tally_is_the_per_change_fold(voters: int) -> None:
+    """Counting a batch once per vote gives every change exactly the tally (and decision)
+    that folding each vote into each change's own Tally gives."""
+    import random
+
+    rnd = random.Random(voters)
+    q = default_quorum(voters)
+    codes = ["", "PERMISSION_DENIED", "FAILED_PRECONDITION", "INVALID_ARGUMENT"]
+    for _ in range(300):
+        n = rnd.randint(1, 6)
+        bt = tally.BatchTally(q, voters, n)
+        fold = [tally.Tally(quorum=q, voters=voters) for _ in range(n)]
+        for _ in range(rnd.randint(0, voters)):
+            if rnd.random() < 0.2:
+                bt.add_unreachable()
+                fold = [t.add_unreachable() for t in fold]
+            else:
+                rej = {i: rnd.choice(codes) for i in range(n) if rnd.random() < 0.3}
+                bt.add_vote(rej)
+                fold = [
+                    t.add_invalid(rej[i]) if i in rej else t.add_valid() for i, t in enumerate(fold)
+                ]
+            assert [bt.tally(i) for i in range(n)] == fold == bt.tallies()
+            assert bt.decided == all(t.decided for t in fold)
+
+
+def test_batch_tally_a_rejection_outside_the_batch_names_no_change() -> None:
+    bt = tally.BatchTally(2, 3, 2)
+    bt.add_vote({2: "PERMISSION_DENIED"})
+    assert [bt.tally(i).valid for i in range(2)] == [1, 1]
