@@ -64,7 +64,10 @@ class Peer:
         self.port = 0
 
     async def start(self) -> None:
-        server = grpc.aio.server(interceptors=[DecodeGuard(ORIGIN_TRAILER)])
+        server = grpc.aio.server(
+            interceptors=[DecodeGuard(ORIGIN_TRAILER)],
+            options=[("grpc.max_receive_message_length", 64 * 1024)],
+        )
         links = self.links = link.LinkServer(64 * 1024 * 1024)
         ppb_grpc.add_UserNodeServicer_to_server(self.voter, server)
         ppb_grpc.add_UserNodeServicer_to_server(self.voter, links)  # type: ignore[arg-type]
@@ -251,3 +254,16 @@ async def test_a_draining_peer_answers_calls_in_flight_and_ends_its_links(
     p.voter.release.set()
     assert (await held).voter == "hold-1"  # answered, not cut
     await until(lambda: c.links._links[p.address].call is None)  # then the link ends
+
+
+async def test_a_request_too_large_for_a_frame_goes_unary(pair: tuple[Peer, Caller]) -> None:
+    p, c = pair
+    await c.wait_up()
+    big = ppb.PeerEnvelope(sender="big", kind="vote_batch", payload=b"x" * c.links.max_frame_bytes)
+    with pytest.raises(grpc.aio.AioRpcError) as ei:  # the peer's own limit refuses it, as before
+        await c.stub.VoteBatch(big, timeout=WAIT_S)
+    assert ei.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert p.voter.contexts == []
+    small = ppb.PeerEnvelope(sender="small", payload=b"x" * (c.links.max_frame_bytes - 400))
+    assert (await c.stub.VoteBatch(small, timeout=WAIT_S)).voter == "small"
+    assert p.voter.contexts == ["_LinkContext"]
