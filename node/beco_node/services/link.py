@@ -335,6 +335,8 @@ class _Link:
             raise
         finally:
             self.pending.pop(call_id, None)
+            if fut.done() and not fut.cancelled():
+                fut.exception()  # a break that came before the write failed: seen
         if reply.code:
             raise rpc_error(
                 _CODES.get(reply.code, grpc.StatusCode.UNKNOWN),
