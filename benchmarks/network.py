@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
 from beco_node.session import ClientSession
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.doc import cpu_model, write_section
 
@@ -354,29 +356,90 @@ def ratios(m: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
+# One commit's nested spans at 1 in flight, outermost first, as each node's own histograms
+# time them: (role, histogram, its method label or "", what it covers).
+SPANS = (
+    ("user", "beco_rpc_latency_seconds", "UpdateFirstName", "origin user node: the client's call"),
+    ("validator", "beco_rpc_latency_seconds", "validator.ProposeBatch", "validator: ProposeBatch"),
+    ("validator", "beco_quorum_wait_seconds", "", "validator: vote round, fan-out to quorum"),
+    ("user", "beco_rpc_latency_seconds", "user.VoteBatch", "a voter: VoteBatch (mean)"),
+    ("sst", "beco_rpc_latency_seconds", "sst.CommitBatch", "SST: CommitBatch"),
+    ("sst", "beco_commit_seconds", "", "SST: store commit (queue + PostgreSQL transaction)"),
+    ("user", "beco_rpc_latency_seconds", "user.ApplyBatch", "a user node: ApplyBatch (mean)"),
+)
+Histograms = dict[tuple[str, str, str], tuple[float, float]]  # (role, name, method) -> sum, count
+BATCH_KEY = ("validator", "beco_batch_size", "")  # proposals per vote round
+
+
+def scrape(net: LocalNetwork) -> Histograms:
+    """Every node's histogram sums and counts, added up per role."""
+    out: Histograms = {}
+    for n in net.nodes.values():
+        url = f"http://127.0.0.1:{n.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            text = resp.read().decode()
+        for fam in text_string_to_metric_families(text):
+            if fam.type != "histogram":
+                continue
+            for smp in fam.samples:
+                kind = smp.name.removeprefix(fam.name)
+                if kind not in ("_sum", "_count"):
+                    continue
+                key = (n.role, fam.name, smp.labels.get("method", ""))
+                total, count = out.get(key, (0.0, 0.0))
+                if kind == "_sum":
+                    out[key] = (total + smp.value, count)
+                else:
+                    out[key] = (total, count + smp.value)
+    return out
+
+
+def span_means(before: Histograms, after: Histograms) -> dict[str, float]:
+    """Mean ms of each of SPANS between two scrapes (absent: not observed)."""
+    out: dict[str, float] = {}
+    for role, name, method, what in SPANS:
+        s1, c1 = after.get((role, name, method), (0.0, 0.0))
+        s0, c0 = before.get((role, name, method), (0.0, 0.0))
+        if c1 > c0:
+            out[what] = (s1 - s0) / (c1 - c0) * 1000
+    return out
+
+
 async def commit_latency(net: LocalNetwork, n: int) -> dict[str, float]:
     async with Client(net.user_endpoints()[0], keys.generate_private_key()) as c:
         await c.create_user("Lat")
         for i in range(20):
             await c.set_first(c.user_id, f"warm{i}")
         lat: list[float] = []
+        before = await asyncio.to_thread(scrape, net)
         for i in range(n):
             t0 = time.perf_counter()
             await c.set_first(c.user_id, f"lat{i}")
             lat.append(time.perf_counter() - t0)
-    return {"commit1_p50_ms": pct(lat, 50) * 1000, "commit1_p99_ms": pct(lat, 99) * 1000}
+        spans = span_means(before, await asyncio.to_thread(scrape, net))
+    return {
+        "commit1_p50_ms": pct(lat, 50) * 1000,
+        "commit1_p99_ms": pct(lat, 99) * 1000,
+        "commit1_mean_ms": sum(lat) / len(lat) * 1000,
+        "commit1_spans_ms": spans,
+    }
 
 
 def commit_load(
     net: LocalNetwork, users: int, procs: int, seconds: float, profile: Path | None = None
 ) -> dict[str, Any]:
     eps = net.user_endpoints()
+    hist: list[Histograms] = []
+
+    def on_start() -> list[subprocess.Popen[bytes]]:
+        hist.append(scrape(net))  # the load starts now: its batches from here
+        return start_profiles(net, profile, seconds) if profile else []
+
     res, cpu = _run_workers(
-        net,
-        commit_worker,
-        [(eps, users // procs, seconds, i) for i in range(procs)],
-        lambda: start_profiles(net, profile, seconds) if profile else [],
+        net, commit_worker, [(eps, users // procs, seconds, i) for i in range(procs)], on_start
     )
+    s1, c1 = scrape(net).get(BATCH_KEY, (0.0, 0.0))
+    s0, c0 = hist[0].get(BATCH_KEY, (0.0, 0.0))
     total = sum(r[0] for r in res)
     lat = [x for r in res for x in r[3]]
     out: dict[str, Any] = {
@@ -387,6 +450,7 @@ def commit_load(
         "load_p99_ms": pct(lat, 99) * 1000,
         "cpu_ms": {r: cpu[r] / total * 1000 for r in ROLES},
         "client_cpu_ms": sum(r[2] for r in res) / total * 1000,
+        "batch_mean": (s1 - s0) / (c1 - c0) if c1 > c0 else 0.0,
     }
     out["server_cpu_ms"] = sum(out["cpu_ms"].values())
     return out
@@ -507,6 +571,7 @@ def render(
             "load generator CPU per commit (signing, client gRPC)", "client_cpu_ms", "{:.2f}", " ms"
         ),
         row("writes that failed under load (any status)", "errors", "{}"),
+        row("proposals per vote round under load (mean)", "batch_mean", "{:.1f}"),
         row("read p50 / empty-call p50, 1 in flight (ratio)", "read_ratio", "{:.2f}", "x"),
         row("read p50 (GetUser, session: a MAC)", "read_p50_ms", "{:.2f}", " ms"),
         row("read p99 (GetUser, session)", "read_p99_ms", "{:.2f}", " ms"),
@@ -532,6 +597,14 @@ def render(
         row("user node CPU per read (session)", "read_user_cpu_us", "{:.0f}", " µs"),
         row("user node CPU per signed read", "signed_read_user_cpu_us", "{:.0f}", " µs"),
         row("user node CPU per empty call", "floor_user_cpu_us", "{:.0f}", " µs"),
+        "",
+        "Where one commit's time goes at 1 in flight (same run; each node's own histograms, "
+        f"mean over the {ns.latency_commits} commits; spans nest, outermost first: the client "
+        f"saw a mean of {main.get('commit1_mean_ms', 0):.2f} ms):",
+        "",
+        "| span | mean |",
+        "|---|---|",
+        *(f"| {what} | {ms:.2f} ms |" for what, ms in main.get("commit1_spans_ms", {}).items()),
         "",
         "Commits/s and server CPU per commit against the number of user nodes (same run, "
         "each network started fresh; quorum 2 / 4 / 6):",

@@ -257,21 +257,16 @@ while time.monotonic() < end:
 
 
 @dataclass
-class DnsWatch:
-    """What the SST's pod resolves for the headless Postgres name (the pod's own record)
-    and for the cluster-IP Service its DSN names, while Postgres is replaced: the figures
-    behind docs/operator.md's reason for the cluster IP. Figures only, never asserted."""
+class KubectlLines:
+    """A long-running kubectl command whose output lines ``on_line`` takes, in a thread."""
 
     k8s: Target
-    names: tuple[str, ...]
-    seen: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
-    proc: subprocess.Popen[str] | None = None
-    thread: threading.Thread | None = None
+    proc: subprocess.Popen[str] | None = field(default=None, init=False)
+    thread: threading.Thread | None = field(default=None, init=False)
 
-    def start(self, seconds: float) -> None:
+    def run(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [self.k8s.kubectl_bin, "exec", SST_POD, "--", "python3", "-c", DNS_PROBE,
-             str(seconds), *self.names],
+            [self.k8s.kubectl_bin, *args],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.k8s.env(),
         )  # fmt: skip
         self.thread = threading.Thread(target=self._read, daemon=True)
@@ -280,9 +275,10 @@ class DnsWatch:
     def _read(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
         for line in self.proc.stdout:
-            parts = tuple(line.split())
-            if len(parts) == len(self.names):
-                self.seen.append((time.monotonic(), parts))
+            self.on_line(line)
+
+    def on_line(self, line: str) -> None:
+        raise NotImplementedError
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -290,6 +286,24 @@ class DnsWatch:
             self.proc.wait(10)
         if self.thread is not None:
             self.thread.join(10)
+
+
+@dataclass
+class DnsWatch(KubectlLines):
+    """What the SST's pod resolves for the headless Postgres name (the pod's own record)
+    and for the cluster-IP Service its DSN names, while Postgres is replaced: the figures
+    behind docs/operator.md's reason for the cluster IP. Figures only, never asserted."""
+
+    names: tuple[str, ...] = ()
+    seen: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+
+    def start(self, seconds: float) -> None:
+        self.run("exec", SST_POD, "--", "python3", "-c", DNS_PROBE, str(seconds), *self.names)
+
+    def on_line(self, line: str) -> None:
+        parts = tuple(line.split())
+        if len(parts) == len(self.names):
+            self.seen.append((time.monotonic(), parts))
 
     def record(self, deleted: float, ready: float) -> None:
         """FIGURES: per name, how long it did not resolve, and when (after the deletion) it
@@ -361,17 +375,15 @@ def test_sst_then_postgres_pod_deleted_every_acknowledged_write_survives(
 
 
 @dataclass
-class ReadyWatch:
+class ReadyWatch(KubectlLines):
     """``kubectl get pods --watch`` of the user nodes: the Ready count after every change."""
 
-    k8s: Target
-    members: set[str]  # the user nodes' pod names: counted once every one was listed
-    proc: subprocess.Popen[str] | None = None
+    # the user nodes' pod names: counted once every one was listed
+    members: set[str] = field(default_factory=set)
     state: dict[str, tuple[str, bool]] = field(default_factory=dict)  # name -> (uid, ready)
     ready_counts: list[int] = field(default_factory=list)
     unready_counts: list[int] = field(default_factory=list)
     seen_uids: dict[str, set[str]] = field(default_factory=dict)
-    thread: threading.Thread | None = None
 
     TEMPLATE = (
         "{.metadata.name} {.metadata.uid} {.metadata.deletionTimestamp} "
@@ -379,36 +391,21 @@ class ReadyWatch:
     )
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [self.k8s.kubectl_bin, "get", "pods", "-l", USER_SEL, "--watch",
-             "-o", f"jsonpath={self.TEMPLATE}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.k8s.env(),
-        )  # fmt: skip
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
+        self.run("get", "pods", "-l", USER_SEL, "--watch", "-o", f"jsonpath={self.TEMPLATE}")
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            parts = line.split()
-            if len(parts) < 2:
-                continue
-            name, uid, rest = parts[0], parts[1], parts[2:]
-            terminating = any(re.match(r"\d{4}-\d\d-\d\dT", p) for p in rest)
-            ready = "True" in rest and not terminating
-            self.state[name] = (uid, ready)
-            self.seen_uids.setdefault(name, set()).add(uid)
-            if not self.members <= set(self.state):
-                continue  # the initial listing, one pod at a time: not a count yet
-            self.ready_counts.append(sum(1 for _, r in self.state.values() if r))
-            self.unready_counts.append(sum(1 for _, r in self.state.values() if not r))
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        if self.thread is not None:
-            self.thread.join(10)
+    def on_line(self, line: str) -> None:
+        parts = line.split()
+        if len(parts) < 2:
+            return
+        name, uid, rest = parts[0], parts[1], parts[2:]
+        terminating = any(re.match(r"\d{4}-\d\d-\d\dT", p) for p in rest)
+        ready = "True" in rest and not terminating
+        self.state[name] = (uid, ready)
+        self.seen_uids.setdefault(name, set()).add(uid)
+        if not self.members <= set(self.state):
+            return  # the initial listing, one pod at a time: not a count yet
+        self.ready_counts.append(sum(1 for _, r in self.state.values() if r))
+        self.unready_counts.append(sum(1 for _, r in self.state.values() if not r))
 
 
 def _key_secret(k8s: Target, member: str) -> dict[str, object]:

@@ -17,8 +17,8 @@ class Backoff:
     up to ``jitter`` of itself (so clients that failed together do not retry together, and
     a delay never exceeds the cap). ``reset()`` after a success."""
 
-    first_s: float = 0.1
-    cap_s: float = 2.0
+    first_s: float
+    cap_s: float
     factor: float = 2.0
     jitter: float = 0.5
     rand: Callable[[], float] = random.random  # in [0, 1)
@@ -54,7 +54,7 @@ class DatabaseHealth:
     """
 
     poll_s: float
-    backoff: Backoff = field(default_factory=Backoff)
+    backoff: Backoff
     slow_allowed: int = 1
     reason: str | None = None  # why the SST cannot serve; None: it can
     _slow: int = field(default=0, init=False, repr=False)

@@ -94,7 +94,8 @@ def pod_labels(network: str, version: str, job: str) -> dict[str, str]:
 
 def _pg_env(network: str, namespace: str) -> list[Obj]:
     return [
-        {"name": "PGHOST", "value": f"{names.postgres(network)}.{namespace}.svc"},
+        # The cluster-IP Service, as the SST's DSN: its address survives a pod replacement.
+        {"name": "PGHOST", "value": names.service_host(names.postgres_service(network), namespace)},
         {"name": "PGPORT", "value": str(names.PG_PORT)},
         {"name": "PGUSER", "value": PG_USER},
         {"name": "PGDATABASE", "value": PG_DB},

@@ -142,6 +142,11 @@ def postgres_service(network: str) -> str:
     return f"{network}-database"
 
 
+def service_host(service: str, namespace: str) -> str:
+    """A Service's DNS name inside the cluster."""
+    return f"{service}.{namespace}.svc"
+
+
 def client_service(network: str) -> str:
     return network
 

@@ -570,7 +570,8 @@ def log_owners(database: ManagedDatabase | ExternalDatabase, owner: Obj) -> list
 
 
 def _managed_dsn(password: str, service: str, namespace: str) -> str:
-    return f"postgresql://{PG_USER}:{password}@{service}.{namespace}.svc:{names.PG_PORT}/{PG_DB}"
+    host = names.service_host(service, namespace)
+    return f"postgresql://{PG_USER}:{password}@{host}:{names.PG_PORT}/{PG_DB}"
 
 
 def _b64(s: str) -> str:

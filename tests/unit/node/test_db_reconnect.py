@@ -48,10 +48,10 @@ def test_the_sst_backoff_is_a_few_seconds_at_most() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "problem"),
     [
-        ({"first_s": 0.0}, "first_s"),
+        ({"first_s": 0.0, "cap_s": 2.0}, "first_s"),
         ({"first_s": 3.0, "cap_s": 2.0}, "cap_s"),
-        ({"factor": 0.5}, "factor"),
-        ({"jitter": 1.0}, "jitter"),
+        ({"first_s": 0.1, "cap_s": 2.0, "factor": 0.5}, "factor"),
+        ({"first_s": 0.1, "cap_s": 2.0, "jitter": 1.0}, "jitter"),
     ],
 )
 def test_backoff_refuses_bad_bounds(kwargs: dict[str, float], problem: str) -> None:
@@ -60,7 +60,7 @@ def test_backoff_refuses_bad_bounds(kwargs: dict[str, float], problem: str) -> N
 
 
 def test_health_a_refused_connection_counts_at_once_a_timeout_once_forgiven() -> None:
-    h = DatabaseHealth(poll_s=1.0, backoff=Backoff(rand=lambda: 0.0))
+    h = DatabaseHealth(poll_s=1.0, backoff=Backoff(first_s=0.1, cap_s=2.0, rand=lambda: 0.0))
     assert h.reason is None
     assert h.failed("slow", timed_out=True) == 0.1
     assert h.reason is None  # one slow answer under load: still serving

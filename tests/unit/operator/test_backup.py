@@ -316,3 +316,21 @@ async def test_a_restore_job_left_by_an_earlier_network_is_not_taken_for_this_on
     assert "status" not in job
     assert kube.objs[path("StatefulSet", NS, "demo-sst")]["spec"]["replicas"] == 0
     assert _cond(net, backup.RESTORED)["reason"] == "Restoring"
+
+
+def test_jobs_reach_postgres_where_the_sst_does() -> None:
+    """The Jobs' PGHOST is the host of the DSN the SST is given (the cluster-IP Service),
+    not a second copy that could drift back to the headless one."""
+    secret = render.postgres_secret("demo", NS, "v1", "pw")
+    dsn = base64.b64decode(secret["data"]["dsn"]).decode()
+    owner = render.owner_reference("demo", "uid")
+    jobs = [
+        backup.restore_job("demo", NS, "backups", DUMP, "postgres:15", "v1", owner),
+        backup.backup_job("demo", NS, STAMP, "backups", "postgres:15", "v1", "{}"),
+    ]
+    for job in jobs:
+        env = {
+            e["name"]: e.get("value")
+            for e in job["spec"]["template"]["spec"]["containers"][0]["env"]
+        }
+        assert f"@{env['PGHOST']}:{env['PGPORT']}/" in dsn
