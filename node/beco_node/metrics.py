@@ -31,6 +31,16 @@ PEER_CLOCK_OFFSET = Gauge(
     "the peer's clock minus this node's, from its last signed message (transit included)",
     ["peer"],
 )
+PEER_CALLS = Counter(
+    "beco_peer_calls_total",
+    "calls to peers of the methods a peer link carries, by route (link or unary)",
+    ["route"],
+)
+PEER_LINK_EVENTS = Counter(
+    "beco_peer_link_events_total",
+    "peer links opened, broken, and peers found without links (called unary)",
+    ["event"],
+)
 MEMBERSHIP_USER_NODES = Gauge("beco_membership_user_nodes", "user nodes in the loaded membership")
 
 APPLY_LAG = Gauge(

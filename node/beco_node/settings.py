@@ -50,6 +50,7 @@ class Settings:
     sync_interval_ms: int
     session_ttl_ms: int
     max_sessions: int
+    peer_links: str
 
 
 _SPEC: list[tuple[str, str, object, str]] = [
@@ -118,6 +119,13 @@ _SPEC: list[tuple[str, str, object, str]] = [
         DEFAULT_MAX_SESSIONS,
         "user node: read sessions kept open (beyond, the least recently used is dropped)",
     ),
+    (
+        "peer-links",
+        "str",
+        "on",
+        "on: node-to-node calls travel over one long-lived stream per peer (unary while it"
+        " is not up, or when the peer has none); off: a unary call each, and no links served",
+    ),
 ]
 
 
@@ -175,6 +183,8 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
             f" --staleness-bound-ms ({ns.staleness_bound_ms}): a node that catches up less"
             " often than the bound would read every user from the SST"
         )
+    if ns.peer_links not in ("on", "off"):
+        p.error(f"--peer-links must be on or off (got {ns.peer_links!r})")
     if ns.session_ttl_ms <= 0 or ns.max_sessions <= 0:
         p.error("--session-ttl-ms and --max-sessions must be positive")
     if ns.advertise and is_wildcard(ns.advertise):

@@ -842,3 +842,75 @@ class Sst:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class PeerLinkStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Link = channel.stream_stream(
+                '/beco.v1.PeerLink/Link',
+                request_serializer=beco_dot_v1_dot_peer__pb2.LinkFrame.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_peer__pb2.LinkFrame.FromString,
+                _registered_method=True)
+
+
+class PeerLinkServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Link(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PeerLinkServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Link': grpc.stream_stream_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=beco_dot_v1_dot_peer__pb2.LinkFrame.FromString,
+                    response_serializer=beco_dot_v1_dot_peer__pb2.LinkFrame.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'beco.v1.PeerLink', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('beco.v1.PeerLink', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PeerLink:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Link(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/beco.v1.PeerLink/Link',
+            beco_dot_v1_dot_peer__pb2.LinkFrame.SerializeToString,
+            beco_dot_v1_dot_peer__pb2.LinkFrame.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -267,3 +267,25 @@ class SstServicer(metaclass=_abc_1.ABCMeta):
         """payload: SstQuery (tree_size: from)"""
 
 def add_SstServicer_to_server(servicer: SstServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PeerLinkStub:
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PeerLinkAsyncStub: ...
+    Link: _grpc.StreamStreamMultiCallable[_peer_pb2.LinkFrame, _peer_pb2.LinkFrame]
+
+@_typing.type_check_only
+class PeerLinkAsyncStub(PeerLinkStub):
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Link: _aio.StreamStreamMultiCallable[_peer_pb2.LinkFrame, _peer_pb2.LinkFrame]  # type: ignore[assignment]
+
+class PeerLinkServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Link(
+        self,
+        request_iterator: _MaybeAsyncIterator[_peer_pb2.LinkFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_peer_pb2.LinkFrame], _abc.AsyncIterator[_peer_pb2.LinkFrame]]: ...
+
+def add_PeerLinkServicer_to_server(servicer: PeerLinkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -42,7 +42,7 @@ async def run(s: settings.Settings) -> None:
     if s.role == "rendezvous":
         from beco_node.services.rendezvous import RendezvousService
 
-        ppb_grpc.add_RendezvousServicer_to_server(RendezvousService(rt), server)
+        rt.add_servicer(ppb_grpc.add_RendezvousServicer_to_server, RendezvousService(rt), server)
         services.append(peer_services["Rendezvous"].full_name)
     else:
         from beco_node.services.rendezvous import register_loop
@@ -51,7 +51,7 @@ async def run(s: settings.Settings) -> None:
     if s.role == "validator":
         from beco_node.services.validator import ValidatorService
 
-        ppb_grpc.add_ValidatorServicer_to_server(ValidatorService(rt), server)
+        rt.add_servicer(ppb_grpc.add_ValidatorServicer_to_server, ValidatorService(rt), server)
         services.append(peer_services["Validator"].full_name)
         rt.set_ready("sst", "the validator has not reached the SST yet")
         background.append(lambda: rt.watch_ready("sst", "sst"))
@@ -60,7 +60,8 @@ async def run(s: settings.Settings) -> None:
 
         rt.set_ready(DB_CONDITION, DB_CONNECTING)
         desc = peer_services["Sst"]
-        ppb_grpc.add_SstServicer_to_server(
+        rt.add_servicer(
+            ppb_grpc.add_SstServicer_to_server,
             rt.gated(desc, lambda: sst_service[0] if sst_service else None, label_prefix="sst."),
             server,
         )
@@ -72,7 +73,7 @@ async def run(s: settings.Settings) -> None:
         identity = identity_pb2.DESCRIPTOR.services_by_name["Identity"]
         identity_service = IdentityService(node)
         pb_grpc.add_IdentityServicer_to_server(rt.gated(identity, lambda: identity_service), server)
-        ppb_grpc.add_UserNodeServicer_to_server(VoterService(node), server)
+        rt.add_servicer(ppb_grpc.add_UserNodeServicer_to_server, VoterService(node), server)
         services.append(identity.full_name)
         services.append(peer_services["UserNode"].full_name)
 
@@ -112,6 +113,7 @@ async def run(s: settings.Settings) -> None:
             for t in tasks:
                 t.cancel()
     finally:
+        rt.link_server.drain()
         await server.stop(grace=2)
         await rt.close()
         for close in closers:

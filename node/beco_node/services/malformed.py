@@ -47,7 +47,7 @@ def _decode(deserializer: Callable[[bytes], Any] | None, raw: bytes) -> Any:
         raise _Malformed(str(exc) or type(exc).__name__) from None
 
 
-async def _refuse(
+async def refuse(
     method: str,
     reason: str,
     context: grpc.aio.ServicerContext[Any, Any],
@@ -86,7 +86,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     request = _decode(deserializer, raw)
                 except _Malformed as exc:
-                    await _refuse(method, str(exc), context, self.trailer)
+                    await refuse(method, str(exc), context, self.trailer)
                     return None
                 return await inner_uu(request, context)
 
@@ -102,7 +102,7 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 try:
                     request = _decode(deserializer, raw)
                 except _Malformed as exc:
-                    await _refuse(method, str(exc), context, self.trailer)
+                    await refuse(method, str(exc), context, self.trailer)
                     return
                 async for item in inner_us(request, context):
                     yield item

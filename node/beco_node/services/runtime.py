@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
+from beco.v1 import peer_pb2, peer_pb2_grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -41,6 +42,7 @@ from beco_node.clock import Clock
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
 from beco_node.origin import ORIGIN_TRAILER
+from beco_node.services.link import LinkServer, PeerChannel, PeerLinks
 from beco_node.services.malformed import DecodeGuard
 from beco_node.settings import LIVENESS_SERVICE, Settings, is_wildcard
 
@@ -182,6 +184,13 @@ class Runtime:
         # the membership's address wins, see address_of)
         self.discovered: dict[str, str] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Peer links (services.link): off with --peer-links off, and on the in-process
+        # transport (the test kit's faults hit its unary calls).
+        self.links: PeerLinks | None = None
+        if transport is None and settings.peer_links == "on":
+            self.links = PeerLinks(self.channel, settings.max_message_bytes)
+        self._peer_channels: dict[str, PeerChannel] = {}
+        self.link_server = LinkServer(CLIENT_MAX_RECEIVE)
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_membership_change: list[Callable[[Membership], None]] = []
         self.health = health_aio.HealthServicer()
@@ -356,7 +365,25 @@ class Runtime:
         return ch
 
     def peer_channel(self, member: Member) -> grpc.aio.Channel:
-        return self.channel(self.address_of(member))
+        """The channel every peer stub uses: the one place choosing a link or a unary call
+        (``services.link``)."""
+        address = self.address_of(member)
+        if self.links is None:
+            return self.channel(address)
+        ch = self._peer_channels.get(address)
+        if ch is None:
+            ch = self._peer_channels[address] = PeerChannel(
+                self.links, address, self.channel(address)
+            )
+        return ch  # type: ignore[return-value]
+
+    def add_servicer(
+        self, add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
+    ) -> None:
+        """Register ``servicer`` with ``add`` (a generated ``add_*Servicer_to_server``) on
+        ``server`` and on the link server, so a call on a link runs the same handler."""
+        add(servicer, server)
+        add(servicer, self.link_server)
 
     def _client_credentials(self) -> grpc.ChannelCredentials | None:
         s = self.settings
@@ -429,6 +456,14 @@ class Runtime:
         return port
 
     async def serve(self, server: grpc.aio.Server, service_names: list[str]) -> None:
+        if self.settings.peer_links == "on":
+            # a coroutine that writes with context.write, which the generated type omits
+            link_servicer: Any = self.link_server
+            peer_pb2_grpc.add_PeerLinkServicer_to_server(link_servicer, server)
+            service_names = [
+                *service_names,
+                peer_pb2.DESCRIPTOR.services_by_name["PeerLink"].full_name,
+            ]
         self.service_names = list(service_names)
         self._add_health(server)
         names = [*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME]
@@ -474,6 +509,8 @@ class Runtime:
             await self._health_server.stop(grace=None)
         for t in list(self._tasks):
             t.cancel()
+        if self.links is not None:
+            await self.links.close()
         for ch in self._channels.values():
             with contextlib.suppress(Exception):
                 await ch.close(None)

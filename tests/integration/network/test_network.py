@@ -442,6 +442,23 @@ async def test_metrics_health_and_reflection(network: LocalNetwork) -> None:
     assert {"beco.v1.Identity", "grpc.health.v1.Health"} <= names
 
 
+async def test_peer_calls_travel_on_links(network: LocalNetwork) -> None:
+    """The validator's votes and commits go on its peer links (services/link.py) once they
+    are up; until then (a restarted peer) unary, so the first commits may not."""
+    vport = network.nodes["validator"].metrics_port
+    name = 'beco_peer_calls_total{route="link"}'
+    before = await _metric(vport, name) or 0.0
+    p = Person()
+    async with p.client(network, 0) as c:
+        await c.create_user("Linked")
+        for i in range(50):
+            await c.set_first(p.id, f"Linked{i}")
+            if (await _metric(vport, name) or 0.0) >= before + 4:  # 3 votes + 1 commit
+                break
+    assert (await _metric(vport, name) or 0.0) >= before + 4
+    assert (await _metric(vport, 'beco_peer_link_events_total{event="opened"}') or 0) >= 1
+
+
 def test_cli_demo_flow(network: LocalNetwork, tmp_path: Path) -> None:
     """The README demo through the real `beco` executable: exit codes and offline proofs."""
     exe = [sys.executable, "-m", "beco_node.cli.beco_cli"]
