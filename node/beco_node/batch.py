@@ -39,6 +39,12 @@ MAX_BATCH = 256
 # much again in a vote request), well below the 64 KiB peer message limit.
 MAX_ROUNDS = 2
 BATCH_BYTES = 24 * 1024
+# The validator runs ONE round at a time: under load the proposals that arrive during a
+# whole round (votes and commit) make the next batch. Measured (bench probes, 48 writers):
+# 14 proposals per round instead of 8 and 3.8-4.0 ms of server CPU per commit instead of
+# 4.4-4.5, at the same or better commits/s and p99, since the 2 cores are the limit, not
+# the overlap of rounds; an idle validator still starts a round at once.
+VALIDATOR_ROUNDS = 1
 
 T = TypeVar("T")
 

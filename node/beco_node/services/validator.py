@@ -12,8 +12,8 @@
   outcome, in order.
 - The validator assigns ``sequence = current + 1`` and a timestamp, and queues the
   header for a round: a round takes every queued header (one per user, at most
-  ``batch.MAX_BATCH`` and ``batch.BATCH_BYTES``) and starts at once while fewer than
-  ``batch.MAX_ROUNDS`` are in flight (``batch.Batcher``), so an idle validator adds no
+  ``batch.MAX_BATCH`` and ``batch.BATCH_BYTES``) and starts at once when no round is in
+  flight (``batch.VALIDATOR_ROUNDS``, ``batch.Batcher``), so an idle validator adds no
   wait and a busy one batches. One signed vote request per batch goes to every user node of the current
   membership in parallel; each answers one batch vote (``beco_node.batch``). Per
   change: VALIDATED at ``quorum`` voters that did not reject it; FAILED as soon as the
@@ -79,7 +79,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         # Proposals being decided, by id: a re-sent request joins its first attempt.
         self.inflight: dict[str, asyncio.Task[ppb.Outcome]] = {}
         # Sequenced proposals waiting for a round, and the rounds in flight.
-        self.batcher: batch.Batcher[_Slot] = batch.Batcher()
+        self.batcher: batch.Batcher[_Slot] = batch.Batcher(batch.VALIDATOR_ROUNDS)
         self.kick_scheduled = False
 
     @property
@@ -297,7 +297,7 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
 
     # ---- batches: one round of votes and one commit for the proposals collected ----
     def _kick(self) -> None:
-        """Start rounds for the pending proposals while fewer than MAX_ROUNDS are in flight:
+        """Start a round for the pending proposals when none is in flight (VALIDATOR_ROUNDS):
         a proposal that finds the validator idle goes at once (no added wait); those that
         arrive meanwhile make up the next batch (``batch.Batcher``). A proposal cancelled
         while it waited is dropped."""
