@@ -178,8 +178,9 @@ def render(figures: list[Figure], crypto: dict[str, float], cores: int, head: st
         "before any BECO work; a message on a long-lived stream costs "
         f"{stream16.client_us + stream16.server_us:.0f} µs "
         f"({(stream16.client_us + stream16.server_us) / call_us:.0%} of a unary call). The "
-        "pipeline's node-to-node hops are unary calls made once per batch, so at high load "
-        "their cost spreads over the batch; the per-change unary calls are what remains.",
+        "pipeline's node-to-node hops are messages on long-lived streams (peer links), made "
+        "once per batch, so at high load their cost spreads over the batch; the client's "
+        "unary call per change is what remains.",
     ]
     return "\n".join(lines)
 
