@@ -177,8 +177,6 @@ class LinkServer:
             draining.cancel()
             for task in list(calls.values()):  # the caller is gone: as gRPC cancels its calls
                 task.cancel()
-            for task in list(calls.values()):  # the caller is gone: as gRPC cancels its calls
-                task.cancel()
 
     async def dispatch(self, req: ppb.LinkRequest) -> ppb.LinkReply:
         """Run one request through its unary handler; its answer or status as a reply."""
