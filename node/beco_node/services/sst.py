@@ -169,7 +169,11 @@ class SstService(ppb_grpc.SstServicer):
         # Checked one after the other in this call (no task per change): the states not
         # cached are fetched together first.
         await self._warm({h.proposal.user_id for h in cert.headers})
-        items = [await self._entry(h, c) for h, c in zip(cert.headers, checked, strict=True)]
+        # A change that passed carries its header's digest (checked equal to the batch's).
+        items = [
+            await self._entry(h, c, b"" if isinstance(c, BecoError) else cert.digests[i])
+            for h, c, i in zip(cert.headers, checked, cert.indexes, strict=True)
+        ]
         # From here the commits and their bookkeeping (cache, notices) run to the end in a
         # task the runtime owns, whatever happens to this call.
         replied = asyncio.get_running_loop().create_future()
@@ -182,7 +186,10 @@ class SstService(ppb_grpc.SstServicer):
             replied.set_result(None)
 
     async def _entry(
-        self, header: ppb.ProposalHeader, checked: tuple[ppb.ProposalHeader, list[str]] | BecoError
+        self,
+        header: ppb.ProposalHeader,
+        checked: tuple[ppb.ProposalHeader, list[str]] | BecoError,
+        digest: bytes,
     ) -> CommitEntry | ppb.Outcome:
         """One change of a batch: the entry to commit, or its outcome already (a commit
         found again, or the refusal of this change alone)."""
@@ -193,7 +200,7 @@ class SstService(ppb_grpc.SstServicer):
         try:
             if isinstance(checked, BecoError):
                 raise checked
-            return await self._verified_entry(header, checked[1])
+            return await self._verified_entry(header, checked[1], digest)
         except BecoError as exc:
             # A retried proposal whose first attempt committed no longer fits the current
             # sequence: answer that commit instead of an error.
@@ -202,9 +209,11 @@ class SstService(ppb_grpc.SstServicer):
                 return known
             return _rejected(exc)
 
-    async def _verified_entry(self, header: ppb.ProposalHeader, voters: list[str]) -> CommitEntry:
+    async def _verified_entry(
+        self, header: ppb.ProposalHeader, voters: list[str], digest: bytes
+    ) -> CommitEntry:
         """Every check the SST makes on one change once its certificate holds (see the
-        module docstring)."""
+        module docstring). ``digest``: the header's, as the certificate checked it."""
         rt = self.rt
         prop = header.proposal
         current = await self._state(prop.user_id)
@@ -237,7 +246,7 @@ class SstService(ppb_grpc.SstServicer):
             state_digest=hashlib.sha256(state).digest(),
             validator_ts_ms=header.validator_ts_ms,
             voters=sorted(voters),
-            proposal_digest=peer.header_digest(header),
+            proposal_digest=digest,
         )
         return CommitEntry(
             proposal_id=prop.proposal_id,
@@ -259,10 +268,7 @@ class SstService(ppb_grpc.SstServicer):
         entry, the whole answer is UNAVAILABLE after the others' bookkeeping: the validator
         re-sends the certificate, and what committed is answered as such."""
         entries = [it for it in items if isinstance(it, CommitEntry)]
-        results = await asyncio.gather(*(self._commit(e) for e in entries), return_exceptions=True)
-        done: dict[str, ppb.Outcome | BaseException] = {
-            e.proposal_id: r for e, r in zip(entries, results, strict=True)
-        }
+        done = await self._commit(entries)
         out = ppb.BatchOutcome()
         fresh: list[ppb.Applied] = []
         unavailable: BaseException | None = None
@@ -305,11 +311,49 @@ class SstService(ppb_grpc.SstServicer):
             raise unavailable
         return out
 
-    async def _commit(self, entry: CommitEntry) -> ppb.Outcome:
+    async def _commit(self, entries: list[CommitEntry]) -> dict[str, ppb.Outcome | BaseException]:
+        """The entries' outcomes by proposal id: one store call for the batch; only a
+        refused entry's outcome needs more queries (its own task)."""
         t0 = time.perf_counter()
+        results = await self.store.commit_many(entries) if entries else []
+        elapsed = time.perf_counter() - t0
+        done: dict[str, ppb.Outcome | BaseException] = {}
+        slow: list[tuple[CommitEntry, CommitResult | Exception]] = []
+        for entry, res in zip(entries, results, strict=True):
+            if isinstance(res, CommitResult) and not res.duplicate:
+                done[entry.proposal_id] = self._committed(entry, res, elapsed)
+            else:
+                slow.append((entry, res))
+        if slow:
+            outs = await asyncio.gather(
+                *(self._settle(e, r, elapsed) for e, r in slow), return_exceptions=True
+            )
+            for (entry, _), out in zip(slow, outs, strict=True):
+                done[entry.proposal_id] = out
+        if entries:
+            metrics.TREE_SIZE.set(self.store.tree_head().tree_size)
+        return done
+
+    def _committed(self, entry: CommitEntry, res: CommitResult, elapsed: float) -> ppb.Outcome:
+        """A fresh commit's outcome and bookkeeping."""
         uid = entry.user_id
+        self._cache_put(uid, res.sequence, entry.state)
+        metrics.COMMIT_TIME.observe(elapsed)
+        info = self._commit_info(res, entry.committed_ms)
+        self.recent.put(res.proposal_id, info.SerializeToString())
+        log.debug("committed", extra={"fields": {"proposal": res.proposal_id, "seq": res.sequence}})
+        return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=entry.state)
+
+    async def _settle(
+        self, entry: CommitEntry, res: CommitResult | Exception, elapsed: float
+    ) -> ppb.Outcome:
+        """The outcome of an entry the store refused or found committed before."""
+        uid = entry.user_id
+        if isinstance(res, CommitResult):  # a duplicate
+            metrics.COMMIT_TIME.observe(elapsed)
+            return await self._committed_outcome(self._commit_info(res, entry.committed_ms), uid)
         try:
-            res = await self.store.commit(entry)
+            raise res
         except SequenceError as exc:
             self.cache.pop(uid)
             known = await self._known(entry.proposal_id)
@@ -329,16 +373,6 @@ class SstService(ppb_grpc.SstServicer):
         except StoreError as exc:
             self.cache.pop(uid)
             raise BecoError(str(exc), "ABORTED") from None
-        if not res.duplicate:
-            self._cache_put(uid, res.sequence, entry.state)
-        metrics.COMMIT_TIME.observe(time.perf_counter() - t0)
-        metrics.TREE_SIZE.set(self.store.tree_head().tree_size)
-        info = self._commit_info(res, entry.committed_ms)
-        if res.duplicate:
-            return await self._committed_outcome(info, uid)
-        self.recent.put(res.proposal_id, info.SerializeToString())
-        log.debug("committed", extra={"fields": {"proposal": res.proposal_id, "seq": res.sequence}})
-        return ppb.Outcome(status=ppb.OUTCOME_COMMITTED, commit=info, state=entry.state)
 
     def _cache_put(self, uid: str, seq: int, state: bytes) -> None:
         hit = self.cache.get(uid)

@@ -1,7 +1,8 @@
 """SstStore: the SST's users, changes and Merkle log in PostgreSQL (asyncpg), one writer.
 
-Commit path: ``commit()`` queues the entry; ONE writer task takes the queued entries
-in order (so leaf indexes are dense and per-user order is kept), appends their leaves
+Commit path: ``commit()`` queues the entry (``commit_many()`` a batch's entries in one
+call); ONE writer task takes the queued entries in order (so leaf indexes are dense and
+per-user order is kept), appends their leaves
 to the in-memory ``MerkleTree``, signs ONE tree head at the batch's end size and calls
 ``beco_commit_batch`` (see ``schema.py``), which writes the users' states, the
 changes, the leaves (one multi-row statement each) and that head in one statement.
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -332,6 +333,40 @@ class SstStore:
         fut: asyncio.Future[CommitResult] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait((entry, fut))
         return await fut
+
+    async def commit_many(self, entries: Sequence[CommitEntry]) -> list[CommitResult | Exception]:
+        """``commit()`` for several entries queued together, in order, without a task or a
+        call per entry: each gets its own result or exception (the ones ``commit()``
+        raises), with the same guarantees (a refused entry is answered alone, per-user order
+        is the order given). Cancelling the caller does not cancel the writes."""
+        closed = self._writer is None or self._writer.done()
+        loop = asyncio.get_running_loop()
+        out: list[CommitResult | Exception | asyncio.Future[CommitResult]] = []
+        for entry in entries:
+            if entry.sequence < 1:
+                out.append(ValueError(f"sequence must be >= 1, got {entry.sequence}"))
+            elif closed:
+                out.append(StoreError("the store is closed"))
+            else:
+                fut: asyncio.Future[CommitResult] = loop.create_future()
+                self._queue.put_nowait((entry, fut))
+                out.append(fut)
+        results: list[CommitResult | Exception] = []
+        try:
+            for r in out:
+                if isinstance(r, asyncio.Future):
+                    try:  # normally all resolved in one turn (one writer batch)
+                        results.append(await r)
+                    except Exception as exc:
+                        results.append(exc)
+                else:
+                    results.append(r)
+        except BaseException:  # cancelled: the writer skips the futures nobody awaits
+            for r in out:
+                if isinstance(r, asyncio.Future):
+                    r.cancel()
+            raise
+        return results
 
     async def _write_loop(self) -> None:
         """The single writer: takes queued entries in order and commits them in batches."""

@@ -486,3 +486,56 @@ async def test_a_log_written_by_schema_3_migrates_and_stays_provable(
         assert store.tree_head() == head
     finally:
         await store.close()
+
+
+async def test_commit_many_answers_each_entry_as_commit_does(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        await store.commit(make_entry("alice", 1))
+        bad = CommitEntry(**{**make_entry("bob", 1).__dict__, "state": None})
+        malformed = CommitEntry(**{**make_entry("carol", 1).__dict__, "sequence": 0})
+        # One call, one transaction first; the bad entry is retried alone, the others kept.
+        results = await store.commit_many(
+            [
+                make_entry("alice", 2),
+                bad,
+                make_entry("alice", 3),
+                make_entry("alice", 3, tag="late"),  # wrong sequence by then
+                make_entry("alice", 2),  # the same proposal again
+                malformed,
+            ]
+        )
+        ok2, err, ok3, seq_err, dup, value_err = results
+        assert isinstance(ok2, CommitResult) and isinstance(ok3, CommitResult)
+        assert (ok2.leaf_index, ok3.leaf_index, ok2.duplicate) == (1, 2, False)
+        assert isinstance(err, StoreError)
+        assert isinstance(seq_err, SequenceError)
+        assert isinstance(dup, CommitResult) and dup.duplicate and dup.leaf_index == 1
+        assert isinstance(value_err, ValueError)
+        assert await store.get_user("bob") is None and await store.get_user("carol") is None
+        assert store.tree_head().tree_size == 3
+        assert await _counts(dsn) == {"users": 1, "changes": 3, "leaves": 3, "tree_heads": 4}
+        assert await store.commit_many([]) == []
+    finally:
+        await store.close()
+    closed = await store.commit_many([make_entry("late", 1)])
+    assert len(closed) == 1 and isinstance(closed[0], StoreError)
+    assert "closed" in str(closed[0])
+
+
+async def test_cancelling_commit_many_does_not_cancel_the_writes(
+    dsn: str, key: Ed25519PrivateKey, clock: FakeClock
+) -> None:
+    store = await SstStore.open(dsn, key, clock=clock)
+    try:
+        call = asyncio.ensure_future(store.commit_many([make_entry(f"u{i}", 1) for i in range(5)]))
+        await asyncio.sleep(0)  # queued
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        assert (await store.commit(make_entry("after", 1))).leaf_index == 5
+        assert [await store.get_user(f"u{i}") is not None for i in range(5)] == [True] * 5
+    finally:
+        await store.close()

@@ -45,6 +45,9 @@ class _Store:
         )
         return CommitResult(e.proposal_id, e.user_id, e.sequence, self.size - 1, sth, False)  # type: ignore[arg-type]
 
+    async def commit_many(self, entries: list[CommitEntry]) -> list[CommitResult | Exception]:
+        return [await self.commit(e) for e in entries]  # in order, as SstStore's
+
 
 class _UserNode(ppb_grpc.UserNodeServicer):
     def __init__(self, name: str, events: list[tuple[str, int]]) -> None:
@@ -182,3 +185,27 @@ async def test_a_caller_gone_mid_commit_does_not_lose_the_notices() -> None:
     await asyncio.wait_for(tasks.at_least(4), 10)
     await asyncio.wait_for(asyncio.gather(*tasks), 10)
     assert sorted(events) == sorted((u, i) for u in ("u0", "u1", "u2") for i in range(3))
+
+
+class _RecordingStore(_Store):
+    def __init__(self) -> None:
+        super().__init__()
+        self.entries: list[CommitEntry] = []
+
+    async def commit(self, e: CommitEntry) -> CommitResult:
+        self.entries.append(e)
+        return await super().commit(e)
+
+
+async def test_each_leaf_names_its_own_proposal_digest() -> None:
+    store = _RecordingStore()
+    svc, env, _, tasks = _setup(store)
+    out = await svc.CommitBatch(env, None)
+    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+    assert [o.status for o in out.outcomes] == [ppb.OUTCOME_COMMITTED] * 3
+    cert = ppb.BatchCertificate.FromString(env.payload)
+    leaves = [pb.LogLeaf.FromString(e.leaf_data) for e in store.entries]
+    assert [leaf.proposal_id for leaf in leaves] == [h.proposal.proposal_id for h in cert.headers]
+    assert [leaf.proposal_digest for leaf in leaves] == [
+        peer.header_digest(h) for h in cert.headers
+    ]
