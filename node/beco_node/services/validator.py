@@ -358,14 +358,11 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
         voters = ms.user_nodes
         timeout = rt.settings.vote_timeout_ms / 1000
         t0 = time.perf_counter()
-        decided = False
 
         async def ask(member: Any) -> ppb.BatchVote | str:
             try:
                 stub = ppb_grpc.UserNodeStub(rt.peer_channel(member))
                 vote = await stub.VoteBatch(env, timeout=timeout)
-                if decided:  # a vote past the decision is dropped unread: no check on the loop
-                    return f"{member.name}: vote not needed"
                 if vote.voter != member.peer_id:
                     return f"{member.name}: vote does not match the voter"
                 # Checked here although the SST checks again: one bad signature in the
@@ -409,7 +406,6 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
                     break
         except TimeoutError:
             pass
-        decided = True
         metrics.QUORUM_WAIT.observe(time.perf_counter() - t0)
         # Votes still on their way are not needed; let them finish in the background.
         for t in tasks:
