@@ -374,9 +374,11 @@ def ratios(m: dict[str, Any]) -> dict[str, Any]:
 # time them: (role, histogram, its method label or "", what it covers).
 SPANS = (
     ("user", "beco_rpc_latency_seconds", "UpdateFirstName", "origin user node: the client's call"),
+    ("user", "beco_forward_seconds", "", "origin: its ProposeBatch call, sealing to outcomes"),
     ("validator", "beco_rpc_latency_seconds", "validator.ProposeBatch", "validator: ProposeBatch"),
     ("validator", "beco_quorum_wait_seconds", "", "validator: vote round, fan-out to quorum"),
     ("user", "beco_rpc_latency_seconds", "user.VoteBatch", "a voter: VoteBatch (mean)"),
+    ("validator", "beco_validator_commit_seconds", "", "validator: its CommitBatch call"),
     ("sst", "beco_rpc_latency_seconds", "sst.CommitBatch", "SST: CommitBatch"),
     ("sst", "beco_commit_seconds", "", "SST: store commit (queue + PostgreSQL transaction)"),
     ("user", "beco_rpc_latency_seconds", "user.ApplyBatch", "a user node: ApplyBatch (mean)"),

@@ -13,6 +13,16 @@ VOTES = Counter("beco_votes_total", "votes cast (user) or received (validator)",
 QUORUM_WAIT = Histogram(
     "beco_quorum_wait_seconds", "validator: time from fan-out to decision", buckets=_FAST
 )
+FORWARD_TIME = Histogram(
+    "beco_forward_seconds",
+    "origin user node: its ProposeBatch call to the validator (sealing to outcomes)",
+    buckets=_FAST,
+)
+SST_COMMIT_CALL = Histogram(
+    "beco_validator_commit_seconds",
+    "validator: its CommitBatch call to the SST (sealing to outcomes, retries included)",
+    buckets=_FAST,
+)
 BATCH_SIZE = Histogram(
     "beco_batch_size",
     "validator: proposals per batch (one round of votes, one commit)",

@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import logging
 import math
+import time
 from typing import Any
 
 import grpc
@@ -169,6 +170,7 @@ class Forwarder:
         rt = self.rt
         validator: Member = rt.membership.one("validator")
         stub = ppb_grpc.ValidatorStub(rt.peer_channel(validator))
+        t0 = time.perf_counter()
         env = peer.seal(
             "propose_batch", ppb.ProposalBatch(proposals=props), rt.key, rt.peer_id, rt.now_ms()
         )
@@ -176,6 +178,7 @@ class Forwarder:
             reply: ppb.ProposalOutcomes = await stub.ProposeBatch(
                 env, timeout=FORWARD_TIMEOUT_S, wait_for_ready=True
             )
+            metrics.FORWARD_TIME.observe(time.perf_counter() - t0)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
                 raise relayed(exc, "the validator", PROPOSE_PASSED_ON) from None

@@ -425,9 +425,11 @@ class ValidatorService(ppb_grpc.ValidatorServicer):
             votes=votes,
         )
         try:
+            t1 = time.perf_counter()
             out = await self._commit(
                 peer.seal("commit_batch", cert, rt.key, rt.peer_id, rt.now_ms())
             )
+            metrics.SST_COMMIT_CALL.observe(time.perf_counter() - t1)
             if len(out.outcomes) != len(certified):
                 raise BecoError(
                     f"the SST answered {len(out.outcomes)} outcomes for {len(certified)} changes",
