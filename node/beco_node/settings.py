@@ -51,10 +51,7 @@ class Settings:
     session_ttl_ms: int
     max_sessions: int
     peer_links: str
-    event_loop: str
 
-
-EVENT_LOOPS = ("uvloop", "asyncio")
 
 _SPEC: list[tuple[str, str, object, str]] = [
     # (flag, type, default, help)
@@ -129,13 +126,6 @@ _SPEC: list[tuple[str, str, object, str]] = [
         "on: node-to-node calls travel over one long-lived stream per peer (unary while it"
         " is not up, or when the peer has none); off: a unary call each, and no links served",
     ),
-    (
-        "event-loop",
-        "str",
-        "uvloop",
-        "uvloop: the node's asyncio loop is uvloop's (less CPU per call); asyncio: the"
-        " standard library's",
-    ),
 ]
 
 
@@ -195,8 +185,6 @@ def parse(argv: Sequence[str] | None = None) -> Settings:
         )
     if ns.peer_links not in ("on", "off"):
         p.error(f"--peer-links must be on or off (got {ns.peer_links!r})")
-    if ns.event_loop not in EVENT_LOOPS:
-        p.error(f"--event-loop must be one of {', '.join(EVENT_LOOPS)} (got {ns.event_loop!r})")
     if ns.session_ttl_ms <= 0 or ns.max_sessions <= 0:
         p.error("--session-ttl-ms and --max-sessions must be positive")
     if ns.advertise and is_wildcard(ns.advertise):

@@ -128,25 +128,13 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop]:
-    """The event loop a node runs on (``--event-loop``): uvloop's by default, which
-    measured 7-10% less server CPU per commit than the standard library's (bench probes,
-    docs/benchmarks.md); grpc.aio and asyncpg both run on it."""
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return asyncio.new_event_loop
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     s = settings.parse(argv)
     logs.setup(f"{s.role}", s.log_level)
     from beco_node.sst.records import StoreError
 
     try:
-        with asyncio.Runner(loop_factory=loop_factory(s.event_loop)) as runner:
-            runner.run(run(s))
+        asyncio.run(run(s))
     except (MembershipError, OSError) as exc:
         log.error("cannot start: %s", exc)
         return 2

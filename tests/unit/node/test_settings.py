@@ -1,9 +1,7 @@
 from pathlib import Path
 
 import pytest
-import uvloop
 from beco_node import settings
-from beco_node.cli import node_main
 
 
 def test_flags_env_and_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,16 +75,3 @@ def test_every_node_setting_is_in_the_readme() -> None:
     rows = [line.split(" | ")[0] for line in readme.splitlines() if line.startswith("| `--")]
     missing = [flag for flag, *_ in settings._SPEC if not any(f"`--{flag}`" in r for r in rows)]
     assert not missing, f"README.md's settings table lacks {missing}"
-
-
-def test_the_event_loop_is_uvloop_unless_asked(capsys: pytest.CaptureFixture[str]) -> None:
-    assert settings.parse(["--role", "user", "--insecure"]).event_loop == "uvloop"
-    assert node_main.loop_factory("uvloop") is uvloop.new_event_loop
-    loop = node_main.loop_factory("asyncio")()
-    try:
-        assert not isinstance(loop, uvloop.Loop)
-    finally:
-        loop.close()
-    with pytest.raises(SystemExit):
-        settings.parse(["--role", "user", "--insecure", "--event-loop", "trio"])
-    assert "--event-loop must be one of uvloop, asyncio" in capsys.readouterr().err
