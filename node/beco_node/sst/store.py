@@ -362,7 +362,7 @@ class SstStore:
                         results.append(exc)
                 else:
                     results.append(r)
-        except BaseException:  # cancelled: the writer skips the futures nobody awaits
+        except BaseException:  # cancelled: the entries are still written, just not answered
             for r in out:
                 if isinstance(r, asyncio.Future):
                     r.cancel()
