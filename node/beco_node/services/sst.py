@@ -12,8 +12,8 @@ delivered twice is stored once; a retried proposal whose first attempt committed
 answered with that commit. Once verified, the commits and their bookkeeping (cache,
 notices) run in a task the runtime owns, so a caller's deadline or disconnect cannot skip
 them. Once the reply to the validator has gone, it tells every user node
-(``applied_batch``, signed once per batch; retried a few times) so they update their memory; nodes also catch up by log position
-(``Changes``).
+(``applied_batch``, signed once per batch; retried a few times) so they update their
+memory; nodes also catch up by log position (``Changes``).
 
 Outcomes are durable: ``GetOutcome`` answers from the database, and
 ``RecordFailure`` records a proposal as failed for good (unless it committed first),
