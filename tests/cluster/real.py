@@ -26,7 +26,7 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -733,15 +733,33 @@ def _prune_empty_dirs(top: Path) -> None:
         top.rmdir()
 
 
-def _claim_owner(workdir: Path) -> None:
+def _claim_owner(
+    workdir: Path,
+    owner_file: Path = OWNER_FILE,
+    stop_stale: Callable[[Path], bool] = RealCluster.stop_detached,
+) -> None:
+    """Make ``workdir`` the machine's one real cluster. Another cluster that is still running
+    refuses; one whose run was killed (state left, none of its recorded processes alive) is
+    torn down from its state first, as ``real-down`` would."""
     with contextlib.suppress(FileNotFoundError):
-        owner = Path(OWNER_FILE.read_text().strip())
-        if owner != workdir and (owner / "state.json").exists():
+        owner = Path(owner_file.read_text().strip())
+        state = _load_state(owner) if owner != workdir else {}
+        if state and _state_alive(owner, state):
             raise ClusterError(
                 f"a real cluster is already up in {owner} (one per machine): "
                 f"python -m tests.cluster real-down --workdir {owner}"
             )
-    OWNER_FILE.write_text(str(workdir))
+        if state:
+            print(f"tearing down the real cluster a killed run left in {owner}", flush=True)
+            stop_stale(owner)
+    owner_file.write_text(str(workdir))
+
+
+def _state_alive(workdir: Path, state: dict[str, Any]) -> bool:
+    """True while any process the state recorded still runs as part of that cluster (its argv
+    names the workdir, so a reused pid does not count)."""
+    root = str(Path(workdir).absolute())
+    return any(pid_alive(p) and any(root in a for a in _cmdline(p)) for p in state.get("pids", []))
 
 
 # ---- host helpers ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,27 @@ def test_free_ports_are_distinct_and_closed() -> None:
     ports = free_ports(5)
     assert len(set(ports)) == 5
     assert not any(port_open(p) for p in ports)
+
+
+def test_a_killed_runs_cluster_is_torn_down_but_a_running_one_refuses(tmp_path: Path) -> None:
+    """CI on a machine where an earlier run was killed mid-e2e must not fail on its leftovers;
+    a cluster that still runs must never be taken over."""
+    from tests.cluster.real import ClusterError, _claim_owner
+
+    owner_file, old, new = tmp_path / "owner", tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    # A process standing in for the old cluster's kubelet: its argv names the old workdir.
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(old / "n")])
+    (old / "state.json").write_text(f'{{"pids": [{proc.pid}]}}')
+    owner_file.write_text(str(old))
+    stopped: list[Path] = []
+    try:
+        with pytest.raises(ClusterError, match="already up in"):
+            _claim_owner(new, owner_file, stopped.append)  # type: ignore[arg-type]
+        assert owner_file.read_text() == str(old) and not stopped
+    finally:
+        proc.kill()
+        proc.wait()
+    _claim_owner(new, owner_file, lambda w: stopped.append(w) or True)
+    assert stopped == [old]
+    assert owner_file.read_text() == str(new)
