@@ -733,25 +733,39 @@ def _prune_empty_dirs(top: Path) -> None:
         top.rmdir()
 
 
+def reclaim_killed_cluster(
+    owner_file: Path = OWNER_FILE,
+    stop: Callable[[Path], bool] = RealCluster.stop_detached,
+) -> Path | None:
+    """Tear down the machine's real cluster if the run that owned it was killed (its state is
+    left, none of its recorded processes alive), as ``real-down`` would; return its workdir.
+    A cluster that still runs is left alone."""
+    try:
+        owner = Path(owner_file.read_text().strip())
+    except FileNotFoundError:
+        return None
+    state = _load_state(owner)
+    if not state or _state_alive(owner, state):
+        return None
+    print(f"tearing down the real cluster a killed run left in {owner}", flush=True)
+    stop(owner)
+    return owner
+
+
 def _claim_owner(
     workdir: Path,
     owner_file: Path = OWNER_FILE,
     stop_stale: Callable[[Path], bool] = RealCluster.stop_detached,
 ) -> None:
-    """Make ``workdir`` the machine's one real cluster. Another cluster that is still running
-    refuses; one whose run was killed (state left, none of its recorded processes alive) is
-    torn down from its state first, as ``real-down`` would."""
+    """Make ``workdir`` the machine's one real cluster; another one that still runs refuses."""
+    reclaim_killed_cluster(owner_file, stop_stale)
     with contextlib.suppress(FileNotFoundError):
         owner = Path(owner_file.read_text().strip())
-        state = _load_state(owner) if owner != workdir else {}
-        if state and _state_alive(owner, state):
+        if owner != workdir and (owner / "state.json").exists():
             raise ClusterError(
                 f"a real cluster is already up in {owner} (one per machine): "
                 f"python -m tests.cluster real-down --workdir {owner}"
             )
-        if state:
-            print(f"tearing down the real cluster a killed run left in {owner}", flush=True)
-            stop_stale(owner)
     owner_file.write_text(str(workdir))
 
 

@@ -101,6 +101,12 @@ def test_a_killed_runs_cluster_is_torn_down_but_a_running_one_refuses(tmp_path: 
     finally:
         proc.kill()
         proc.wait()
-    _claim_owner(new, owner_file, lambda w: stopped.append(w) or True)
+
+    def stop(workdir: Path) -> bool:  # what real-down does to the state
+        (workdir / "state.json").unlink()
+        stopped.append(workdir)
+        return True
+
+    _claim_owner(new, owner_file, stop)
     assert stopped == [old]
     assert owner_file.read_text() == str(new)

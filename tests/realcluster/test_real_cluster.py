@@ -31,6 +31,7 @@ from tests.cluster.real import (
     cluster_bin_dir,
     mounts_under,
     node_processes,
+    reclaim_killed_cluster,
 )
 
 pytestmark = [pytest.mark.realcluster, pytest.mark.slow, real_cluster_only]
@@ -79,6 +80,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[RealCluster, dict[str, Any]]]:
     require_binaries()
+    reclaim_killed_cluster()  # before the snapshot: its leftovers are not ours to keep
     before = host_snapshot()
     workdir = os.environ.get("BECO_E2E_WORKDIR")  # make e2e-k8s: one dir, images kept
     rc = RealCluster(Path(workdir) if workdir else tmp_path_factory.mktemp("real"))
