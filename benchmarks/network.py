@@ -33,7 +33,7 @@ import grpc
 from beco.v1 import identity_pb2 as pb
 from beco.v1 import identity_pb2_grpc as pb_grpc
 from beco_node import auth, keys
-from beco_node.client import Client
+from beco_node.client import Client, multiplexed_channel
 from beco_node.clock import now_ms
 from beco_node.local.network import LocalNetwork, free_base_port
 from beco_node.session import ClientSession
@@ -226,10 +226,17 @@ def read_worker(
 
 
 async def _commit_load(
-    eps: list[str], users: int, seconds: float, first: int, go: Any, q: Any
+    eps: list[str], users: int, seconds: float, first: int, multiplex: bool, go: Any, q: Any
 ) -> None:
     people = [keys.generate_private_key() for _ in range(users)]
-    clients = [Client(eps[(first + i) % len(eps)], k) for i, k in enumerate(people)]
+    # multiplex: the process's users share one Identity/Calls stream per node
+    shared = {ep: multiplexed_channel(grpc.aio.insecure_channel(ep), ep) for ep in eps}
+    if not multiplex:
+        shared = {}
+    clients = [
+        Client(ep, k, channel=shared[ep]) if multiplex else Client(ep, k)
+        for ep, k in ((eps[(first + i) % len(eps)], k) for i, k in enumerate(people))
+    ]
     try:
         await asyncio.gather(*(c.create_user(f"U{i}") for i, c in enumerate(clients)))
         await asyncio.gather(*(c.set_first(c.user_id, "warm") for c in clients))
@@ -258,11 +265,16 @@ async def _commit_load(
         q.put((len(lat), time.perf_counter() - t0, time.process_time() - c0, lat, errors))
     finally:
         for c in clients:
-            await c.close()
+            if not multiplex:
+                await c.close()
+        for ch in shared.values():
+            await ch.close()
 
 
-def commit_worker(eps: list[str], users: int, seconds: float, first: int, go: Any, q: Any) -> None:
-    asyncio.run(_commit_load(eps, users, seconds, first, go, q))
+def commit_worker(
+    eps: list[str], users: int, seconds: float, first: int, multiplex: bool, go: Any, q: Any
+) -> None:
+    asyncio.run(_commit_load(eps, users, seconds, first, multiplex, go, q))
 
 
 def _run_workers(
@@ -421,10 +433,11 @@ def span_means(before: Histograms, after: Histograms) -> dict[str, float]:
     return out
 
 
-async def commit_latency(net: LocalNetwork, n: int) -> dict[str, float]:
-    async with Client(net.user_endpoints()[0], keys.generate_private_key()) as c:
+async def commit_latency(net: LocalNetwork, n: int, multiplex: bool = False) -> dict[str, Any]:
+    ep = net.user_endpoints()[0]
+    async with Client(ep, keys.generate_private_key(), multiplex=multiplex) as c:
         await c.create_user("Lat")
-        for i in range(20):
+        for i in range(20):  # also lets a multiplexed client's stream open
             await c.set_first(c.user_id, f"warm{i}")
         lat: list[float] = []
         before = await asyncio.to_thread(scrape, net)
@@ -442,7 +455,12 @@ async def commit_latency(net: LocalNetwork, n: int) -> dict[str, float]:
 
 
 def commit_load(
-    net: LocalNetwork, users: int, procs: int, seconds: float, profile: Path | None = None
+    net: LocalNetwork,
+    users: int,
+    procs: int,
+    seconds: float,
+    profile: Path | None = None,
+    multiplex: bool = False,
 ) -> dict[str, Any]:
     eps = net.user_endpoints()
     hist: list[Histograms] = []
@@ -452,7 +470,10 @@ def commit_load(
         return start_profiles(net, profile, seconds) if profile else []
 
     res, cpu = _run_workers(
-        net, commit_worker, [(eps, users // procs, seconds, i) for i in range(procs)], on_start
+        net,
+        commit_worker,
+        [(eps, users // procs, seconds, i, multiplex) for i in range(procs)],
+        on_start,
     )
     s1, c1 = scrape(net).get(BATCH_KEY, (0.0, 0.0))
     s0, c0 = hist[0].get(BATCH_KEY, (0.0, 0.0))
@@ -528,9 +549,33 @@ async def one_network(
         if prof is not None:
             print_profiles(prof)
         print(f"commits ({n_users} user nodes): {r}", flush=True)
+        if full:  # the same, each load process's clients on one Identity/Calls stream per node
+            mux = await commit_latency(net, ns.latency_commits, multiplex=True)
+            mux |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds, multiplex=True)
+            r["multiplexed"] = mux
+            print(f"commits, multiplexed clients: {mux}", flush=True)
     finally:
         await net.down()
     return r
+
+
+def multiplexed_rows(m: dict[str, Any] | None) -> list[str]:
+    """The same load with each load process's clients on one ``Identity/Calls`` stream per
+    node (``Client(multiplex=True)``): same network, same run, no earlier figures."""
+    if not m:
+        return []
+    cpu = m["cpu_ms"]
+    return [
+        f"| clients multiplexed (`Identity/Calls`): commits/s | {m['commits_per_s']:.0f} | - |",
+        f"| &nbsp; multiplexed: commit p50, 1 in flight | {m['commit1_p50_ms']:.2f} ms | - |",
+        f"| &nbsp; multiplexed: commit p50 / p99 under load | {m['load_p50_ms']:.1f} / "
+        f"{m['load_p99_ms']:.1f} ms | - |",
+        f"| &nbsp; multiplexed: server CPU per commit (user nodes / validator / SST / "
+        f"PostgreSQL) | {m['server_cpu_ms']:.2f} ms ({cpu['user']:.2f} / "
+        f"{cpu['validator']:.2f} / {cpu['sst']:.2f} / {cpu['postgres']:.2f}) | - |",
+        f"| &nbsp; multiplexed: load generator CPU per commit | {m['client_cpu_ms']:.2f} ms | - |",
+        f"| &nbsp; multiplexed: writes that failed | {m['errors']} | - |",
+    ]
 
 
 def render(
@@ -587,6 +632,7 @@ def render(
             "load generator CPU per commit (signing, client gRPC)", "client_cpu_ms", "{:.2f}", " ms"
         ),
         row("writes that failed under load (any status)", "errors", "{}"),
+        *multiplexed_rows(main.get("multiplexed")),
         row("proposals per vote round under load (mean)", "batch_mean", "{:.1f}"),
         row("read p50 / empty-call p50, 1 in flight (ratio)", "read_ratio", "{:.2f}", "x"),
         row("read p50 (GetUser, session: a MAC)", "read_p50_ms", "{:.2f}", " ms"),

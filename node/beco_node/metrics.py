@@ -46,6 +46,11 @@ PEER_CALLS = Counter(
     "calls to peers of the methods a peer link carries, by route (link or unary)",
     ["route"],
 )
+STREAM_CALLS = Counter(
+    "beco_stream_calls_total",
+    "calls served on a multiplexed stream (link: peer links; calls: clients' Identity/Calls)",
+    ["stream"],
+)
 PEER_LINK_EVENTS = Counter(
     "beco_peer_link_events_total",
     "peer links opened, broken, and peers found without links (called unary)",

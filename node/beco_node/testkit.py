@@ -173,6 +173,20 @@ class _Stream:
         return gen()
 
 
+class _NoBidi:
+    def __init__(self, method: str, address: str) -> None:
+        self.method, self.address = method, address
+
+    async def initial_metadata(self) -> Any:
+        raise _error(grpc.StatusCode.UNIMPLEMENTED, f"{self.method} not served at {self.address}")
+
+    def done(self) -> bool:
+        return True
+
+    def cancel(self) -> bool:
+        return False
+
+
 class _Channel:
     """Enough of ``grpc.aio.Channel`` for the generated stubs."""
 
@@ -197,6 +211,11 @@ class _Channel:
         **_: Any,
     ) -> _Stream:
         return _Stream(self.net, self.address, method, request_serializer, response_deserializer)
+
+    def stream_stream(self, method: str, *_: Any, **__: Any) -> Callable[[], _NoBidi]:
+        """Bidi streams (peer links, Identity/Calls) are not carried in process: their
+        callers see UNIMPLEMENTED and call unary, as with a server that lacks them."""
+        return lambda: _NoBidi(method, self.address)
 
     async def close(self, grace: float | None = None) -> None:
         del grace

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from beco.v1 import identity_pb2 as beco_dot_v1_dot_identity__pb2
+from beco.v1 import link_pb2 as beco_dot_v1_dot_link__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -104,6 +105,11 @@ class IdentityStub:
                 request_serializer=beco_dot_v1_dot_identity__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=beco_dot_v1_dot_identity__pb2.OpenSessionResponse.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/beco.v1.Identity/Calls',
+                request_serializer=beco_dot_v1_dot_link__pb2.LinkFrame.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_link__pb2.LinkFrame.FromString,
+                _registered_method=True)
 
 
 class IdentityServicer:
@@ -193,6 +199,16 @@ class IdentityServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """Any of the unary methods above, many at a time on one stream (frames: link.proto);
+        each call is authenticated, checked and answered exactly as the unary call. For
+        clients with many calls in flight: a call on the stream costs about a third of a
+        unary call's CPU (docs/benchmarks.md, "The gRPC floor").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_IdentityServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -265,6 +281,11 @@ def add_IdentityServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=beco_dot_v1_dot_identity__pb2.OpenSessionRequest.FromString,
                     response_serializer=beco_dot_v1_dot_identity__pb2.OpenSessionResponse.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=beco_dot_v1_dot_link__pb2.LinkFrame.FromString,
+                    response_serializer=beco_dot_v1_dot_link__pb2.LinkFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -645,6 +666,33 @@ class Identity:
             '/beco.v1.Identity/OpenSession',
             beco_dot_v1_dot_identity__pb2.OpenSessionRequest.SerializeToString,
             beco_dot_v1_dot_identity__pb2.OpenSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/beco.v1.Identity/Calls',
+            beco_dot_v1_dot_link__pb2.LinkFrame.SerializeToString,
+            beco_dot_v1_dot_link__pb2.LinkFrame.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,6 +13,7 @@ Writes are always signed.
 """
 
 from beco.v1 import identity_pb2 as _identity_pb2
+from beco.v1 import link_pb2 as _link_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
 import abc as _abc_1
@@ -54,6 +55,12 @@ class IdentityStub:
     GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetConsistencyProofRequest, _identity_pb2.ConsistencyProof]
     GetOutcome: _grpc.UnaryUnaryMultiCallable[_identity_pb2.GetOutcomeRequest, _identity_pb2.GetOutcomeResponse]
     OpenSession: _grpc.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenSessionResponse]
+    Calls: _grpc.StreamStreamMultiCallable[_link_pb2.LinkFrame, _link_pb2.LinkFrame]
+    """Any of the unary methods above, many at a time on one stream (frames: link.proto);
+    each call is authenticated, checked and answered exactly as the unary call. For
+    clients with many calls in flight: a call on the stream costs about a third of a
+    unary call's CPU (docs/benchmarks.md, "The gRPC floor").
+    """
 
 @_typing.type_check_only
 class IdentityAsyncStub(IdentityStub):
@@ -72,6 +79,12 @@ class IdentityAsyncStub(IdentityStub):
     GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetConsistencyProofRequest, _identity_pb2.ConsistencyProof]  # type: ignore[assignment]
     GetOutcome: _aio.UnaryUnaryMultiCallable[_identity_pb2.GetOutcomeRequest, _identity_pb2.GetOutcomeResponse]  # type: ignore[assignment]
     OpenSession: _aio.UnaryUnaryMultiCallable[_identity_pb2.OpenSessionRequest, _identity_pb2.OpenSessionResponse]  # type: ignore[assignment]
+    Calls: _aio.StreamStreamMultiCallable[_link_pb2.LinkFrame, _link_pb2.LinkFrame]  # type: ignore[assignment]
+    """Any of the unary methods above, many at a time on one stream (frames: link.proto);
+    each call is authenticated, checked and answered exactly as the unary call. For
+    clients with many calls in flight: a call on the stream costs about a third of a
+    unary call's CPU (docs/benchmarks.md, "The gRPC floor").
+    """
 
 class IdentityServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -171,5 +184,17 @@ class IdentityServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_pb2.OpenSessionRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_pb2.OpenSessionResponse, _abc.Awaitable[_identity_pb2.OpenSessionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Calls(
+        self,
+        request_iterator: _MaybeAsyncIterator[_link_pb2.LinkFrame],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_link_pb2.LinkFrame], _abc.AsyncIterator[_link_pb2.LinkFrame]]:
+        """Any of the unary methods above, many at a time on one stream (frames: link.proto);
+        each call is authenticated, checked and answered exactly as the unary call. For
+        clients with many calls in flight: a call on the stream costs about a third of a
+        unary call's CPU (docs/benchmarks.md, "The gRPC floor").
+        """
 
 def add_IdentityServicer_to_server(servicer: IdentityServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -23,77 +23,70 @@ _sym_db = _symbol_database.Default()
 
 
 from beco.v1 import identity_pb2 as beco_dot_v1_dot_identity__pb2
+from beco.v1 import link_pb2 as beco_dot_v1_dot_link__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x65\x63o/v1/peer.proto\x12\x07\x62\x65\x63o.v1\x1a\x16\x62\x65\x63o/v1/identity.proto\"f\n\x0cPeerEnvelope\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"l\n\nPeerRecord\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\">\n\rRegisterReply\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\x12\x1d\n\x15membership_generation\x18\x02 \x01(\x04\"\x1f\n\x0f\x44iscoverRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"7\n\rDiscoverReply\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.beco.v1.PeerEnvelope\"o\n\x08Proposal\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07request\x18\x05 \x01(\x0c\x12\x0e\n\x06origin\x18\x06 \x01(\t\"s\n\x0eProposalHeader\x12#\n\x08proposal\x18\x01 \x01(\x0b\x32\x11.beco.v1.Proposal\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x17\n\x0fvalidator_ts_ms\x18\x03 \x01(\x03\x12\x11\n\tvalidator\x18\x04 \x01(\t\"e\n\x10\x42\x61tchVoteRequest\x12(\n\x07headers\x18\x01 \x03(\x0b\x32\x17.beco.v1.ProposalHeader\x12\'\n\x08previous\x18\x02 \x03(\x0b\x32\x15.beco.v1.PeerEnvelope\"8\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"a\n\tBatchVote\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\r\n\x05voter\x18\x02 \x01(\t\x12$\n\x08rejected\x18\x03 \x03(\x0b\x32\x12.beco.v1.Rejection\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x81\x01\n\x10\x42\x61tchCertificate\x12\x0f\n\x07\x64igests\x18\x01 \x03(\x0c\x12\x0f\n\x07indexes\x18\x02 \x03(\r\x12(\n\x07headers\x18\x03 \x03(\x0b\x32\x17.beco.v1.ProposalHeader\x12!\n\x05votes\x18\x04 \x03(\x0b\x32\x12.beco.v1.BatchVote\"Z\n\x0c\x42\x61tchOutcome\x12\"\n\x08outcomes\x18\x01 \x03(\x0b\x32\x10.beco.v1.Outcome\x12&\n\x07\x61pplied\x18\x02 \x03(\x0b\x32\x15.beco.v1.PeerEnvelope\"1\n\x0c\x41ppliedBatch\x12!\n\x07\x61pplied\x18\x01 \x03(\x0b\x32\x10.beco.v1.Applied\"\xd7\x01\n\x07Outcome\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.beco.v1.OutcomeStatus\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12#\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x13.beco.v1.CommitInfo\x12\r\n\x05state\x18\x05 \x01(\x0c\x12\x13\n\x0bvalid_votes\x18\x06 \x01(\r\x12\x15\n\rinvalid_votes\x18\x07 \x01(\r\x12&\n\x07\x61pplied\x18\x08 \x01(\x0b\x32\x15.beco.v1.PeerEnvelope\"`\n\x07\x41pplied\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\x0c\x12#\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x13.beco.v1.CommitInfo\"\x1f\n\nApplyReply\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"5\n\rProposalBatch\x12$\n\tproposals\x18\x01 \x03(\x0b\x32\x11.beco.v1.Proposal\"6\n\x10ProposalOutcomes\x12\"\n\x08outcomes\x18\x01 \x03(\x0b\x32\x10.beco.v1.Outcome\"\xa6\x01\n\x08SstQuery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x10\n\x08old_size\x18\x04 \x01(\x04\x12\x10\n\x08new_size\x18\x05 \x01(\x04\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x16\n\x0e\x61\x66ter_sequence\x18\x07 \x01(\x04\x12\x13\n\x0bproposal_id\x18\x08 \x01(\t\"@\n\x0eUserStateReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\x0c\"U\n\rFailureRecord\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tsigned_ms\x18\x04 \x01(\x03\"\\\n\x0c\x43hangesReply\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.beco.v1.UserStateReply\x12\x11\n\tnext_size\x18\x02 \x01(\x04\x12\x11\n\thead_size\x18\x03 \x01(\x04\"\x85\x01\n\tLinkFrame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x14.beco.v1.LinkRequestH\x00\x12#\n\x05reply\x18\x03 \x01(\x0b\x32\x12.beco.v1.LinkReplyH\x00\x12\x10\n\x06\x63\x61ncel\x18\x04 \x01(\x08H\x00\x42\x07\n\x05\x66rame\"B\n\x0bLinkRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\")\n\x0bLinkTrailer\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"a\n\tLinkReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12&\n\x08trailers\x18\x04 \x03(\x0b\x32\x14.beco.v1.LinkTrailer*i\n\rOutcomeStatus\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_COMMITTED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03\x32\x82\x01\n\nRendezvous\x12\x39\n\x08Register\x12\x15.beco.v1.PeerEnvelope\x1a\x16.beco.v1.RegisterReply\x12\x39\n\x08\x44iscover\x12\x15.beco.v1.PeerEnvelope\x1a\x16.beco.v1.DiscoverReply2\x81\x01\n\tValidator\x12\x32\n\x07Propose\x12\x15.beco.v1.PeerEnvelope\x1a\x10.beco.v1.Outcome\x12@\n\x0cProposeBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x19.beco.v1.ProposalOutcomes2|\n\x08UserNode\x12\x36\n\tVoteBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x12.beco.v1.BatchVote\x12\x38\n\nApplyBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x13.beco.v1.ApplyReply2\xe8\x04\n\x03Sst\x12;\n\x0b\x43ommitBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x15.beco.v1.BatchOutcome\x12>\n\x0cGetUserState\x12\x15.beco.v1.PeerEnvelope\x1a\x17.beco.v1.UserStateReply\x12=\n\tLoadUsers\x12\x15.beco.v1.PeerEnvelope\x1a\x17.beco.v1.UserStateReply0\x01\x12=\n\x07History\x12\x15.beco.v1.PeerEnvelope\x1a\x1b.beco.v1.GetHistoryResponse\x12\x34\n\x08TreeHead\x12\x15.beco.v1.PeerEnvelope\x1a\x11.beco.v1.TreeHead\x12@\n\x0eInclusionProof\x12\x15.beco.v1.PeerEnvelope\x1a\x17.beco.v1.InclusionProof\x12\x44\n\x10\x43onsistencyProof\x12\x15.beco.v1.PeerEnvelope\x1a\x19.beco.v1.ConsistencyProof\x12\x35\n\nGetOutcome\x12\x15.beco.v1.PeerEnvelope\x1a\x10.beco.v1.Outcome\x12\x38\n\rRecordFailure\x12\x15.beco.v1.PeerEnvelope\x1a\x10.beco.v1.Outcome\x12\x37\n\x07\x43hanges\x12\x15.beco.v1.PeerEnvelope\x1a\x15.beco.v1.ChangesReply2>\n\x08PeerLink\x12\x32\n\x04Link\x12\x12.beco.v1.LinkFrame\x1a\x12.beco.v1.LinkFrame(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x65\x63o/v1/peer.proto\x12\x07\x62\x65\x63o.v1\x1a\x16\x62\x65\x63o/v1/identity.proto\x1a\x12\x62\x65\x63o/v1/link.proto\"f\n\x0cPeerEnvelope\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x03 \x01(\x03\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"l\n\nPeerRecord\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0c\n\x04zone\x18\x04 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x05 \x01(\t\x12\x12\n\nexpires_ms\x18\x06 \x01(\x03\">\n\rRegisterReply\x12\x0e\n\x06ttl_ms\x18\x01 \x01(\x03\x12\x1d\n\x15membership_generation\x18\x02 \x01(\x04\"\x1f\n\x0f\x44iscoverRequest\x12\x0c\n\x04role\x18\x01 \x01(\t\"7\n\rDiscoverReply\x12&\n\x07records\x18\x01 \x03(\x0b\x32\x15.beco.v1.PeerEnvelope\"o\n\x08Proposal\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x0f\n\x07request\x18\x05 \x01(\x0c\x12\x0e\n\x06origin\x18\x06 \x01(\t\"s\n\x0eProposalHeader\x12#\n\x08proposal\x18\x01 \x01(\x0b\x32\x11.beco.v1.Proposal\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x17\n\x0fvalidator_ts_ms\x18\x03 \x01(\x03\x12\x11\n\tvalidator\x18\x04 \x01(\t\"e\n\x10\x42\x61tchVoteRequest\x12(\n\x07headers\x18\x01 \x03(\x0b\x32\x17.beco.v1.ProposalHeader\x12\'\n\x08previous\x18\x02 \x03(\x0b\x32\x15.beco.v1.PeerEnvelope\"8\n\tRejection\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"a\n\tBatchVote\x12\x0c\n\x04root\x18\x01 \x01(\x0c\x12\r\n\x05voter\x18\x02 \x01(\t\x12$\n\x08rejected\x18\x03 \x03(\x0b\x32\x12.beco.v1.Rejection\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\x81\x01\n\x10\x42\x61tchCertificate\x12\x0f\n\x07\x64igests\x18\x01 \x03(\x0c\x12\x0f\n\x07indexes\x18\x02 \x03(\r\x12(\n\x07headers\x18\x03 \x03(\x0b\x32\x17.beco.v1.ProposalHeader\x12!\n\x05votes\x18\x04 \x03(\x0b\x32\x12.beco.v1.BatchVote\"Z\n\x0c\x42\x61tchOutcome\x12\"\n\x08outcomes\x18\x01 \x03(\x0b\x32\x10.beco.v1.Outcome\x12&\n\x07\x61pplied\x18\x02 \x03(\x0b\x32\x15.beco.v1.PeerEnvelope\"1\n\x0c\x41ppliedBatch\x12!\n\x07\x61pplied\x18\x01 \x03(\x0b\x32\x10.beco.v1.Applied\"\xd7\x01\n\x07Outcome\x12&\n\x06status\x18\x01 \x01(\x0e\x32\x16.beco.v1.OutcomeStatus\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12#\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x13.beco.v1.CommitInfo\x12\r\n\x05state\x18\x05 \x01(\x0c\x12\x13\n\x0bvalid_votes\x18\x06 \x01(\r\x12\x15\n\rinvalid_votes\x18\x07 \x01(\r\x12&\n\x07\x61pplied\x18\x08 \x01(\x0b\x32\x15.beco.v1.PeerEnvelope\"`\n\x07\x41pplied\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\x0c\x12#\n\x06\x63ommit\x18\x04 \x01(\x0b\x32\x13.beco.v1.CommitInfo\"\x1f\n\nApplyReply\x12\x11\n\ttree_size\x18\x01 \x01(\x04\"5\n\rProposalBatch\x12$\n\tproposals\x18\x01 \x03(\x0b\x32\x11.beco.v1.Proposal\"6\n\x10ProposalOutcomes\x12\"\n\x08outcomes\x18\x01 \x03(\x0b\x32\x10.beco.v1.Outcome\"\xa6\x01\n\x08SstQuery\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x10\n\x08old_size\x18\x04 \x01(\x04\x12\x10\n\x08new_size\x18\x05 \x01(\x04\x12\x11\n\tpage_size\x18\x06 \x01(\r\x12\x16\n\x0e\x61\x66ter_sequence\x18\x07 \x01(\x04\x12\x13\n\x0bproposal_id\x18\x08 \x01(\t\"@\n\x0eUserStateReply\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\r\n\x05state\x18\x03 \x01(\x0c\"U\n\rFailureRecord\x12\x13\n\x0bproposal_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tsigned_ms\x18\x04 \x01(\x03\"\\\n\x0c\x43hangesReply\x12&\n\x05users\x18\x01 \x03(\x0b\x32\x17.beco.v1.UserStateReply\x12\x11\n\tnext_size\x18\x02 \x01(\x04\x12\x11\n\thead_size\x18\x03 \x01(\x04*i\n\rOutcomeStatus\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n\x11OUTCOME_COMMITTED\x10\x01\x12\x12\n\x0eOUTCOME_FAILED\x10\x02\x12\x14\n\x10OUTCOME_REJECTED\x10\x03\x32\x82\x01\n\nRendezvous\x12\x39\n\x08Register\x12\x15.beco.v1.PeerEnvelope\x1a\x16.beco.v1.RegisterReply\x12\x39\n\x08\x44iscover\x12\x15.beco.v1.PeerEnvelope\x1a\x16.beco.v1.DiscoverReply2\x81\x01\n\tValidator\x12\x32\n\x07Propose\x12\x15.beco.v1.PeerEnvelope\x1a\x10.beco.v1.Outcome\x12@\n\x0cProposeBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x19.beco.v1.ProposalOutcomes2|\n\x08UserNode\x12\x36\n\tVoteBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x12.beco.v1.BatchVote\x12\x38\n\nApplyBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x13.beco.v1.ApplyReply2\xe8\x04\n\x03Sst\x12;\n\x0b\x43ommitBatch\x12\x15.beco.v1.PeerEnvelope\x1a\x15.beco.v1.BatchOutcome\x12>\n\x0cGetUserState\x12\x15.beco.v1.PeerEnvelope\x1a\x17.beco.v1.UserStateReply\x12=\n\tLoadUsers\x12\x15.beco.v1.PeerEnvelope\x1a\x17.beco.v1.UserStateReply0\x01\x12=\n\x07History\x12\x15.beco.v1.PeerEnvelope\x1a\x1b.beco.v1.GetHistoryResponse\x12\x34\n\x08TreeHead\x12\x15.beco.v1.PeerEnvelope\x1a\x11.beco.v1.TreeHead\x12@\n\x0eInclusionProof\x12\x15.beco.v1.PeerEnvelope\x1a\x17.beco.v1.InclusionProof\x12\x44\n\x10\x43onsistencyProof\x12\x15.beco.v1.PeerEnvelope\x1a\x19.beco.v1.ConsistencyProof\x12\x35\n\nGetOutcome\x12\x15.beco.v1.PeerEnvelope\x1a\x10.beco.v1.Outcome\x12\x38\n\rRecordFailure\x12\x15.beco.v1.PeerEnvelope\x1a\x10.beco.v1.Outcome\x12\x37\n\x07\x43hanges\x12\x15.beco.v1.PeerEnvelope\x1a\x15.beco.v1.ChangesReply2>\n\x08PeerLink\x12\x32\n\x04Link\x12\x12.beco.v1.LinkFrame\x1a\x12.beco.v1.LinkFrame(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beco.v1.peer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOMESTATUS']._serialized_start=2410
-  _globals['_OUTCOMESTATUS']._serialized_end=2515
-  _globals['_PEERENVELOPE']._serialized_start=55
-  _globals['_PEERENVELOPE']._serialized_end=157
-  _globals['_PEERRECORD']._serialized_start=159
-  _globals['_PEERRECORD']._serialized_end=267
-  _globals['_REGISTERREPLY']._serialized_start=269
-  _globals['_REGISTERREPLY']._serialized_end=331
-  _globals['_DISCOVERREQUEST']._serialized_start=333
-  _globals['_DISCOVERREQUEST']._serialized_end=364
-  _globals['_DISCOVERREPLY']._serialized_start=366
-  _globals['_DISCOVERREPLY']._serialized_end=421
-  _globals['_PROPOSAL']._serialized_start=423
-  _globals['_PROPOSAL']._serialized_end=534
-  _globals['_PROPOSALHEADER']._serialized_start=536
-  _globals['_PROPOSALHEADER']._serialized_end=651
-  _globals['_BATCHVOTEREQUEST']._serialized_start=653
-  _globals['_BATCHVOTEREQUEST']._serialized_end=754
-  _globals['_REJECTION']._serialized_start=756
-  _globals['_REJECTION']._serialized_end=812
-  _globals['_BATCHVOTE']._serialized_start=814
-  _globals['_BATCHVOTE']._serialized_end=911
-  _globals['_BATCHCERTIFICATE']._serialized_start=914
-  _globals['_BATCHCERTIFICATE']._serialized_end=1043
-  _globals['_BATCHOUTCOME']._serialized_start=1045
-  _globals['_BATCHOUTCOME']._serialized_end=1135
-  _globals['_APPLIEDBATCH']._serialized_start=1137
-  _globals['_APPLIEDBATCH']._serialized_end=1186
-  _globals['_OUTCOME']._serialized_start=1189
-  _globals['_OUTCOME']._serialized_end=1404
-  _globals['_APPLIED']._serialized_start=1406
-  _globals['_APPLIED']._serialized_end=1502
-  _globals['_APPLYREPLY']._serialized_start=1504
-  _globals['_APPLYREPLY']._serialized_end=1535
-  _globals['_PROPOSALBATCH']._serialized_start=1537
-  _globals['_PROPOSALBATCH']._serialized_end=1590
-  _globals['_PROPOSALOUTCOMES']._serialized_start=1592
-  _globals['_PROPOSALOUTCOMES']._serialized_end=1646
-  _globals['_SSTQUERY']._serialized_start=1649
-  _globals['_SSTQUERY']._serialized_end=1815
-  _globals['_USERSTATEREPLY']._serialized_start=1817
-  _globals['_USERSTATEREPLY']._serialized_end=1881
-  _globals['_FAILURERECORD']._serialized_start=1883
-  _globals['_FAILURERECORD']._serialized_end=1968
-  _globals['_CHANGESREPLY']._serialized_start=1970
-  _globals['_CHANGESREPLY']._serialized_end=2062
-  _globals['_LINKFRAME']._serialized_start=2065
-  _globals['_LINKFRAME']._serialized_end=2198
-  _globals['_LINKREQUEST']._serialized_start=2200
-  _globals['_LINKREQUEST']._serialized_end=2266
-  _globals['_LINKTRAILER']._serialized_start=2268
-  _globals['_LINKTRAILER']._serialized_end=2309
-  _globals['_LINKREPLY']._serialized_start=2311
-  _globals['_LINKREPLY']._serialized_end=2408
-  _globals['_RENDEZVOUS']._serialized_start=2518
-  _globals['_RENDEZVOUS']._serialized_end=2648
-  _globals['_VALIDATOR']._serialized_start=2651
-  _globals['_VALIDATOR']._serialized_end=2780
-  _globals['_USERNODE']._serialized_start=2782
-  _globals['_USERNODE']._serialized_end=2906
-  _globals['_SST']._serialized_start=2909
-  _globals['_SST']._serialized_end=3525
-  _globals['_PEERLINK']._serialized_start=3527
-  _globals['_PEERLINK']._serialized_end=3589
+  _globals['_OUTCOMESTATUS']._serialized_start=2084
+  _globals['_OUTCOMESTATUS']._serialized_end=2189
+  _globals['_PEERENVELOPE']._serialized_start=75
+  _globals['_PEERENVELOPE']._serialized_end=177
+  _globals['_PEERRECORD']._serialized_start=179
+  _globals['_PEERRECORD']._serialized_end=287
+  _globals['_REGISTERREPLY']._serialized_start=289
+  _globals['_REGISTERREPLY']._serialized_end=351
+  _globals['_DISCOVERREQUEST']._serialized_start=353
+  _globals['_DISCOVERREQUEST']._serialized_end=384
+  _globals['_DISCOVERREPLY']._serialized_start=386
+  _globals['_DISCOVERREPLY']._serialized_end=441
+  _globals['_PROPOSAL']._serialized_start=443
+  _globals['_PROPOSAL']._serialized_end=554
+  _globals['_PROPOSALHEADER']._serialized_start=556
+  _globals['_PROPOSALHEADER']._serialized_end=671
+  _globals['_BATCHVOTEREQUEST']._serialized_start=673
+  _globals['_BATCHVOTEREQUEST']._serialized_end=774
+  _globals['_REJECTION']._serialized_start=776
+  _globals['_REJECTION']._serialized_end=832
+  _globals['_BATCHVOTE']._serialized_start=834
+  _globals['_BATCHVOTE']._serialized_end=931
+  _globals['_BATCHCERTIFICATE']._serialized_start=934
+  _globals['_BATCHCERTIFICATE']._serialized_end=1063
+  _globals['_BATCHOUTCOME']._serialized_start=1065
+  _globals['_BATCHOUTCOME']._serialized_end=1155
+  _globals['_APPLIEDBATCH']._serialized_start=1157
+  _globals['_APPLIEDBATCH']._serialized_end=1206
+  _globals['_OUTCOME']._serialized_start=1209
+  _globals['_OUTCOME']._serialized_end=1424
+  _globals['_APPLIED']._serialized_start=1426
+  _globals['_APPLIED']._serialized_end=1522
+  _globals['_APPLYREPLY']._serialized_start=1524
+  _globals['_APPLYREPLY']._serialized_end=1555
+  _globals['_PROPOSALBATCH']._serialized_start=1557
+  _globals['_PROPOSALBATCH']._serialized_end=1610
+  _globals['_PROPOSALOUTCOMES']._serialized_start=1612
+  _globals['_PROPOSALOUTCOMES']._serialized_end=1666
+  _globals['_SSTQUERY']._serialized_start=1669
+  _globals['_SSTQUERY']._serialized_end=1835
+  _globals['_USERSTATEREPLY']._serialized_start=1837
+  _globals['_USERSTATEREPLY']._serialized_end=1901
+  _globals['_FAILURERECORD']._serialized_start=1903
+  _globals['_FAILURERECORD']._serialized_end=1988
+  _globals['_CHANGESREPLY']._serialized_start=1990
+  _globals['_CHANGESREPLY']._serialized_end=2082
+  _globals['_RENDEZVOUS']._serialized_start=2192
+  _globals['_RENDEZVOUS']._serialized_end=2322
+  _globals['_VALIDATOR']._serialized_start=2325
+  _globals['_VALIDATOR']._serialized_end=2454
+  _globals['_USERNODE']._serialized_start=2456
+  _globals['_USERNODE']._serialized_end=2580
+  _globals['_SST']._serialized_start=2583
+  _globals['_SST']._serialized_end=3199
+  _globals['_PEERLINK']._serialized_start=3201
+  _globals['_PEERLINK']._serialized_end=3263
 # @@protoc_insertion_point(module_scope)

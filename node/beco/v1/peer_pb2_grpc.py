@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from beco.v1 import identity_pb2 as beco_dot_v1_dot_identity__pb2
+from beco.v1 import link_pb2 as beco_dot_v1_dot_link__pb2
 from beco.v1 import peer_pb2 as beco_dot_v1_dot_peer__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -845,7 +846,11 @@ class Sst:
 
 
 class PeerLinkStub:
-    """Missing associated documentation comment in .proto file."""
+    """---- peer links (beco_node.calls, services/link.py) ----
+    One long-lived stream per (calling process, peer address) carries the peer calls whose
+    request is a PeerEnvelope: each request is still its own signed envelope, answered by the
+    same servicer method as the unary call, replies in completion order. Frames: link.proto.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -855,13 +860,17 @@ class PeerLinkStub:
         """
         self.Link = channel.stream_stream(
                 '/beco.v1.PeerLink/Link',
-                request_serializer=beco_dot_v1_dot_peer__pb2.LinkFrame.SerializeToString,
-                response_deserializer=beco_dot_v1_dot_peer__pb2.LinkFrame.FromString,
+                request_serializer=beco_dot_v1_dot_link__pb2.LinkFrame.SerializeToString,
+                response_deserializer=beco_dot_v1_dot_link__pb2.LinkFrame.FromString,
                 _registered_method=True)
 
 
 class PeerLinkServicer:
-    """Missing associated documentation comment in .proto file."""
+    """---- peer links (beco_node.calls, services/link.py) ----
+    One long-lived stream per (calling process, peer address) carries the peer calls whose
+    request is a PeerEnvelope: each request is still its own signed envelope, answered by the
+    same servicer method as the unary call, replies in completion order. Frames: link.proto.
+    """
 
     def Link(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
@@ -874,8 +883,8 @@ def add_PeerLinkServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Link': grpc.stream_stream_rpc_method_handler(
                     servicer.Link,
-                    request_deserializer=beco_dot_v1_dot_peer__pb2.LinkFrame.FromString,
-                    response_serializer=beco_dot_v1_dot_peer__pb2.LinkFrame.SerializeToString,
+                    request_deserializer=beco_dot_v1_dot_link__pb2.LinkFrame.FromString,
+                    response_serializer=beco_dot_v1_dot_link__pb2.LinkFrame.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -886,7 +895,11 @@ def add_PeerLinkServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class PeerLink:
-    """Missing associated documentation comment in .proto file."""
+    """---- peer links (beco_node.calls, services/link.py) ----
+    One long-lived stream per (calling process, peer address) carries the peer calls whose
+    request is a PeerEnvelope: each request is still its own signed envelope, answered by the
+    same servicer method as the unary call, replies in completion order. Frames: link.proto.
+    """
 
     @staticmethod
     def Link(request_iterator,
@@ -903,8 +916,8 @@ class PeerLink:
             request_iterator,
             target,
             '/beco.v1.PeerLink/Link',
-            beco_dot_v1_dot_peer__pb2.LinkFrame.SerializeToString,
-            beco_dot_v1_dot_peer__pb2.LinkFrame.FromString,
+            beco_dot_v1_dot_link__pb2.LinkFrame.SerializeToString,
+            beco_dot_v1_dot_link__pb2.LinkFrame.FromString,
             options,
             channel_credentials,
             insecure,

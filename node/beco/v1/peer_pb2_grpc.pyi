@@ -7,6 +7,7 @@ current membership (peer id, role) before it looks at the payload.
 """
 
 from beco.v1 import identity_pb2 as _identity_pb2
+from beco.v1 import link_pb2 as _link_pb2
 from beco.v1 import peer_pb2 as _peer_pb2
 from collections import abc as _abc
 from grpc import aio as _aio
@@ -269,23 +270,41 @@ class SstServicer(metaclass=_abc_1.ABCMeta):
 def add_SstServicer_to_server(servicer: SstServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class PeerLinkStub:
+    """---- peer links (beco_node.calls, services/link.py) ----
+    One long-lived stream per (calling process, peer address) carries the peer calls whose
+    request is a PeerEnvelope: each request is still its own signed envelope, answered by the
+    same servicer method as the unary call, replies in completion order. Frames: link.proto.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> PeerLinkAsyncStub: ...
-    Link: _grpc.StreamStreamMultiCallable[_peer_pb2.LinkFrame, _peer_pb2.LinkFrame]
+    Link: _grpc.StreamStreamMultiCallable[_link_pb2.LinkFrame, _link_pb2.LinkFrame]
 
 @_typing.type_check_only
 class PeerLinkAsyncStub(PeerLinkStub):
+    """---- peer links (beco_node.calls, services/link.py) ----
+    One long-lived stream per (calling process, peer address) carries the peer calls whose
+    request is a PeerEnvelope: each request is still its own signed envelope, answered by the
+    same servicer method as the unary call, replies in completion order. Frames: link.proto.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Link: _aio.StreamStreamMultiCallable[_peer_pb2.LinkFrame, _peer_pb2.LinkFrame]  # type: ignore[assignment]
+    Link: _aio.StreamStreamMultiCallable[_link_pb2.LinkFrame, _link_pb2.LinkFrame]  # type: ignore[assignment]
 
 class PeerLinkServicer(metaclass=_abc_1.ABCMeta):
+    """---- peer links (beco_node.calls, services/link.py) ----
+    One long-lived stream per (calling process, peer address) carries the peer calls whose
+    request is a PeerEnvelope: each request is still its own signed envelope, answered by the
+    same servicer method as the unary call, replies in completion order. Frames: link.proto.
+    """
+
     @_abc_1.abstractmethod
     def Link(
         self,
-        request_iterator: _MaybeAsyncIterator[_peer_pb2.LinkFrame],
+        request_iterator: _MaybeAsyncIterator[_link_pb2.LinkFrame],
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_peer_pb2.LinkFrame], _abc.AsyncIterator[_peer_pb2.LinkFrame]]: ...
+    ) -> _typing.Union[_abc.Iterator[_link_pb2.LinkFrame], _abc.AsyncIterator[_link_pb2.LinkFrame]]: ...
 
 def add_PeerLinkServicer_to_server(servicer: PeerLinkServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

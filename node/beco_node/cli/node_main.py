@@ -72,7 +72,11 @@ async def run(s: settings.Settings) -> None:
         node = UserNode(rt)
         identity = identity_pb2.DESCRIPTOR.services_by_name["Identity"]
         identity_service = IdentityService(node)
-        pb_grpc.add_IdentityServicer_to_server(rt.gated(identity, lambda: identity_service), server)
+        rt.add_servicer(
+            pb_grpc.add_IdentityServicer_to_server,
+            rt.gated(identity, lambda: identity_service),
+            server,
+        )
         rt.add_servicer(ppb_grpc.add_UserNodeServicer_to_server, VoterService(node), server)
         services.append(identity.full_name)
         services.append(peer_services["UserNode"].full_name)
@@ -113,7 +117,7 @@ async def run(s: settings.Settings) -> None:
             for t in tasks:
                 t.cancel()
     finally:
-        rt.link_server.drain()
+        rt.drain_streams()
         await server.stop(grace=2)
         await rt.close()
         for close in closers:

@@ -38,11 +38,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from beco_node import keys, membership, metrics, peer
+from beco_node.calls import CLIENT_CALLS, LinkChannel, Links
 from beco_node.clock import Clock
 from beco_node.errors import BecoError
 from beco_node.membership import Member, Membership
 from beco_node.origin import ORIGIN_TRAILER
-from beco_node.services.link import LinkServer, PeerChannel, PeerLinks
+from beco_node.services.link import LinkServer
 from beco_node.services.malformed import DecodeGuard
 from beco_node.settings import LIVENESS_SERVICE, Settings, is_wildcard
 
@@ -186,11 +187,12 @@ class Runtime:
         self._channels: dict[str, grpc.aio.Channel] = {}
         # Peer links (services.link): off with --peer-links off, and on the in-process
         # transport (the test kit's faults hit its unary calls).
-        self.links: PeerLinks | None = None
+        self.links: Links | None = None
         if transport is None and settings.peer_links == "on":
-            self.links = PeerLinks(self.channel, settings.max_message_bytes)
-        self._peer_channels: dict[str, PeerChannel] = {}
+            self.links = Links(self.channel, settings.max_message_bytes)
+        self._peer_channels: dict[str, LinkChannel] = {}
         self.link_server = LinkServer(CLIENT_MAX_RECEIVE)
+        self.call_server = LinkServer(CLIENT_MAX_RECEIVE, CLIENT_CALLS)  # Identity/Calls
         self._tasks: set[asyncio.Task[Any]] = set()
         self.on_membership_change: list[Callable[[Membership], None]] = []
         self.health = health_aio.HealthServicer()
@@ -250,7 +252,16 @@ class Runtime:
                 metrics.RPC_REQUESTS.labels(_label, "UNAVAILABLE").inc()
                 await context.abort(grpc.StatusCode.UNAVAILABLE, reason, ORIGIN_TRAILER)
 
-            if m.server_streaming:
+            if m.client_streaming and m.server_streaming:  # Identity/Calls
+
+                async def bidi(requests: Any, context: Any, _name: str = m.name) -> None:
+                    reason, impl = why(), target()
+                    if reason is not None or impl is None:
+                        await refuse(context, reason or "this node is starting")
+                    await getattr(impl, _name)(requests, context)
+
+                methods[m.name] = bidi
+            elif m.server_streaming:
 
                 async def stream(request: Any, context: Any, _name: str = m.name) -> Any:
                     reason, impl = why(), target()
@@ -372,7 +383,7 @@ class Runtime:
             return self.channel(address)
         ch = self._peer_channels.get(address)
         if ch is None:
-            ch = self._peer_channels[address] = PeerChannel(
+            ch = self._peer_channels[address] = LinkChannel(
                 self.links, address, self.channel(address)
             )
         return ch  # type: ignore[return-value]
@@ -381,9 +392,15 @@ class Runtime:
         self, add: Callable[[Any, Any], None], servicer: Any, server: grpc.aio.Server
     ) -> None:
         """Register ``servicer`` with ``add`` (a generated ``add_*Servicer_to_server``) on
-        ``server`` and on the link server, so a call on a link runs the same handler."""
+        ``server`` and on the stream servers, so a call on a stream runs the same handler."""
         add(servicer, server)
         add(servicer, self.link_server)
+        add(servicer, self.call_server)
+
+    def drain_streams(self) -> None:
+        """Stopping: the peer links and client call streams answer what is in flight, end."""
+        self.link_server.drain()
+        self.call_server.drain()
 
     def _client_credentials(self) -> grpc.ChannelCredentials | None:
         s = self.settings

@@ -30,11 +30,13 @@ import hashlib
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 from beco.v1 import identity_pb2 as pb
 from beco.v1 import identity_pb2_grpc as pb_grpc
+from beco.v1 import link_pb2 as lpb
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
 
@@ -465,6 +467,13 @@ class IdentityService(pb_grpc.IdentityServicer):
         return int(self.rt.monotonic() * 1000)
 
     @rpc_handler("OpenSession")
+    async def Calls(  # type: ignore[override]
+        self, request_iterator: AsyncIterator[lpb.LinkFrame], context: Ctx
+    ) -> None:
+        """The unary methods of this service, many on one stream (beco_node.calls): each
+        frame runs the same gated handler as its unary call."""
+        await self.rt.call_server.Link(request_iterator, context)
+
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Ctx
     ) -> pb.OpenSessionResponse:

@@ -23,6 +23,7 @@ from beco_node.membership import loads
 from beco_node.merkle.hashing import leaf_hash
 from beco_node.merkle.sth import SignedTreeHead, verify_tree_head
 from beco_node.merkle.verify import verify_consistency, verify_inclusion
+from beco_node.origin import answered_by_node
 from beco_node.session import ClientSession
 
 from .conftest import Person, wait_for_sequence
@@ -457,6 +458,36 @@ async def test_peer_calls_travel_on_links(network: LocalNetwork) -> None:
                 break
     assert (await _metric(vport, name) or 0.0) >= before + 4
     assert (await _metric(vport, 'beco_peer_link_events_total{event="opened"}') or 0) >= 1
+
+
+async def test_client_calls_on_one_stream(network: LocalNetwork) -> None:
+    """A multiplexed client (Identity/Calls) writes, reads through a session and is refused
+    exactly as a unary one; its calls are served on the stream once it is up."""
+    port = network.nodes["user-a-0"].metrics_port
+    name = 'beco_stream_calls_total{stream="calls"}'
+    before = await _metric(port, name) or 0.0
+    owner, other = Person(), Person()
+    ep = network.user_endpoints()[0]
+    async with (
+        Client(ep, owner.key, multiplex=True) as c,
+        Client(ep, other.key, multiplex=True) as o,
+    ):
+        await c.create_user("Streamed", [], "Calls")
+        await o.create_user("Other")
+        for i in range(20):
+            await c.set_first(owner.id, f"Streamed{i}")
+            if (await _metric(port, name) or 0.0) >= before + 2:
+                break
+        assert (await _metric(port, name) or 0.0) >= before + 2  # on the stream, not unary
+        got = await c.get_user(owner.id)  # a session read, on the stream
+        assert got.first_name.values == [f"Streamed{i}"]
+        assert c.sessions_opened == 1
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await o.set_first(owner.id, "Mallory")
+        assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        assert answered_by_node(ei.value)
+    async with owner.client(network, 0) as plain:  # the same state, unary
+        assert (await plain.get_user(owner.id)).first_name.values == [f"Streamed{i}"]
 
 
 def test_cli_demo_flow(network: LocalNetwork, tmp_path: Path) -> None:

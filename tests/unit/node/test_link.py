@@ -1,4 +1,4 @@
-"""Peer links (beco_node.services.link) over a real grpc.aio server on loopback: replies
+"""Peer links (beco_node.calls, beco_node.services.link) over a real grpc.aio server on loopback: replies
 matched to calls out of order, statuses identical to the unary call's, deadlines, a stream
 broken mid-call, and the fallback to unary calls for a peer without links."""
 
@@ -12,6 +12,7 @@ import grpc
 import pytest
 from beco.v1 import peer_pb2 as ppb
 from beco.v1 import peer_pb2_grpc as ppb_grpc
+from beco_node import calls
 from beco_node.errors import BecoError
 from beco_node.origin import ORIGIN_TRAILER, answered_by_node
 from beco_node.services import link
@@ -90,9 +91,9 @@ class Caller:
     def __init__(self, address: str) -> None:
         self.address = address
         self.channels: dict[str, grpc.aio.Channel] = {}
-        self.links = link.PeerLinks(self.channel, 64 * 1024)
+        self.links = calls.Links(self.channel, 64 * 1024)
         self.stub = ppb_grpc.UserNodeStub(
-            link.PeerChannel(self.links, address, self.channel(address))  # type: ignore[arg-type]
+            calls.LinkChannel(self.links, address, self.channel(address))  # type: ignore[arg-type]
         )
         self.plain = ppb_grpc.UserNodeStub(self.channel(address))
 
@@ -127,12 +128,12 @@ def env(sender: str) -> ppb.PeerEnvelope:
 
 
 async def test_link_methods_are_the_envelope_methods() -> None:
-    assert "/beco.v1.UserNode/VoteBatch" in link.LINK_METHODS
-    assert "/beco.v1.Sst/CommitBatch" in link.LINK_METHODS
-    assert "/beco.v1.Validator/ProposeBatch" in link.LINK_METHODS
-    assert "/beco.v1.UserNode/ApplyBatch" in link.LINK_METHODS
-    assert "/beco.v1.Sst/LoadUsers" not in link.LINK_METHODS  # a server stream: unary
-    assert link.LINK_METHOD not in link.LINK_METHODS
+    assert "/beco.v1.UserNode/VoteBatch" in calls.PEER_LINK.methods
+    assert "/beco.v1.Sst/CommitBatch" in calls.PEER_LINK.methods
+    assert "/beco.v1.Validator/ProposeBatch" in calls.PEER_LINK.methods
+    assert "/beco.v1.UserNode/ApplyBatch" in calls.PEER_LINK.methods
+    assert "/beco.v1.Sst/LoadUsers" not in calls.PEER_LINK.methods  # a server stream: unary
+    assert calls.PEER_LINK.stream_method not in calls.PEER_LINK.methods
 
 
 async def test_replies_are_matched_to_their_calls_out_of_order(
@@ -171,7 +172,7 @@ async def test_a_malformed_request_and_an_unserved_method(pair: tuple[Peer, Call
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await lk.call_raw("/beco.v1.UserNode/VoteBatch", b"\xff\xff", WAIT_S)
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT and answered_by_node(ei.value)
-    sst = ppb_grpc.SstStub(link.PeerChannel(c.links, p.address, c.channel(p.address)))  # type: ignore[arg-type]
+    sst = ppb_grpc.SstStub(calls.LinkChannel(c.links, p.address, c.channel(p.address)))  # type: ignore[arg-type]
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await sst.CommitBatch(env("x"), timeout=WAIT_S)
     assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED and not answered_by_node(ei.value)

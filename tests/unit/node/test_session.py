@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 from beco.v1 import identity_pb2 as pb
-from beco_node import auth, keys, model, session
+from beco_node import auth, calls, keys, model, session
 from beco_node.clock import ManualClock
 from beco_node.errors import InvalidArgument, Unauthenticated
 from beco_node.session import REOPEN, RESEND, ClientSession, CounterWindow, SessionTable
@@ -245,9 +245,14 @@ def test_a_bad_client_key_is_invalid_argument() -> None:
 
 
 def test_session_reads_are_exactly_the_reads() -> None:
-    """Every Identity method is a signed write, a read that takes a session, or OpenSession;
-    no write request can carry a session."""
-    methods = {model.SERVICE + m.name for m in pb.DESCRIPTOR.services_by_name["Identity"].methods}
+    """Every unary Identity method is a signed write, a read that takes a session, or
+    OpenSession (``Calls`` only carries them); no write request can carry a session."""
+    methods = {
+        model.SERVICE + m.name
+        for m in pb.DESCRIPTOR.services_by_name["Identity"].methods
+        if not (m.client_streaming or m.server_streaming)
+    }
+    assert methods == calls.CLIENT_CALLS.methods
     assert model.SESSION_READS | set(model.MUTATIONS) | {model.OPEN_SESSION} == methods
     assert not model.SESSION_READS & set(model.MUTATIONS)
     assert "/beco.v1.Identity/GetUser" in model.SESSION_READS
