@@ -73,8 +73,9 @@ class Mux:
 
 
 _ENVELOPE = ppb.PeerEnvelope.DESCRIPTOR.full_name
+_PEER_LINK = ppb.DESCRIPTOR.services_by_name["PeerLink"]
 PEER_LINK = Mux(
-    "/beco.v1.PeerLink/Link",
+    f"/{_PEER_LINK.full_name}/{_PEER_LINK.methods_by_name['Link'].name}",
     frozenset().union(
         *(unary_methods(s, _ENVELOPE) for s in ppb.DESCRIPTOR.services_by_name.values())
     ),
@@ -268,6 +269,12 @@ class Links:
         if link is None:
             link = self._links[address] = _Link(self, address)
         return link if link.up() else None
+
+    async def retain(self, addresses: set[str]) -> None:
+        """Close the streams to every other address (members the membership dropped); a
+        call to such an address later opens a new one."""
+        for address in [a for a in self._links if a not in addresses]:
+            await self._links.pop(address).close()
 
     def fallback(self, address: str) -> None:
         self._unary_until[address] = time.monotonic() + FALLBACK_S

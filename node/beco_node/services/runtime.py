@@ -316,6 +316,8 @@ class Runtime:
                 extra={"fields": {"generation": ms.generation, "members": len(ms.members)}},
             )
             self._check_member(ms)
+            if self.links is not None:
+                await self.links.retain({self.address_of(m) for m in ms.members})
             for cb in self.on_membership_change:
                 cb(ms)
 

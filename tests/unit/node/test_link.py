@@ -268,3 +268,18 @@ async def test_a_request_too_large_for_a_frame_goes_unary(pair: tuple[Peer, Call
     small = ppb.PeerEnvelope(sender="small", payload=b"x" * (c.links.max_frame_bytes - 400))
     assert (await c.stub.VoteBatch(small, timeout=WAIT_S)).voter == "small"
     assert p.voter.contexts == ["_LinkContext"]
+
+
+async def test_a_dropped_members_link_is_closed(pair: tuple[Peer, Caller]) -> None:
+    """When the membership drops an address its link closes (the peer sees the stream end);
+    a call to that address later opens a new one."""
+    p, c = pair
+    await c.wait_up()
+    first = c.links.get(p.address)
+    await c.links.retain({p.address})  # still a member: kept
+    assert c.links.get(p.address) is first
+    await c.links.retain({"127.0.0.1:1"})
+    assert first is not None and first.call is None and first.task is None
+    await c.wait_up()
+    assert c.links.get(p.address) is not first
+    assert (await c.stub.VoteBatch(env("again"), timeout=WAIT_S)).voter == "again"
