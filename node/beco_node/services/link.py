@@ -103,7 +103,8 @@ class LinkServer:
         await context.send_initial_metadata(())  # the caller's sign that the stream is up
         lock = asyncio.Lock()
         calls: dict[int, asyncio.Task[None]] = {}
-        slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT calls run
+        room.set()
 
         async def serve(call_id: int, req: lpb.LinkRequest) -> None:
             reply = await self.dispatch(req)
@@ -113,13 +114,15 @@ class LinkServer:
 
         def done(call_id: int, _: object) -> None:  # also for a task cancelled before it ran
             calls.pop(call_id, None)
-            slots.release()
+            room.set()
 
         async def read() -> None:
             async for frame in request_iterator:
                 kind = frame.WhichOneof("frame")
                 if kind == "request" and frame.call_id not in calls:
-                    await slots.acquire()  # at MAX_IN_FLIGHT: stop reading, flow control
+                    while len(calls) >= MAX_IN_FLIGHT:  # stop reading: flow control
+                        room.clear()
+                        await room.wait()
                     task = calls[frame.call_id] = asyncio.ensure_future(
                         serve(frame.call_id, frame.request)
                     )
