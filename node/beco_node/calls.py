@@ -24,6 +24,7 @@ method sets are derived from the proto descriptors. The server side is
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import math
@@ -97,6 +98,77 @@ def rpc_error(
     )
 
 
+FRAMES_KEY = "beco-frames"  # metadata on opening: this side reads several frames per message
+BATCHING = ((FRAMES_KEY, "1"),)
+
+
+def takes_batches(metadata: Any) -> bool:
+    return any(k == FRAMES_KEY for k, _ in metadata or ())
+
+
+def frames_of(message: lpb.LinkFrame) -> Sequence[lpb.LinkFrame]:
+    """The frames one stream message carries: itself, or the batch in ``frames``."""
+    return message.frames or (message,)
+
+
+class Outbox:
+    """The frames to write on one stream, in order, one write at a time. Frames that queue
+    while a write is in flight go together in the next message (``LinkFrame.frames``, up to
+    ``max_bytes``) when the other side said it takes batches (``BATCHING``); when idle a frame
+    is written at once, so batching adds no wait. A gRPC message costs about the same
+    whatever it carries (docs/benchmarks.md), so under load this divides that cost. A
+    failed write stops the outbox (the stream is broken: its reader fails the calls)."""
+
+    def __init__(
+        self, write: Callable[[lpb.LinkFrame], Awaitable[Any]], max_bytes: int, batch: bool
+    ) -> None:
+        self._write = write
+        self.max_bytes = max_bytes
+        self.batch = batch
+        self._queue: collections.deque[tuple[lpb.LinkFrame, int]] = collections.deque()
+        self._task: asyncio.Task[None] | None = None
+        self.failed: BaseException | None = None
+        self.messages = 0  # stream messages written (for tests and figures)
+
+    def put(self, frame: lpb.LinkFrame, size: int) -> None:
+        """Queue ``frame`` (``size``: its bytes, near enough) to be written."""
+        if self.failed is not None:
+            raise self.failed
+        self._queue.append((frame, size))
+        if self._task is None:
+            self._task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        queue = self._queue
+        try:
+            while queue:
+                frame, total = queue.popleft()
+                if self.batch and queue:
+                    frames = [frame]
+                    while queue and total + queue[0][1] <= self.max_bytes:
+                        f, n = queue.popleft()
+                        frames.append(f)
+                        total += n
+                    if len(frames) > 1:
+                        frame = lpb.LinkFrame(frames=frames)
+                self.messages += 1
+                await self._write(frame)
+        except (Exception, asyncio.CancelledError) as exc:
+            self.failed = exc
+            queue.clear()
+        finally:
+            self._task = None
+
+    async def flush(self) -> None:
+        """Wait until everything queued is written (or the outbox failed)."""
+        while self._task is not None:
+            await asyncio.wait({self._task})
+
+    def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+
 class _Link:
     """One stream to one address, its pending calls by id."""
 
@@ -108,8 +180,7 @@ class _Link:
         self.next_id = 1
         self.last_attempt = -math.inf
         self.task: asyncio.Task[None] | None = None
-        self.lock = asyncio.Lock()  # one write at a time
-        self.writes: set[asyncio.Task[None]] = set()
+        self.outbox: Outbox | None = None
 
     def up(self) -> bool:
         """Whether calls can go on the link; when not, start opening it (bounded)."""
@@ -127,23 +198,26 @@ class _Link:
             self.links.mux.stream_method,
             request_serializer=lpb.LinkFrame.SerializeToString,
             response_deserializer=lpb.LinkFrame.FromString,
-        )()
+        )(metadata=BATCHING)
         reason = "closed"
         try:
             async with asyncio.timeout(OPEN_TIMEOUT_S):
-                await call.initial_metadata()  # the server's (LinkServer sends them at once)
+                # the server's (LinkServer sends them at once): whether it takes batches
+                opened = await call.initial_metadata()
             if call.done():
                 await call.wait_for_connection()  # raises the status that ended it
+            self.outbox = Outbox(call.write, self.links.max_frame_bytes, takes_batches(opened))
             self.call = call
             self.links.event("opened")
             while True:
-                frame = await call.read()
-                if frame is grpc.aio.EOF:  # type: ignore[attr-defined]
+                message = await call.read()
+                if message is grpc.aio.EOF:  # type: ignore[attr-defined]
                     reason = "closed by the server"
                     break
-                fut = self.pending.pop(frame.call_id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(frame.reply)
+                for frame in frames_of(message):
+                    fut = self.pending.pop(frame.call_id, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(frame.reply)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
                 log.info("%s serves no %s: calling it unary", self.address, self.links.name)
@@ -159,6 +233,9 @@ class _Link:
                 self.links.event("broken")
             self.call = None
             self.task = None
+            if self.outbox is not None:
+                self.outbox.close()
+                self.outbox = None
             call.cancel()
             pending, self.pending = self.pending, {}
             for fut in pending.values():
@@ -170,31 +247,24 @@ class _Link:
                         )
                     )
 
-    async def _write(self, frame: lpb.LinkFrame) -> None:
-        call = self.call
-        if call is None:
+    def _put(self, frame: lpb.LinkFrame, size: int) -> None:
+        outbox = self.outbox
+        if self.call is None or outbox is None:
             raise rpc_error(
                 grpc.StatusCode.UNAVAILABLE, f"{self.links.name} to {self.address} broken"
             )
-        async with self.lock:
-            try:
-                await call.write(frame)
-            except (grpc.aio.AioRpcError, asyncio.InvalidStateError) as exc:
-                raise rpc_error(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"{self.links.name} to {self.address} broken: {exc!r}",
-                ) from None
+        try:
+            outbox.put(frame, size)
+        except BaseException as exc:  # a write failed: the stream is broken
+            raise rpc_error(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{self.links.name} to {self.address} broken: {exc!r}",
+            ) from None
 
     def _cancel(self, call_id: int) -> None:
-        """Tell the server to stop a call (best effort, in the background)."""
-
-        async def send() -> None:
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await self._write(lpb.LinkFrame(call_id=call_id, cancel=True))
-
-        task = asyncio.ensure_future(send())
-        self.writes.add(task)
-        task.add_done_callback(self.writes.discard)
+        """Tell the server to stop a call (best effort)."""
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            self._put(lpb.LinkFrame(call_id=call_id, cancel=True), FRAME_OVERHEAD)
 
     async def call_raw(self, method: str, data: bytes, timeout: float | None) -> bytes:  # noqa: ASYNC109
         call_id = self.next_id
@@ -208,7 +278,7 @@ class _Link:
         sent = False
         try:
             async with asyncio.timeout(timeout):
-                await self._write(frame)
+                self._put(frame, len(data) + FRAME_OVERHEAD)
                 sent = True
                 reply = await fut
         except TimeoutError:
@@ -237,8 +307,6 @@ class _Link:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for w in list(self.writes):
-            w.cancel()
 
 
 class Links:

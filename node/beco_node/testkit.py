@@ -215,7 +215,7 @@ class _Channel:
     def stream_stream(self, method: str, *_: Any, **__: Any) -> Callable[[], _NoBidi]:
         """Bidi streams (peer links, Identity/Calls) are not carried in process: their
         callers see UNIMPLEMENTED and call unary, as with a server that lacks them."""
-        return lambda: _NoBidi(method, self.address)
+        return lambda *_, **__: _NoBidi(method, self.address)
 
     async def close(self, grace: float | None = None) -> None:
         del grace

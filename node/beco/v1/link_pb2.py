@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x65\x63o/v1/link.proto\x12\x07\x62\x65\x63o.v1\"\x85\x01\n\tLinkFrame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x14.beco.v1.LinkRequestH\x00\x12#\n\x05reply\x18\x03 \x01(\x0b\x32\x12.beco.v1.LinkReplyH\x00\x12\x10\n\x06\x63\x61ncel\x18\x04 \x01(\x08H\x00\x42\x07\n\x05\x66rame\"B\n\x0bLinkRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\")\n\x0bLinkTrailer\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"a\n\tLinkReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12&\n\x08trailers\x18\x04 \x03(\x0b\x32\x14.beco.v1.LinkTrailerb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x62\x65\x63o/v1/link.proto\x12\x07\x62\x65\x63o.v1\"\xa9\x01\n\tLinkFrame\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\x04\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x14.beco.v1.LinkRequestH\x00\x12#\n\x05reply\x18\x03 \x01(\x0b\x32\x12.beco.v1.LinkReplyH\x00\x12\x10\n\x06\x63\x61ncel\x18\x04 \x01(\x08H\x00\x12\"\n\x06\x66rames\x18\x05 \x03(\x0b\x32\x12.beco.v1.LinkFrameB\x07\n\x05\x66rame\"B\n\x0bLinkRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0f\n\x07request\x18\x02 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\")\n\x0bLinkTrailer\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"a\n\tLinkReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\r\n\x05reply\x18\x03 \x01(\x0c\x12&\n\x08trailers\x18\x04 \x03(\x0b\x32\x14.beco.v1.LinkTrailerb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,11 +32,11 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'beco.v1.link_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LINKFRAME']._serialized_start=32
-  _globals['_LINKFRAME']._serialized_end=165
-  _globals['_LINKREQUEST']._serialized_start=167
-  _globals['_LINKREQUEST']._serialized_end=233
-  _globals['_LINKTRAILER']._serialized_start=235
-  _globals['_LINKTRAILER']._serialized_end=276
-  _globals['_LINKREPLY']._serialized_start=278
-  _globals['_LINKREPLY']._serialized_end=375
+  _globals['_LINKFRAME']._serialized_end=201
+  _globals['_LINKREQUEST']._serialized_start=203
+  _globals['_LINKREQUEST']._serialized_end=269
+  _globals['_LINKTRAILER']._serialized_start=271
+  _globals['_LINKTRAILER']._serialized_end=312
+  _globals['_LINKREPLY']._serialized_start=314
+  _globals['_LINKREPLY']._serialized_end=411
 # @@protoc_insertion_point(module_scope)

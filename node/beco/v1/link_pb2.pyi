@@ -30,6 +30,7 @@ class LinkFrame(_message.Message):
     REQUEST_FIELD_NUMBER: _builtins.int
     REPLY_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
+    FRAMES_FIELD_NUMBER: _builtins.int
     call_id: _builtins.int
     """chosen by the caller, unique on its stream"""
     cancel: _builtins.bool
@@ -42,6 +43,13 @@ class LinkFrame(_message.Message):
     def reply(self) -> Global___LinkReply:
         """server -> caller"""
 
+    @_builtins.property
+    def frames(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkFrame]:
+        """Several frames in one stream message (then the fields above are unset): sent only to a
+        side that said it reads them, by the metadata "beco-frames: 1" when it opened the
+        stream (the caller) or in its initial metadata (the server).
+        """
+
     def __init__(
         self,
         *,
@@ -49,10 +57,11 @@ class LinkFrame(_message.Message):
         request: Global___LinkRequest | None = ...,
         reply: Global___LinkReply | None = ...,
         cancel: _builtins.bool = ...,
+        frames: _abc.Iterable[Global___LinkFrame] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cancel", b"cancel", "frame", b"frame", "reply", b"reply", "request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "cancel", b"cancel", "frame", b"frame", "reply", b"reply", "request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call_id", b"call_id", "cancel", b"cancel", "frame", b"frame", "frames", b"frames", "reply", b"reply", "request", b"request"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_frame: _TypeAlias = _typing.Literal["request", "reply", "cancel"]  # noqa: Y015
     _WhichOneofArgType_frame: _TypeAlias = _typing.Literal["frame", b"frame"]  # noqa: Y015

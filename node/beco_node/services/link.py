@@ -26,7 +26,15 @@ import grpc
 from beco.v1 import link_pb2 as lpb
 
 from beco_node import metrics
-from beco_node.calls import FRAME_OVERHEAD, PEER_LINK, Mux
+from beco_node.calls import (
+    BATCHING,
+    FRAME_OVERHEAD,
+    PEER_LINK,
+    Mux,
+    Outbox,
+    frames_of,
+    takes_batches,
+)
 from beco_node.origin import ORIGIN_TRAILER
 from beco_node.services.malformed import refuse
 
@@ -100,37 +108,40 @@ class LinkServer:
         request_iterator: AsyncIterator[lpb.LinkFrame],
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> None:
-        await context.send_initial_metadata(())  # the caller's sign that the stream is up
-        lock = asyncio.Lock()
+        # the caller's sign that the stream is up; batches of replies if it takes them
+        batch = takes_batches(context.invocation_metadata())
+        await context.send_initial_metadata(BATCHING if batch else ())
+        outbox = Outbox(context.write, self.max_reply_bytes, batch)
         calls: dict[int, asyncio.Task[None]] = {}
         room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT calls run
         room.set()
 
         async def serve(call_id: int, req: lpb.LinkRequest) -> None:
             reply = await self.dispatch(req)
-            async with lock:
-                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
-                    await context.write(lpb.LinkFrame(call_id=call_id, reply=reply))
+            size = len(reply.reply) + len(reply.details) + FRAME_OVERHEAD
+            with contextlib.suppress(Exception):  # the stream broke: nobody to answer
+                outbox.put(lpb.LinkFrame(call_id=call_id, reply=reply), size)
 
         def done(call_id: int, _: object) -> None:  # also for a task cancelled before it ran
             calls.pop(call_id, None)
             room.set()
 
         async def read() -> None:
-            async for frame in request_iterator:
-                kind = frame.WhichOneof("frame")
-                if kind == "request" and frame.call_id not in calls:
-                    while len(calls) >= MAX_IN_FLIGHT:  # stop reading: flow control
-                        room.clear()
-                        await room.wait()
-                    task = calls[frame.call_id] = asyncio.ensure_future(
-                        serve(frame.call_id, frame.request)
-                    )
-                    task.add_done_callback(functools.partial(done, frame.call_id))
-                elif kind == "cancel":
-                    running = calls.get(frame.call_id)
-                    if running is not None:
-                        running.cancel()
+            async for message in request_iterator:
+                for frame in frames_of(message):
+                    kind = frame.WhichOneof("frame")
+                    if kind == "request" and frame.call_id not in calls:
+                        while len(calls) >= MAX_IN_FLIGHT:  # stop reading: flow control
+                            room.clear()
+                            await room.wait()
+                        task = calls[frame.call_id] = asyncio.ensure_future(
+                            serve(frame.call_id, frame.request)
+                        )
+                        task.add_done_callback(functools.partial(done, frame.call_id))
+                    elif kind == "cancel":
+                        running = calls.get(frame.call_id)
+                        if running is not None:
+                            running.cancel()
 
         reader = asyncio.ensure_future(read())
         draining = asyncio.ensure_future(self.draining.wait())
@@ -141,7 +152,9 @@ class LinkServer:
             reader.cancel()  # the caller finished writing, or this node stops taking calls
             # answer what is in flight, then end the stream (the caller reopens it)
             await asyncio.gather(*calls.values(), return_exceptions=True)
+            await outbox.flush()
         finally:
+            outbox.close()
             reader.cancel()
             draining.cancel()
             for task in list(calls.values()):  # the caller is gone: as gRPC cancels its calls

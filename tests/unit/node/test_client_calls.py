@@ -179,13 +179,14 @@ async def test_a_stream_runs_at_most_max_in_flight_calls(
         lk = ch.links.get(node.address)
         data = head(b"hold").SerializeToString()
         for i in (900, 901):
-            await lk._write(
+            lk._put(
                 lpb.LinkFrame(
                     call_id=i,
                     request=lpb.LinkRequest(method="/beco.v1.Identity/GetTreeHead", request=data),
-                )
+                ),
+                len(data),
             )
-            await lk._write(lpb.LinkFrame(call_id=i, cancel=True))
+            lk._put(lpb.LinkFrame(call_id=i, cancel=True), 0)
         node.identity.hold.set()
         got = await asyncio.gather(*(stub.GetTreeHead(head(), timeout=WAIT_S) for _ in range(4)))
         assert len(got) == 4
@@ -204,3 +205,82 @@ async def test_clients_share_one_stream(node: Node) -> None:
         assert len(ch.links._links) == 1
     finally:
         await ch.close()
+
+
+def raw_stream(address: str, batching: bool) -> tuple[grpc.aio.Channel, Any]:
+    ch = grpc.aio.insecure_channel(address)
+    call = ch.stream_stream(
+        calls.CLIENT_CALLS.stream_method,
+        request_serializer=lpb.LinkFrame.SerializeToString,
+        response_deserializer=lpb.LinkFrame.FromString,
+    )(metadata=calls.BATCHING if batching else None)
+    return ch, call
+
+
+@pytest.mark.parametrize("batching", [False, True])
+async def test_replies_are_batched_only_for_a_caller_that_takes_batches(
+    node: Node, batching: bool
+) -> None:
+    """A caller of the previous version (no ``beco-frames`` metadata) gets one frame per
+    message; one that asked gets the replies that complete together in fewer messages."""
+    ch, call = raw_stream(node.address, batching)
+    try:
+        assert calls.takes_batches(await call.initial_metadata()) == batching
+        data = head(b"hold").SerializeToString()
+        method = "/beco.v1.Identity/GetTreeHead"
+        for i in range(1, 21):
+            req = lpb.LinkRequest(method=method, request=data, timeout_ms=WAIT_S * 1000)
+            await call.write(lpb.LinkFrame(call_id=i, request=req))
+        await until(lambda: node.identity.running == 20)
+        node.identity.hold.set()  # all twenty answer at once
+        ids: list[int] = []
+        messages = 0
+        while len(ids) < 20:
+            message = await call.read()
+            messages += 1
+            assert bool(message.frames) == (batching and len(message.frames) > 1)
+            ids += [f.call_id for f in calls.frames_of(message)]
+            assert all(f.reply.code == 0 for f in calls.frames_of(message))
+        assert sorted(ids) == list(range(1, 21))
+        assert (messages < 20) if batching else (messages == 20)
+    finally:
+        call.cancel()
+        await ch.close()
+
+
+async def test_a_client_batches_the_calls_queued_behind_a_write(node: Node) -> None:
+    ch: Any = multiplexed_channel(grpc.aio.insecure_channel(node.address), node.address)
+    try:
+        await stream_up(ch)
+        lk = ch.links.get(node.address)
+        assert lk.outbox.batch  # the node said it takes batches
+        before = lk.outbox.messages
+        stub = pb_grpc.IdentityStub(ch)
+        got = await asyncio.gather(*(stub.GetTreeHead(head(), timeout=WAIT_S) for _ in range(40)))
+        assert len({g.tree_size for g in got}) == 40  # forty distinct calls, each answered
+        assert lk.outbox.messages - before < 40
+    finally:
+        await ch.close()
+
+
+async def test_an_outbox_keeps_order_and_the_size_bound() -> None:
+    written: list[list[int]] = []
+    gate = asyncio.Event()
+
+    async def write(message: lpb.LinkFrame) -> None:
+        written.append([f.call_id for f in calls.frames_of(message)])
+        await gate.wait()
+
+    box = calls.Outbox(write, max_bytes=350, batch=True)
+    for i in range(1, 11):
+        box.put(lpb.LinkFrame(call_id=i, cancel=True), 100)
+    gate.set()
+    await box.flush()
+    assert [i for w in written for i in w] == list(range(1, 11))
+    assert written[0] == [1, 2, 3] and all(len(w) <= 3 for w in written)
+    single = calls.Outbox(write, max_bytes=350, batch=False)
+    written.clear()
+    for i in range(1, 4):
+        single.put(lpb.LinkFrame(call_id=i, cancel=True), 100)
+    await single.flush()
+    assert written == [[1], [2], [3]]
