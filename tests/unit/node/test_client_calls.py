@@ -5,7 +5,7 @@ methods, a bound on the calls one stream runs at once, and a client that shares 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,15 +21,7 @@ from beco_node.services import link
 from beco_node.services.malformed import DecodeGuard
 from beco_node.services.runtime import rpc_handler
 
-WAIT_S = 20  # generous: the machine is shared
-
-
-async def until(done: Callable[[], bool]) -> None:
-    for _ in range(int(WAIT_S / 0.02)):
-        if done():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not within the wait")
+from .loopback import WAIT_S, until
 
 
 class Identity(pb_grpc.IdentityServicer):

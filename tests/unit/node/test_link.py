@@ -5,7 +5,7 @@ broken mid-call, and the fallback to unary calls for a peer without links."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -19,15 +19,7 @@ from beco_node.services import link
 from beco_node.services.malformed import DecodeGuard
 from beco_node.services.runtime import rpc_handler
 
-WAIT_S = 20  # generous: the machine is shared
-
-
-async def until(done: Callable[[], bool]) -> None:
-    for _ in range(int(WAIT_S / 0.02)):
-        if done():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("not within the wait")
+from .loopback import WAIT_S, until
 
 
 class Voter(ppb_grpc.UserNodeServicer):
