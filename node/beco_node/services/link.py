@@ -27,6 +27,7 @@ from beco.v1 import link_pb2 as lpb
 
 from beco_node import metrics
 from beco_node.calls import (
+    BATCH_MAX_BYTES,
     BATCHING,
     FRAME_OVERHEAD,
     PEER_LINK,
@@ -111,7 +112,7 @@ class LinkServer:
         # the caller's sign that the stream is up; batches of replies if it takes them
         batch = takes_batches(context.invocation_metadata())
         await context.send_initial_metadata(BATCHING if batch else ())
-        outbox = Outbox(context.write, self.max_reply_bytes, batch)
+        outbox = Outbox(context.write, min(self.max_reply_bytes, BATCH_MAX_BYTES), batch)
         calls: dict[int, asyncio.Task[None]] = {}
         room = asyncio.Event()  # set while fewer than MAX_IN_FLIGHT calls run
         room.set()
