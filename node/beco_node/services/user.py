@@ -282,18 +282,22 @@ class UserNode:
     async def user(self, uid: str) -> pb.UserState | None:
         """The user, within the staleness bound: from memory while the catch-up keeps up,
         else from the SST (Unavailable if it cannot be reached: never a stale answer)."""
+        return (await self.user_from(uid))[0]
+
+    async def user_from(self, uid: str) -> tuple[pb.UserState | None, bool]:
+        """``user``, and whether it came from the SST just now."""
         st = self.store.get(uid)
-        if st is None or not self.fresh():
-            try:
-                st = await self.fetch(uid)
-            except BecoError as exc:
-                if exc.code not in tally.INDETERMINATE_CODES:
-                    raise
-                raise Unavailable(
-                    f"this node may be behind (last caught up with the SST "
-                    f"{self.rt.monotonic() - self.synced_at:.0f} s ago) and {exc.message}"
-                ) from None
-        return st
+        if st is not None and self.fresh():
+            return st, False
+        try:
+            return await self.fetch(uid), True
+        except BecoError as exc:
+            if exc.code not in tally.INDETERMINATE_CODES:
+                raise
+            raise Unavailable(
+                f"this node may be behind (last caught up with the SST "
+                f"{self.rt.monotonic() - self.synced_at:.0f} s ago) and {exc.message}"
+            ) from None
 
     async def user_views(self, uid: str) -> model.Views | None:
         """The user's views (``user``'s state, same staleness rule), cached while its
@@ -507,16 +511,18 @@ class IdentityService(pb_grpc.IdentityServicer):
             return self._answer(out, caller)
         model.check_limits(method, request)  # refusals on content alone can never commit
         uid = model.target_user(method, request, caller)
+        from_sst = False
         try:
             # Early check against our copy: refuses what cannot pass without a round of votes.
-            state = await node.user(uid)
+            state, from_sst = await node.user_from(uid)
             self._check(method, request, caller, state)
         except BecoError as exc:
             if exc.code in tally.INDETERMINATE_CODES:
                 raise
-            # Refuse only from the SST's current state, and durably (an earlier attempt of
-            # the same request may be in flight elsewhere).
-            state = await node.fetch(uid)
+            # Refuse only from the SST's current state (the one just fetched, if it was),
+            # and durably (an earlier attempt of the same request may be in flight).
+            if not from_sst:
+                state = await node.fetch(uid)
             try:
                 self._check(method, request, caller, state)
             except BecoError as again:

@@ -681,3 +681,19 @@ async def test_an_origin_proposes_one_by_one_to_a_validator_without_batches(net:
         await a.create_user("Ann")
         assert (await a.set_first(a.user_id, "B")).commit.sequence == 2
     assert calls_of(net, "Propose", start) == 2
+
+
+async def test_a_refusal_asks_the_sst_once(net: Net) -> None:
+    """A refusal is decided on the SST's state. From memory: one fetch to confirm it; when
+    the node is past its staleness bound it already fetched the state to check: no second."""
+    alice, bob = keys.generate_private_key(), keys.generate_private_key()
+    async with net.client(alice) as a, net.client(bob) as b:
+        await a.create_user("Alice")
+        await b.create_user("Bob")
+        for stale in (False, True):
+            if stale:
+                net.clock.advance(net.nodes["user-a"].staleness_bound_s + 1)
+            start = len(net.net.calls)
+            await expect(grpc.StatusCode.PERMISSION_DENIED, b.set_first(a.user_id, "Mallory"))
+            assert calls_of(net, "GetUserState", start) == 1, stale
+            assert calls_of(net, "RecordFailure", start) == 1
