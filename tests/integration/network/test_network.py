@@ -490,6 +490,45 @@ async def test_client_calls_on_one_stream(network: LocalNetwork) -> None:
         assert (await plain.get_user(owner.id)).first_name.values == [f"Streamed{i}"]
 
 
+async def test_multiplexed_writes_survive_their_node_being_killed(network: LocalNetwork) -> None:
+    """Writers sharing one Identity/Calls stream while their node is killed (SIGKILL) and
+    restarted: the calls pending on the broken stream fail UNAVAILABLE, the client re-sends
+    the same signed requests (unary, then on the reopened stream) and every write ends
+    committed exactly once."""
+    ep = network.nodes["user-b-0"].address
+    people = [Person() for _ in range(4)]
+    shared = client_mod.multiplexed_channel(grpc.aio.insecure_channel(ep), ep)
+    clients = [Client(ep, p.key, channel=shared, retry_for=60) for p in people]
+    try:
+        for i, c in enumerate(clients):
+            await c.create_user(f"Killed{i}")
+        done: list[int] = [0] * len(clients)
+        some_done = asyncio.Event()
+
+        async def write(i: int, c: Client) -> None:
+            for n in range(1, 9):
+                got = await c.set_first(c.user_id, f"K{n}")
+                assert got.user.first_name.values == [f"K{n}"]
+                done[i] = n
+                if sum(done) >= 4:
+                    some_done.set()
+
+        writers = asyncio.gather(*(write(i, c) for i, c in enumerate(clients)))
+        await asyncio.wait_for(some_done.wait(), 60)  # writes on the stream, then the kill
+        network.stop_node("user-b-0", sig=signal.SIGKILL)
+        await asyncio.sleep(0.5)
+        network.start_node("user-b-0")
+        await asyncio.wait_for(writers, 120)
+        assert done == [8] * len(clients)
+        assert sum(c.resends for c in clients) >= 1  # the kill was felt, and re-sent through
+        await network.wait_healthy(["user-b-0"])
+        for p, c in zip(people, clients, strict=True):
+            u = await c.get_user(p.id)
+            assert u.sequence == 9 and list(u.first_name.values) == ["K8"]  # once each
+    finally:
+        await shared.close()
+
+
 def test_cli_demo_flow(network: LocalNetwork, tmp_path: Path) -> None:
     """The README demo through the real `beco` executable: exit codes and offline proofs."""
     exe = [sys.executable, "-m", "beco_node.cli.beco_cli"]
