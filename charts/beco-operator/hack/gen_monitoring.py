@@ -54,8 +54,13 @@ CHART = Path(__file__).resolve().parent.parent
 SEL = 'namespace=~"$namespace", network=~"$network"'
 OPSEL = 'namespace=~"$namespace"'
 RI = "$__rate_interval"
-# The API's own split (beco_node.model): a write is a mutation, every other Identity method reads.
-_METHODS = [m.name for m in pb.DESCRIPTOR.services_by_name["Identity"].methods]
+# The API's own split (beco_node.model): a write is a mutation, every other unary Identity
+# method reads (Calls only carries them; each call is counted under its own method).
+_METHODS = [
+    m.name
+    for m in pb.DESCRIPTOR.services_by_name["Identity"].methods
+    if not (m.client_streaming or m.server_streaming)
+]
 WRITES = "|".join(m for m in _METHODS if model.SERVICE + m in model.MUTATIONS)
 READS = "|".join(m for m in _METHODS if model.SERVICE + m not in model.MUTATIONS)
 BY = "namespace, network"
