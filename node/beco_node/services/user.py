@@ -470,7 +470,6 @@ class IdentityService(pb_grpc.IdentityServicer):
         """Session lifetimes run on the monotonic clock (a wall-clock step cannot stretch them)."""
         return int(self.rt.monotonic() * 1000)
 
-    @rpc_handler("OpenSession")
     async def Calls(  # type: ignore[override]
         self, request_iterator: AsyncIterator[lpb.LinkFrame], context: Ctx
     ) -> None:
@@ -478,6 +477,7 @@ class IdentityService(pb_grpc.IdentityServicer):
         frame runs the same gated handler as its unary call."""
         await self.rt.call_server.Link(request_iterator, context)
 
+    @rpc_handler("OpenSession")
     async def OpenSession(
         self, request: pb.OpenSessionRequest, context: Ctx
     ) -> pb.OpenSessionResponse:

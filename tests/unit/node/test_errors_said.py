@@ -106,3 +106,30 @@ def test_an_unavailable_peer_that_answered_passes_its_reason_on() -> None:
     assert relayed(said, "the SST").message == "the SST is unavailable: waiting for PostgreSQL"
     transport = _rpc_error(grpc.StatusCode.UNAVAILABLE)  # no trailer: the connection failed
     assert relayed(transport, "the SST").message == "the SST is unavailable"
+
+
+def test_every_unary_handler_maps_its_errors() -> None:
+    """Every unary method a node serves goes through ``rpc_handler`` (its errors become the
+    right status, never UNKNOWN, and it is counted under its own label), derived from the
+    services: a decorator left on the wrong method fails here."""
+    from beco.v1 import peer_pb2 as ppb
+    from beco_node.services.rendezvous import RendezvousService
+    from beco_node.services.sst import SstService
+    from beco_node.services.user import IdentityService, VoterService
+    from beco_node.services.validator import ValidatorService
+
+    servicers = {
+        pb.DESCRIPTOR.services_by_name["Identity"]: IdentityService,
+        ppb.DESCRIPTOR.services_by_name["UserNode"]: VoterService,
+        ppb.DESCRIPTOR.services_by_name["Validator"]: ValidatorService,
+        ppb.DESCRIPTOR.services_by_name["Sst"]: SstService,
+        ppb.DESCRIPTOR.services_by_name["Rendezvous"]: RendezvousService,
+    }
+    unwrapped = [
+        f"{service.name}.{m.name}"
+        for service, cls in servicers.items()
+        for m in service.methods
+        if not (m.client_streaming or m.server_streaming)
+        and not hasattr(getattr(cls, m.name), "__wrapped__")
+    ]
+    assert unwrapped == []
