@@ -230,9 +230,11 @@ async def _commit_load(
 ) -> None:
     people = [keys.generate_private_key() for _ in range(users)]
     # multiplex: the process's users share one Identity/Calls stream per node
-    shared = {ep: multiplexed_channel(grpc.aio.insecure_channel(ep), ep) for ep in eps}
-    if not multiplex:
-        shared = {}
+    shared = (
+        {ep: multiplexed_channel(grpc.aio.insecure_channel(ep), ep) for ep in eps}
+        if multiplex
+        else {}
+    )
     clients = [
         Client(ep, k, channel=shared[ep]) if multiplex else Client(ep, k)
         for ep, k in ((eps[(first + i) % len(eps)], k) for i, k in enumerate(people))

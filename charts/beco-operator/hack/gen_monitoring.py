@@ -34,7 +34,7 @@ from typing import Any, TypeVar
 
 import yaml
 from beco.v1 import identity_pb2 as pb
-from beco_node import model
+from beco_node import calls, model
 
 with warnings.catch_warnings():
     # the SDK flags its classic dashboard model as superseded by v2; we build the classic one
@@ -59,7 +59,7 @@ RI = "$__rate_interval"
 _METHODS = [
     m.name
     for m in pb.DESCRIPTOR.services_by_name["Identity"].methods
-    if not (m.client_streaming or m.server_streaming)
+    if model.SERVICE + m.name in calls.CLIENT_CALLS.methods
 ]
 WRITES = "|".join(m for m in _METHODS if model.SERVICE + m in model.MUTATIONS)
 READS = "|".join(m for m in _METHODS if model.SERVICE + m not in model.MUTATIONS)
