@@ -772,8 +772,8 @@ def _claim_owner(
 def _state_alive(workdir: Path, state: dict[str, Any]) -> bool:
     """True while any process the state recorded still runs as part of that cluster (its argv
     names the workdir, so a reused pid does not count)."""
-    root = str(Path(workdir).absolute())
-    return any(pid_alive(p) and any(root in a for a in _cmdline(p)) for p in state.get("pids", []))
+    root = Path(workdir).absolute()
+    return any(pid_alive(p) and _proc_in(p, root) for p in state.get("pids", []))
 
 
 # ---- host helpers ------------------------------------------------------------------------------
@@ -902,7 +902,8 @@ def _cmdline(pid: int) -> list[str]:
 
 
 def _proc_in(pid: int, node_dir: Path) -> bool:
-    """True if the live process ``pid`` belongs to the node in ``node_dir`` (by its argv)."""
+    """True if the live process ``pid`` belongs to ``node_dir`` (a node or a whole cluster) by
+    its argv."""
     return any(str(node_dir) in a for a in _cmdline(pid))
 
 
