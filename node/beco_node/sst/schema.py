@@ -284,6 +284,17 @@ MIGRATIONS: list[str] = [
     END
     $fn$;
     """,
+    # 5: generic plans for the commit function's statements. Left to choose, PostgreSQL
+    # re-plans them for every call (a 10-row estimate for an unnest makes the generic plan
+    # look dearer than a custom one), and planning the refusal check's four-way join
+    # costs more than running it: 1.7-2.0 ms a call against 1.1 ms here
+    # (docs/benchmarks.md). The generic plans are index lookups per entry, like the
+    # custom ones.
+    """
+    ALTER FUNCTION beco_commit_batch(text[], text[], bigint[], text[], bytea[], bytea[],
+                                     bytea[], bigint[], bigint, bytea, bigint, bytea)
+        SET plan_cache_mode = force_generic_plan;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -574,3 +574,17 @@ async def test_a_commit_costs_no_session_reset(
     finally:
         await store.close()
     assert (await _counts(dsn))["changes"] == 2
+
+
+async def test_the_commit_function_keeps_generic_plans(dsn: str) -> None:
+    # Re-planning its statements on every call cost more than running them (migration 5).
+    # A later CREATE OR REPLACE of the function drops the setting unless it says it again.
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+        config = await conn.fetchval(
+            "SELECT proconfig FROM pg_proc WHERE proname = 'beco_commit_batch'"
+        )
+        assert config == ["plan_cache_mode=force_generic_plan"]
+    finally:
+        await conn.close()
