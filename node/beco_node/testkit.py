@@ -23,6 +23,8 @@ from typing import Any
 
 import grpc
 
+from beco_node.calls import rpc_error
+
 
 @dataclass
 class Fault:
@@ -42,14 +44,6 @@ class Fault:
         )
 
 
-def _error(
-    code: grpc.StatusCode, details: str, trailers: Sequence[tuple[str, str]] = ()
-) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        code, grpc.aio.Metadata(), grpc.aio.Metadata(*trailers), details, None
-    )
-
-
 class _Context:
     """What handlers use of a ``grpc.aio.ServicerContext``."""
 
@@ -59,7 +53,7 @@ class _Context:
         details: str = "",
         trailing_metadata: Sequence[tuple[str, str]] = (),
     ) -> None:
-        raise _error(code, details, trailing_metadata)
+        raise rpc_error(code, details, trailing_metadata)
 
     def invocation_metadata(self) -> tuple[()]:
         return ()
@@ -109,10 +103,10 @@ class InProcessNetwork:
     def _handler(self, address: str, method: str) -> Any:
         server = self.servers.get(address)
         if server is None:
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {address}")
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"failed to connect to {address}")
         h = server.handlers.get(method)
         if h is None:
-            raise _error(grpc.StatusCode.UNIMPLEMENTED, f"{method} not served at {address}")
+            raise rpc_error(grpc.StatusCode.UNIMPLEMENTED, f"{method} not served at {address}")
         return h
 
     async def unary(
@@ -123,21 +117,21 @@ class InProcessNetwork:
         if fault is not None and fault.hold is not None:
             await fault.hold.wait()
         if fault is not None and fault.drop == "request":
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"injected: request to {method} lost")
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"injected: request to {method} lost")
         h = self._handler(address, method)
         req = h.request_deserializer(data)
         try:
             resp = await asyncio.wait_for(h.unary_unary(req, _Context()), deadline_s)
         except TimeoutError:
-            raise _error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            raise rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
         except asyncio.CancelledError:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
                 raise  # the caller was cancelled
             # the server's side died mid-call (a crash): the caller sees a lost connection
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"connection to {address} lost") from None
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"connection to {address} lost") from None
         if fault is not None and fault.drop == "reply":
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"injected: reply of {method} lost")
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"injected: reply of {method} lost")
         out: bytes = h.response_serializer(resp)
         return out
 
@@ -145,7 +139,7 @@ class InProcessNetwork:
         self.calls.append((address, method))
         fault = self._fault(address, method)
         if fault is not None and fault.drop:
-            raise _error(grpc.StatusCode.UNAVAILABLE, f"injected: {method} lost")
+            raise rpc_error(grpc.StatusCode.UNAVAILABLE, f"injected: {method} lost")
         h = self._handler(address, method)
         async for resp in h.unary_stream(h.request_deserializer(data), _Context()):
             yield h.response_serializer(resp)
@@ -178,7 +172,9 @@ class _NoBidi:
         self.method, self.address = method, address
 
     async def initial_metadata(self) -> Any:
-        raise _error(grpc.StatusCode.UNIMPLEMENTED, f"{self.method} not served at {self.address}")
+        raise rpc_error(
+            grpc.StatusCode.UNIMPLEMENTED, f"{self.method} not served at {self.address}"
+        )
 
     def done(self) -> bool:
         return True
