@@ -122,10 +122,25 @@ class OperatorProcess:
         self.log_path = log_path
         self.extra = extra
         self.env = env or {}
-        self.metrics_port = free_port()
+        self.metrics_port = 0  # chosen at each start (two unstarted processes got one port)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Run it and wait for ITS metrics endpoint: a port another process took meanwhile
+        makes it exit, and then it starts again on another port."""
+        for _ in range(attempts):
+            self._launch()
+            wait(self._up_or_exited, 30, "the operator's metrics endpoint")
+            if self.proc is not None and self.proc.poll() is None:
+                return
+        raise RuntimeError(f"the operator exited at start {attempts} times:\n{self.log_tail()}")
+
+    def _up_or_exited(self) -> bool:
+        assert self.proc is not None
+        return self.proc.poll() is not None or self.metrics_text() is not None
+
+    def _launch(self) -> None:
+        self.metrics_port = free_port()
         env = dict(os.environ)
         env.pop("KUBECONFIG", None)
         env.pop("KUBERNETES_SERVICE_HOST", None)
@@ -142,7 +157,6 @@ class OperatorProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        wait(lambda: self.metrics_text() is not None, 30, "the operator's metrics endpoint")
 
     def stop(self) -> None:
         if self.proc is None:
