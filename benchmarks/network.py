@@ -21,6 +21,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -443,16 +444,24 @@ async def commit_latency(net: LocalNetwork, n: int, multiplex: bool = False) -> 
             await c.set_first(c.user_id, f"warm{i}")
         lat: list[float] = []
         before = await asyncio.to_thread(scrape, net)
+        cpu0, wall0 = cpu_by_role(net), time.perf_counter()
         for i in range(n):
             t0 = time.perf_counter()
             await c.set_first(c.user_id, f"lat{i}")
             lat.append(time.perf_counter() - t0)
+        cpu1, wall = cpu_by_role(net), time.perf_counter() - wall0
         spans = span_means(before, await asyncio.to_thread(scrape, net))
+    # A batch of one: what a commit costs when nothing shares the per-batch work.
+    cpu = {role: (cpu1[role] - cpu0[role]) * 1000 / n for role in cpu1}
+    server = sum(cpu.values())
     return {
         "commit1_p50_ms": pct(lat, 50) * 1000,
         "commit1_p99_ms": pct(lat, 99) * 1000,
         "commit1_mean_ms": sum(lat) / len(lat) * 1000,
         "commit1_spans_ms": spans,
+        "commit1_cpu_ms": cpu,
+        "commit1_server_cpu_ms": server,
+        "commit1_cores": server * n / 1000 / wall,  # server CPU / wall time
     }
 
 
@@ -556,9 +565,44 @@ async def one_network(
             mux |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds, multiplex=True)
             r["multiplexed"] = mux
             print(f"commits, multiplexed clients: {mux}", flush=True)
+            r["writers"] = [{"writers": ns.commit_users} | mux]
+            for w in ns.writers:  # the same, more writers in flight: bigger vote rounds
+                more = commit_load(net, w, ns.commit_procs, ns.seconds, multiplex=True)
+                r["writers"].append({"writers": w} | more)
+                print(f"commits, {w} writers (multiplexed): {more}", flush=True)
     finally:
         await net.down()
     return r
+
+
+def round_fit(rows: list[dict[str, Any]]) -> tuple[float, float] | None:
+    """(ms per round, ms per change): server CPU per commit = change + round / batch,
+    fitted by least squares over load runs with different batch sizes."""
+    used = [r for r in rows if r.get("batch_mean")]
+    try:
+        fit = statistics.linear_regression(
+            [1 / r["batch_mean"] for r in used], [r["server_cpu_ms"] for r in used]
+        )
+    except statistics.StatisticsError:  # fewer than two rows, or one batch size only
+        return None
+    return fit.slope, fit.intercept
+
+
+BY_ROLE = "(user nodes / validator / SST / PostgreSQL)"
+
+
+def by_role(total: float | None, cpu: dict[str, float] | None) -> str:
+    """A CPU-per-commit cell: the total, then the roles in ``BY_ROLE``'s order."""
+    if total is None or not cpu:
+        return "-"
+    roles = " / ".join(f"{cpu[r]:.2f}" for r in ("user", "validator", "sst", "postgres"))
+    return f"{total:.2f} ms ({roles})"
+
+
+def one_in_flight_cpu_row(m: dict[str, Any], b: dict[str, Any]) -> str:
+    """Server CPU per commit at 1 in flight, by role (a batch of one each round)."""
+    cells = [by_role(r.get("commit1_server_cpu_ms"), r.get("commit1_cpu_ms")) for r in (m, b)]
+    return f"| server CPU per commit, 1 in flight {BY_ROLE} | {cells[0]} | {cells[1]} |"
 
 
 def multiplexed_rows(m: dict[str, Any] | None) -> list[str]:
@@ -566,15 +610,15 @@ def multiplexed_rows(m: dict[str, Any] | None) -> list[str]:
     node (``Client(multiplex=True)``): same network, same run, no earlier figures."""
     if not m:
         return []
-    cpu = m["cpu_ms"]
     return [
         f"| clients multiplexed (`Identity/Calls`): commits/s | {m['commits_per_s']:.0f} | - |",
         f"| &nbsp; multiplexed: commit p50, 1 in flight | {m['commit1_p50_ms']:.2f} ms | - |",
+        f"| &nbsp; multiplexed: server CPU per commit, 1 in flight | "
+        f"{m['commit1_server_cpu_ms']:.2f} ms | - |",
         f"| &nbsp; multiplexed: commit p50 / p99 under load | {m['load_p50_ms']:.1f} / "
         f"{m['load_p99_ms']:.1f} ms | - |",
-        f"| &nbsp; multiplexed: server CPU per commit (user nodes / validator / SST / "
-        f"PostgreSQL) | {m['server_cpu_ms']:.2f} ms ({cpu['user']:.2f} / "
-        f"{cpu['validator']:.2f} / {cpu['sst']:.2f} / {cpu['postgres']:.2f}) | - |",
+        f"| &nbsp; multiplexed: server CPU per commit {BY_ROLE} | "
+        f"{by_role(m['server_cpu_ms'], m['cpu_ms'])} | - |",
         f"| &nbsp; multiplexed: load generator CPU per commit | {m['client_cpu_ms']:.2f} ms | - |",
         f"| &nbsp; multiplexed: writes that failed | {m['errors']} | - |",
     ]
@@ -619,6 +663,12 @@ def render(
         row("commits/s under load (48 users writing)", "commits_per_s", "{:.0f}"),
         row("commit p50, 1 in flight", "commit1_p50_ms", "{:.2f}", " ms"),
         row("commit p99, 1 in flight", "commit1_p99_ms", "{:.2f}", " ms"),
+        one_in_flight_cpu_row(main, b),
+        row(
+            f"cores busy at 1 in flight (server CPU / wall time, of {os.cpu_count()})",
+            "commit1_cores",
+            "{:.2f}",
+        ),
         row("commit p99 under load", "load_p99_ms", "{:.1f}", " ms"),
         row("commit p50 under load", "load_p50_ms", "{:.1f}", " ms"),
         row("**server CPU per commit** (all roles)", "server_cpu_ms", "{:.2f}", " ms"),
@@ -669,6 +719,33 @@ def render(
         "| span | mean |",
         "|---|---|",
         *(f"| {what} | {ms:.2f} ms |" for what, ms in main.get("commit1_spans_ms", {}).items()),
+    ]
+    if main.get("writers"):
+        lines += [
+            "",
+            "Commits/s against the number of writers (multiplexed clients, each writes its next "
+            "change when the last is answered; the first network, same run, "
+            f"{ns.seconds:g} s each):",
+            "",
+            "| writers | commits/s | server CPU per commit | load generator CPU per commit | "
+            "proposals per vote round | p50 / p99 |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {w['writers']} | {w['commits_per_s']:.0f} | {w['server_cpu_ms']:.2f} ms | "
+                f"{w['client_cpu_ms']:.2f} ms | {w['batch_mean']:.1f} | "
+                f"{w['load_p50_ms']:.0f} / {w['load_p99_ms']:.0f} ms |"
+                for w in main["writers"]
+            ),
+        ]
+        fit = round_fit(main["writers"])
+        if fit is not None:
+            lines += [
+                "",
+                "A least-squares line through these rows, server CPU per commit against 1 / "
+                f"proposals per round: {fit[0]:.1f} ms per vote round whatever its size, plus "
+                f"{fit[1]:.2f} ms per change.",
+            ]
+    lines += [
         "",
         "Commits/s and server CPU per commit against the number of user nodes (same run, "
         "each network started fresh; quorum 2 / 4 / 6):",
@@ -735,6 +812,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit-users", type=int, default=48)
     p.add_argument("--commit-procs", type=int, default=2)
     p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument(
+        "--writers",
+        default="96,192,384",
+        help="more writers (multiplexed) on the first network, after --commit-users; '' none",
+    )
     p.add_argument("--scale", default="1,2,3", help="user nodes per zone, one network each")
     p.add_argument("--before", help="JSON of an earlier run (--save) shown beside this one")
     p.add_argument("--save", help="write this run's figures as JSON")
@@ -753,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(asyncio.run(reads_only(ns)), indent=1))
         return 0
     ns.scale = [int(x) for x in ns.scale.split(",")]
+    ns.writers = [int(x) for x in ns.writers.split(",") if x]
     ns.load0 = os.getloadavg()[0]
     ns.crypto = verify_costs()
     report(asyncio.run(main_async(ns)), ns)
