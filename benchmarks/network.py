@@ -3,7 +3,7 @@ server CPU per commit per role, reads next to an empty gRPC call's floor on the 
 and how commits/s and CPU per commit change with 3, 6 and 9 user nodes. Writes the
 ``network`` section of docs/benchmarks.md.
 
-    python -m benchmarks.network [--seconds 5] [--scale 1,2,3] [--before FILE] [--save FILE]
+    python -m benchmarks.network [--seconds 5] [--scale 1,2,3] [--before-ref REV] [--save FILE]
     python -m benchmarks.network --reads-only   # the read phase on one network, printed
 
 Everything runs for real: PostgreSQL (embedded), SST, rendezvous, validator and the user
@@ -11,6 +11,11 @@ nodes as separate processes, gRPC over loopback. The load generators are separat
 processes on the same cores. CPU is read from /proc for every process (PostgreSQL with
 its backends), so CPU per commit and per read hold on a shared, loaded machine where
 throughput alone does not. Every phase is bounded by time (a few seconds).
+
+``--before-ref REV``: the same phases, in the same run and on the same machine, against the
+nodes of an earlier revision (its ``node/`` from git, imported by the node processes only;
+this benchmark and its load generators stay as they are). A revision without read
+sessions is read with signed reads.
 """
 
 from __future__ import annotations
@@ -307,25 +312,36 @@ def _run_workers(
 
 # ---------------------------------------------------------------- phases
 async def bench_reads(
-    net: LocalNetwork, n: int, procs: int, conc: int, seconds: float, profile: Path | None = None
+    net: LocalNetwork,
+    n: int,
+    procs: int,
+    conc: int,
+    seconds: float,
+    profile: Path | None = None,
+    sessions: bool = True,
 ) -> dict[str, float]:
     """Reads through a session (the client library's default: a MAC per read), signed reads
-    (an Ed25519 signature each) and the empty call, on the same node, side by side."""
+    (an Ed25519 signature each) and the empty call, on the same node, side by side.
+    ``sessions=False`` (nodes that have none): the reads are the signed reads."""
     key = keys.generate_private_key()
     ep = net.user_endpoints()[0]
     pem = keys.private_key_to_pem(key)
     async with Client(ep, key) as c:
         await c.create_user("Bench", ["Read"], "Er")
         uid = c.user_id
-        cs = await c.open_session()
+        cs = await c.open_session() if sessions else None
         check = _health(c.channel)
-        times: dict[str, list[float]] = {"read": [], "floor": [], "signed": []}
+        times: dict[str, list[float]] = {"read": [], "floor": []}
+        if sessions:
+            times["signed"] = []
         order = list(times)
         chunk = 100
         for start in range(0, 1100, chunk):  # one in flight; the three kinds interleaved
             # sealed and signed outside the timed calls, a chunk at a time (within the skew)
             reqs = {
-                "read": iter(_session_gets(cs, uid, chunk)),
+                "read": iter(
+                    _session_gets(cs, uid, chunk) if cs else _signed_gets(pem, uid, chunk)
+                ),
                 "signed": iter(_signed_gets(pem, uid, chunk)),
             }
             for i in range(start, start + chunk):
@@ -339,24 +355,26 @@ async def bench_reads(
                     await call(req)
                     if i >= 100:
                         times[kind].append(time.perf_counter() - t0)
-        lat, flo, signed = times["read"], times["floor"], times["signed"]
+        lat, flo, signed = times["read"], times["floor"], times.get("signed")
     out: dict[str, float] = {
         "read_p50_ms": pct(lat, 50) * 1000,
         "read_p99_ms": pct(lat, 99) * 1000,
-        "signed_read_p50_ms": pct(signed, 50) * 1000,
-        "signed_read_p99_ms": pct(signed, 99) * 1000,
         "floor_p50_ms": pct(flo, 50) * 1000,
         "floor_p99_ms": pct(flo, 99) * 1000,
         "read_clients": procs * conc,
     }
+    if signed is not None:
+        out["signed_read_p50_ms"] = pct(signed, 50) * 1000
+        out["signed_read_p99_ms"] = pct(signed, 99) * 1000
     # each mode twice, in mirrored order (read, signed, floor, floor, signed, read), half
     # the time each: a drift of the machine's load over the phase weighs on all alike
     per = n // procs // 2
-    done = {m: 0 for m in READ_MODES}
-    wall = {m: 0.0 for m in READ_MODES}
-    user_cpu = {m: 0.0 for m in READ_MODES}
-    client_cpu = {m: 0.0 for m in READ_MODES}
-    for rnd, mode in enumerate([*READ_MODES, *reversed(READ_MODES)]):
+    modes = READ_MODES if sessions else ("signed_read", "floor")
+    done = {m: 0 for m in modes}
+    wall = {m: 0.0 for m in modes}
+    user_cpu = {m: 0.0 for m in modes}
+    client_cpu = {m: 0.0 for m in modes}
+    for rnd, mode in enumerate([*modes, *reversed(modes)]):
         where = profile / f"{mode}-{rnd}" if profile else None
         res, cpu = _run_workers(
             net,
@@ -368,10 +386,11 @@ async def bench_reads(
         wall[mode] += max(r[1] for r in res)
         user_cpu[mode] += cpu["user"]
         client_cpu[mode] += sum(r[2] for r in res)
-    for mode in READ_MODES:
-        out[f"{mode}_per_s"] = done[mode] / wall[mode]
-        out[f"{mode}_user_cpu_us"] = user_cpu[mode] / done[mode] * 1e6
-        out[f"{mode}_client_cpu_us"] = client_cpu[mode] / done[mode] * 1e6
+    for mode in modes:
+        name = mode if sessions else mode.removeprefix("signed_")  # no sessions: reads signed
+        out[f"{name}_per_s"] = done[mode] / wall[mode]
+        out[f"{name}_user_cpu_us"] = user_cpu[mode] / done[mode] * 1e6
+        out[f"{name}_client_cpu_us"] = client_cpu[mode] / done[mode] * 1e6
     return ratios(out)
 
 
@@ -498,7 +517,7 @@ def commit_load(
         "load_p99_ms": pct(lat, 99) * 1000,
         "cpu_ms": {r: cpu[r] / total * 1000 for r in ROLES},
         "client_cpu_ms": sum(r[2] for r in res) / total * 1000,
-        "batch_mean": (s1 - s0) / (c1 - c0) if c1 > c0 else 0.0,
+        "batch_mean": (s1 - s0) / (c1 - c0) if c1 > c0 else None,  # None: no vote rounds
     }
     out["server_cpu_ms"] = sum(out["cpu_ms"].values())
     return out
@@ -534,33 +553,42 @@ def verify_costs(n: int = 300) -> dict[str, float]:
 
 
 async def one_network(
-    tmp: Path, per_zone: int, ns: argparse.Namespace, full: bool
+    tmp: Path, per_zone: int, ns: argparse.Namespace, full: bool, earlier: Path | None = None
 ) -> dict[str, Any]:
+    """One network's phases. ``earlier``: the ``node/`` of an earlier revision, which the
+    node processes run instead of this one's (unary clients only; signed reads when it has
+    no sessions)."""
     n_users = 3 * per_zone
+    env = {"BECO_LOG_LEVEL": "WARNING"}
+    if earlier is not None:
+        env["PYTHONPATH"] = str(earlier)
     net = LocalNetwork(
-        tmp / f"net{n_users}",
+        tmp / f"{'before' if earlier else 'net'}{n_users}",
         nodes_per_zone=per_zone,
         base_port=free_base_port(n_users),
-        extra_env={"BECO_LOG_LEVEL": "WARNING"},
+        extra_env=env,
     )
     await net.up()
     r: dict[str, Any] = {"user_nodes": n_users}
     try:
         if full:
-            rprof = Path(ns.profile) / "reads" if ns.profile else None
+            rprof = Path(ns.profile) / "reads" if ns.profile and not earlier else None
+            sessions = await has_sessions(net)
             r |= await bench_reads(
-                net, ns.reads, ns.read_procs, ns.read_concurrency, ns.seconds, rprof
+                net, ns.reads, ns.read_procs, ns.read_concurrency, ns.seconds, rprof, sessions
             )
             if rprof is not None:
                 print_profiles(rprof)
             print(f"reads: {r}", flush=True)
             r |= await commit_latency(net, ns.latency_commits)
-        prof = Path(ns.profile) / f"{n_users}-nodes" if ns.profile and full else None
+        prof = (
+            Path(ns.profile) / f"{n_users}-nodes" if ns.profile and full and not earlier else None
+        )
         r |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds, prof)
         if prof is not None:
             print_profiles(prof)
         print(f"commits ({n_users} user nodes): {r}", flush=True)
-        if full:  # the same, each load process's clients on one Identity/Calls stream per node
+        if full and earlier is None:  # the same, clients on one Identity/Calls stream per node
             mux = await commit_latency(net, ns.latency_commits, multiplex=True)
             mux |= commit_load(net, ns.commit_users, ns.commit_procs, ns.seconds, multiplex=True)
             r["multiplexed"] = mux
@@ -784,20 +812,73 @@ async def reads_only(ns: argparse.Namespace) -> dict[str, Any]:
             await net.down()
 
 
-async def main_async(ns: argparse.Namespace) -> list[dict[str, Any]]:
+async def has_sessions(net: LocalNetwork) -> bool:
+    """Whether the network's user nodes serve read sessions (an earlier revision may not)."""
+    async with Client(net.user_endpoints()[0], keys.generate_private_key()) as c:
+        try:
+            await c.stub.OpenSession(pb.OpenSessionRequest(), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code() != grpc.StatusCode.UNIMPLEMENTED
+    return True
+
+
+def checkout_node(rev: str, into: Path) -> tuple[Path, str]:
+    """``rev``'s ``node/`` (the node code and its generated protobuf modules) under ``into``,
+    from git; returns (its directory, the revision's short hash)."""
+    short = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", short, "node"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into / "node", short
+
+
+async def main_async(
+    ns: argparse.Namespace,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """This code's runs, and the earlier revision's (``--before-ref``), one network each
+    per scale; the earlier revision's first, so neither has the machine to itself longer."""
     runs: list[dict[str, Any]] = []
+    before: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
+        if ns.before_ref:
+            code, ns.before_hash = checkout_node(ns.before_ref, Path(tmp) / "before")
+            for i, per_zone in enumerate(ns.scale):
+                before.append(await one_network(Path(tmp), per_zone, ns, i == 0, code))
         for i, per_zone in enumerate(ns.scale):
             runs.append(await one_network(Path(tmp), per_zone, ns, full=i == 0))
-    return runs
+    return runs, before
 
 
-def report(runs: list[dict[str, Any]], ns: argparse.Namespace) -> None:
+def report(
+    runs: list[dict[str, Any]], earlier: list[dict[str, Any]], ns: argparse.Namespace
+) -> None:
     before = json.loads(Path(ns.before).read_text()) if ns.before else None
+    if earlier:
+        before = {
+            "label": f"before ({ns.before_hash})",
+            "note": f"the same benchmark, in this run and on this machine (before this "
+            f"column's networks), with the node processes running the code of {ns.before_hash}"
+            + (f" ({ns.before_why})" if ns.before_why else "")
+            + "; where it has no read sessions its read rows are signed reads",
+            "runs": earlier,
+        }
     text = render(runs, before, ns) + "\n\n" + Path(ns.notes).read_text()
     print(text)
     if ns.save:
-        saved = {"label": ns.label, "note": ns.note, "crypto": ns.crypto, "runs": runs}
+        saved = {
+            "label": ns.label,
+            "note": ns.note,
+            "crypto": ns.crypto,
+            "runs": runs,
+            "before": before,
+        }
         Path(ns.save).write_text(json.dumps(saved, indent=1) + "\n")
     if not ns.no_write:
         write_section("network", text)
@@ -819,6 +900,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--scale", default="1,2,3", help="user nodes per zone, one network each")
     p.add_argument("--before", help="JSON of an earlier run (--save) shown beside this one")
+    p.add_argument(
+        "--before-ref",
+        default="",
+        help="also run the nodes of this git revision, same run; shown beside this code",
+    )
+    p.add_argument("--before-why", default="", help="what that revision is, for the header")
     p.add_argument("--save", help="write this run's figures as JSON")
     p.add_argument("--label", default="")
     p.add_argument("--note", default="")
@@ -838,7 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     ns.writers = [int(x) for x in ns.writers.split(",") if x]
     ns.load0 = os.getloadavg()[0]
     ns.crypto = verify_costs()
-    report(asyncio.run(main_async(ns)), ns)
+    runs, before = asyncio.run(main_async(ns))
+    report(runs, before, ns)
     return 0
 
 

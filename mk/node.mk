@@ -23,7 +23,9 @@ run: venv  ## start the local network (beco-local up); Ctrl-C stops it
 	$(VENV)/bin/beco-local up $(RUN_ARGS)
 
 bench-network: venv  ## network benchmarks -> docs/benchmarks.md (section network)
-	$(PY) -m benchmarks.network --before benchmarks/baseline-network.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.network --before-ref d14de17 \
+	  --before-why "main before the throughput work: no batching, Ed25519 through OpenSSL, no read sessions" \
+	  $(BENCH_ARGS)
 
 bench-grpc-floor: venv  ## what one grpc.aio message costs here (the floor under bench-network) -> docs/benchmarks.md
 	$(PY) -m benchmarks.grpc_floor
