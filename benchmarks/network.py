@@ -825,12 +825,14 @@ async def has_sessions(net: LocalNetwork) -> bool:
 def checkout_node(rev: str, into: Path) -> tuple[Path, str]:
     """``rev``'s ``node/`` (the node code and its generated protobuf modules) under ``into``,
     from git; returns (its directory, the revision's short hash)."""
-    short = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", f"{rev}^{{commit}}"],
-        check=True,
+    found = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", "-q", f"{rev}^{{commit}}"],
         capture_output=True,
         text=True,
-    ).stdout.strip()
+    )
+    if found.returncode != 0:
+        raise ValueError(f"--before-ref {rev!r} is no commit of this repository")
+    short = found.stdout.strip()
     into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", short, "node"], check=True, capture_output=True
@@ -877,7 +879,7 @@ def report(
             "note": ns.note,
             "crypto": ns.crypto,
             "runs": runs,
-            "before": before,
+            "before": earlier,
         }
         Path(ns.save).write_text(json.dumps(saved, indent=1) + "\n")
     if not ns.no_write:
