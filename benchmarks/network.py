@@ -865,8 +865,8 @@ def report(
     if earlier:
         before = {
             "label": f"before ({ns.before_hash})",
-            "note": f"the same benchmark, in this run and on this machine (before this "
-            f"column's networks), with the node processes running the code of {ns.before_hash}"
+            "note": "the same benchmark, in this run and on this machine (its networks ran "
+            f"first), with the node processes running the code of {ns.before_hash}"
             + (f" ({ns.before_why})" if ns.before_why else "")
             + "; where it has no read sessions its read rows are signed reads",
             "runs": earlier,
