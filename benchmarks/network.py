@@ -822,9 +822,8 @@ async def has_sessions(net: LocalNetwork) -> bool:
     return True
 
 
-def checkout_node(rev: str, into: Path) -> tuple[Path, str]:
-    """``rev``'s ``node/`` (the node code and its generated protobuf modules) under ``into``,
-    from git; returns (its directory, the revision's short hash)."""
+def resolve_ref(rev: str) -> str:
+    """``rev``'s short commit hash; ValueError naming it when it is no commit here."""
     found = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "--verify", "-q", f"{rev}^{{commit}}"],
         capture_output=True,
@@ -832,7 +831,13 @@ def checkout_node(rev: str, into: Path) -> tuple[Path, str]:
     )
     if found.returncode != 0:
         raise ValueError(f"--before-ref {rev!r} is no commit of this repository")
-    short = found.stdout.strip()
+    return found.stdout.strip()
+
+
+def checkout_node(rev: str, into: Path) -> tuple[Path, str]:
+    """``rev``'s ``node/`` (the node code and its generated protobuf modules) under ``into``,
+    from git; returns (its directory, the revision's short hash)."""
+    short = resolve_ref(rev)
     into.mkdir(parents=True)
     archive = subprocess.run(
         ["git", "-C", str(ROOT), "archive", short, "node"], check=True, capture_output=True
@@ -925,6 +930,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     ns.scale = [int(x) for x in ns.scale.split(",")]
     ns.writers = [int(x) for x in ns.writers.split(",") if x]
+    if ns.before_ref:
+        try:
+            resolve_ref(ns.before_ref)  # a typo stops here, before any network starts
+        except ValueError as exc:
+            p.error(str(exc))
     ns.load0 = os.getloadavg()[0]
     ns.crypto = verify_costs()
     runs, before = asyncio.run(main_async(ns))
