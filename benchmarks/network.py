@@ -339,11 +339,10 @@ async def bench_reads(
         for start in range(0, 1100, chunk):  # one in flight; the three kinds interleaved
             # sealed and signed outside the timed calls, a chunk at a time (within the skew)
             reqs = {
-                "read": iter(
-                    _session_gets(cs, uid, chunk) if cs else _signed_gets(pem, uid, chunk)
-                ),
-                "signed": iter(_signed_gets(pem, uid, chunk)),
+                "read": iter(_session_gets(cs, uid, chunk) if cs else _signed_gets(pem, uid, chunk))
             }
+            if cs:
+                reqs["signed"] = iter(_signed_gets(pem, uid, chunk))
             for i in range(start, start + chunk):
                 # each kind goes first, second and third equally often: the first call
                 # after the client's own work is slower, whichever kind it is
@@ -849,13 +848,13 @@ def checkout_node(rev: str, into: Path) -> tuple[Path, str]:
 async def main_async(
     ns: argparse.Namespace,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """This code's runs, and the earlier revision's (``--before-ref``), one network each
-    per scale; the earlier revision's first, so neither has the machine to itself longer."""
+    """This code's runs, and the earlier revision's (``--before-ref``, resolved in
+    ``ns.before_hash``), one network each per scale; the earlier revision's first."""
     runs: list[dict[str, Any]] = []
     before: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="beco-bench-") as tmp:
         if ns.before_ref:
-            code, ns.before_hash = checkout_node(ns.before_ref, Path(tmp) / "before")
+            code, _ = checkout_node(ns.before_hash, Path(tmp) / "before")
             for i, per_zone in enumerate(ns.scale):
                 before.append(await one_network(Path(tmp), per_zone, ns, i == 0, code))
         for i, per_zone in enumerate(ns.scale):
@@ -931,8 +930,8 @@ def main(argv: list[str] | None = None) -> int:
     ns.scale = [int(x) for x in ns.scale.split(",")]
     ns.writers = [int(x) for x in ns.writers.split(",") if x]
     if ns.before_ref:
-        try:
-            resolve_ref(ns.before_ref)  # a typo stops here, before any network starts
+        try:  # a typo stops here, before any network starts
+            ns.before_hash = resolve_ref(ns.before_ref)
         except ValueError as exc:
             p.error(str(exc))
     ns.load0 = os.getloadavg()[0]
