@@ -46,6 +46,7 @@ from beco_node.session import ClientSession
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client.parser import text_string_to_metric_families
 
+from benchmarks import commit_floor
 from benchmarks.doc import cpu_model, write_section
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -580,6 +581,10 @@ async def one_network(
                 print_profiles(rprof)
             print(f"reads: {r}", flush=True)
             r |= await commit_latency(net, ns.latency_commits)
+            if earlier is None:  # the same messages with no work, while this network idles
+                n = max(ns.latency_commits, 500)
+                r["commit1_floor"] = await asyncio.to_thread(commit_floor.measure, n)
+                r["commit1_floor_db"] = await asyncio.to_thread(commit_floor.measure, n, net.dsn)
         prof = (
             Path(ns.profile) / f"{n_users}-nodes" if ns.profile and full and not earlier else None
         )
@@ -630,6 +635,28 @@ def one_in_flight_cpu_row(m: dict[str, Any], b: dict[str, Any]) -> str:
     """Server CPU per commit at 1 in flight, by role (a batch of one each round)."""
     cells = [by_role(r.get("commit1_server_cpu_ms"), r.get("commit1_cpu_ms")) for r in (m, b)]
     return f"| server CPU per commit, 1 in flight {BY_ROLE} | {cells[0]} | {cells[1]} |"
+
+
+def floor_rows(f: dict[str, Any] | None, db: dict[str, Any] | None) -> list[str]:
+    """The commit path's messages on bare grpc.aio with no work (``commit_floor``), then the
+    same with the SST's durable commit: what the "1 in flight" rows cost before any of
+    BECO's own work."""
+    if not f:
+        return []
+    roles = " / ".join(f"{f['cpu_ms'][r]:.2f}" for r in ("user", "validator", "sst"))
+    rows = [
+        "| &nbsp; floor: one commit's messages on bare grpc.aio, no work, 1 in flight "
+        f"(`benchmarks/commit_floor.py`): p50 / p99 | {f['p50_ms']:.2f} / {f['p99_ms']:.2f} ms "
+        "| - |",
+        "| &nbsp; floor: its CPU per commit (user nodes / validator / SST) | "
+        f"{f['server_cpu_ms']:.2f} ms ({roles}) | - |",
+    ]
+    if db:
+        rows.append(
+            "| &nbsp; floor with the SST's durable commit (a one-row INSERT, fsync on): "
+            f"p50 / p99 | {db['p50_ms']:.2f} / {db['p99_ms']:.2f} ms | - |"
+        )
+    return rows
 
 
 def multiplexed_rows(m: dict[str, Any] | None) -> list[str]:
@@ -690,6 +717,7 @@ def render(
         row("commits/s under load (48 users writing)", "commits_per_s", "{:.0f}"),
         row("commit p50, 1 in flight", "commit1_p50_ms", "{:.2f}", " ms"),
         row("commit p99, 1 in flight", "commit1_p99_ms", "{:.2f}", " ms"),
+        *floor_rows(main.get("commit1_floor"), main.get("commit1_floor_db")),
         one_in_flight_cpu_row(main, b),
         row(
             f"cores busy at 1 in flight (server CPU / wall time, of {os.cpu_count()})",
