@@ -31,6 +31,7 @@ import asyncpg
 import grpc
 
 from benchmarks.grpc_floor import cpu_s  # every thread of the process
+from benchmarks.stats import pct
 
 SERVICE = "floor.Commit"
 PAYLOAD_BYTES = 300
@@ -165,11 +166,10 @@ async def _client(port: int, commits: int, conns: dict[str, Connection]) -> dict
             await write(PAYLOAD)
             lat.append(time.perf_counter() - t0)
         cpu1, client1 = cpu(), cpu_s()
-    lat.sort()
     per = {role: (cpu1[role] - cpu0[role]) * 1000 / commits for role in NODES}
     return {
-        "p50_ms": lat[len(lat) // 2] * 1000,
-        "p99_ms": lat[min(len(lat) - 1, round(0.99 * (len(lat) - 1)))] * 1000,
+        "p50_ms": pct(lat, 50) * 1000,
+        "p99_ms": pct(lat, 99) * 1000,
         "mean_ms": sum(lat) / len(lat) * 1000,
         "server_cpu_ms": sum(per.values()),
         "cpu_ms": {

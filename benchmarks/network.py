@@ -48,17 +48,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks import commit_floor
 from benchmarks.doc import cpu_model, write_section
+from benchmarks.stats import pct
 
 ROOT = Path(__file__).resolve().parent.parent
 GET = "/beco.v1.Identity/GetUser"
 HEALTH = "/grpc.health.v1.Health/Check"
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("user", "validator", "sst", "postgres", "rendezvous")
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))] if s else float("nan")
 
 
 # ---------------------------------------------------------------- CPU from /proc
